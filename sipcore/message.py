@@ -1,0 +1,613 @@
+"""SIP message model, parser and serialiser (RFC 3261 §7, §20, §25).
+
+Sans-IO: ``parse_message(bytes)`` returns a ``SIPRequest`` or ``SIPResponse`` or raises
+``SIPParseError`` with a reason; ``msg.to_bytes()`` serialises with Content-Length recomputed.
+
+Headers are kept as an ordered list of (name, value) in the order received: one entry per header
+line (folded lines joined), compact names expanded to their full names. ``get_all`` splits the
+comma-separated list headers (Via, Contact, Route, ...) respecting quotes and angle brackets, so
+round trips keep what is not understood byte for byte (apart from folding and compact names).
+"""
+from __future__ import annotations
+
+import functools
+import secrets
+from dataclasses import dataclass, field
+
+from sipcore.errors import SIPParseError
+from sipcore.uri import NameAddr, SipURI, format_host, format_params, parse_params, split_hostport
+
+MAX_MESSAGE_SIZE = 65535
+SIP_VERSION = "SIP/2.0"
+BRANCH_MAGIC = "z9hG4bK"
+
+COMPACT_FORMS = {
+    "i": "Call-ID", "m": "Contact", "f": "From", "t": "To", "v": "Via", "l": "Content-Length",
+    "c": "Content-Type", "k": "Supported", "s": "Subject", "e": "Content-Encoding",
+    "o": "Event", "u": "Allow-Events", "r": "Refer-To", "b": "Referred-By", "x": "Session-Expires",
+    "a": "Accept-Contact", "j": "Reject-Contact", "d": "Request-Disposition", "y": "Identity",
+    "n": "Identity-Info",
+}
+
+CANONICAL_NAMES = {n.lower(): n for n in (
+    "Call-ID", "CSeq", "WWW-Authenticate", "Proxy-Authenticate", "Proxy-Authorization",
+    "Authorization", "RSeq", "RAck", "Record-Route", "Max-Forwards", "Content-Length",
+    "Content-Type", "User-Agent", "MIME-Version", "Min-Expires", "Authentication-Info",
+    "Proxy-Require", "Error-Info", "Alert-Info", "Call-Info", "In-Reply-To", "Reply-To",
+    "Retry-After", "Session-Expires", "Min-SE", "P-Asserted-Identity", "Refer-To", "Referred-By",
+    "Allow-Events", "Subscription-State",
+)}
+
+# Headers whose value is a comma-separated list (RFC 3261 §7.3.1); all others are single values
+# that may legitimately contain commas (Date, WWW-Authenticate, Authorization, ...).
+LIST_HEADERS = frozenset(h.lower() for h in (
+    "Via", "Contact", "Route", "Record-Route", "Path", "Allow", "Supported", "Require",
+    "Proxy-Require", "Unsupported", "Accept", "Accept-Encoding", "Accept-Language",
+    "Content-Encoding", "Allow-Events", "In-Reply-To", "Alert-Info", "Call-Info", "Error-Info",
+    "Warning", "Service-Route", "P-Asserted-Identity", "Reason", "Security-Client",
+))
+
+_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+
+
+@functools.lru_cache(maxsize=1024)
+def canonical_name(name: str) -> str:
+    low = name.lower()
+    if low in COMPACT_FORMS:
+        return COMPACT_FORMS[low]
+    if low in CANONICAL_NAMES:
+        return CANONICAL_NAMES[low]
+    return "-".join(p[:1].upper() + p[1:] for p in name.split("-"))
+
+
+def split_list(value: str) -> list[str]:
+    """Split a list header value on commas outside quotes and <...>."""
+    if "," not in value:
+        v = value.strip()
+        return [v] if v else []
+    parts: list[str] = []
+    buf_start = 0
+    in_q = in_angle = False
+    i = 0
+    n = len(value)
+    while i < n:
+        c = value[i]
+        if in_q:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                in_q = False
+        elif c == '"':
+            in_q = True
+        elif c == "<":
+            in_angle = True
+        elif c == ">":
+            in_angle = False
+        elif c == "," and not in_angle:
+            part = value[buf_start:i].strip()
+            if part:
+                parts.append(part)
+            buf_start = i + 1
+        i += 1
+    if in_q:
+        raise SIPParseError(f"unterminated quoted string in {value[:80]!r}")
+    part = value[buf_start:].strip()
+    if part:
+        parts.append(part)
+    return parts
+
+
+@functools.lru_cache(maxsize=1024)
+def _lower_canonical(name: str) -> str:
+    return canonical_name(name).lower()
+
+
+class Headers:
+    """Ordered, case-insensitive multi-map of header lines."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[tuple[str, str]] | None = None):
+        self._items: list[tuple[str, str]] = list(items or [])
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Headers):
+            return NotImplemented
+        return [(n.lower(), v) for n, v in self._items] == [(n.lower(), v) for n, v in other._items]
+
+    def __contains__(self, name: str) -> bool:
+        low = _lower_canonical(name)
+        return any(n.lower() == low for n, _ in self._items)
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._items)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        low = _lower_canonical(name)
+        for n, v in self._items:
+            if n.lower() == low:
+                if low in LIST_HEADERS:
+                    parts = split_list(v)
+                    if parts:
+                        return parts[0]
+                    continue
+                return v.strip()
+        return default
+
+    def get_raw(self, name: str) -> list[str]:
+        """Values as received, one per header line (no comma splitting)."""
+        low = _lower_canonical(name)
+        return [v for n, v in self._items if n.lower() == low]
+
+    def get_all(self, name: str) -> list[str]:
+        low = _lower_canonical(name)
+        out: list[str] = []
+        for n, v in self._items:
+            if n.lower() == low:
+                if low in LIST_HEADERS:
+                    out.extend(split_list(v))
+                else:
+                    out.append(v.strip())
+        return out
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every value of ``name`` by one, at the position of the first (or at the end)."""
+        name = canonical_name(name)
+        low = name.lower()
+        pos = None
+        kept: list[tuple[str, str]] = []
+        for n, v in self._items:
+            if n.lower() == low:
+                if pos is None:
+                    pos = len(kept)
+                continue
+            kept.append((n, v))
+        if pos is None:
+            kept.append((name, value))
+        else:
+            kept.insert(pos, (name, value))
+        self._items = kept
+
+    def add(self, name: str, value: str, top: bool = False) -> None:
+        """Add one value: ``top=True`` puts it before the first header of that name."""
+        name = canonical_name(name)
+        if top:
+            low = name.lower()
+            for i, (n, _) in enumerate(self._items):
+                if n.lower() == low:
+                    self._items.insert(i, (name, value))
+                    return
+            # none yet: put it where Via-like headers usually go (start) for Via, else end
+            if low == "via":
+                self._items.insert(0, (name, value))
+                return
+        self._items.append((name, value))
+
+    def remove(self, name: str) -> int:
+        low = _lower_canonical(name)
+        before = len(self._items)
+        self._items = [(n, v) for n, v in self._items if n.lower() != low]
+        return before - len(self._items)
+
+    def remove_first(self, name: str) -> str | None:
+        """Remove the first value of ``name`` (splitting a comma list line if needed)."""
+        low = _lower_canonical(name)
+        for i, (n, v) in enumerate(self._items):
+            if n.lower() == low:
+                parts = split_list(v) if low in LIST_HEADERS else [v.strip()]
+                first, rest = parts[0] if parts else "", parts[1:]
+                if rest:
+                    self._items[i] = (n, ", ".join(rest))
+                else:
+                    del self._items[i]
+                return first
+        return None
+
+    def replace_all(self, name: str, values: list[str]) -> None:
+        """Set the values of ``name`` to ``values`` (one line each) at the first position."""
+        name = canonical_name(name)
+        low = name.lower()
+        pos = None
+        kept: list[tuple[str, str]] = []
+        for n, v in self._items:
+            if n.lower() == low:
+                if pos is None:
+                    pos = len(kept)
+                continue
+            kept.append((n, v))
+        if pos is None:
+            pos = len(kept)
+        kept[pos:pos] = [(name, v) for v in values]
+        self._items = kept
+
+    def copy(self) -> "Headers":
+        return Headers(self._items)
+
+
+@dataclass
+class Via:
+    transport: str = "UDP"
+    host: str = ""
+    port: int | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+    protocol: str = "SIP/2.0"
+
+    @classmethod
+    def parse(cls, value: str) -> "Via":
+        value = value.strip()
+        # sent-protocol may contain LWS around '/' (RFC 4475 3.1.1.1)
+        try:
+            name, rest = value.split("/", 1)
+            version, rest = rest.split("/", 1)
+        except ValueError:
+            raise SIPParseError(f"bad Via: {value[:80]!r}") from None
+        rest = rest.lstrip()
+        sp = 0
+        while sp < len(rest) and not rest[sp].isspace():
+            sp += 1
+        transport, sent_by = rest[:sp], rest[sp:].strip()
+        if not transport or not sent_by or name.strip().upper() != "SIP" or version.strip() != "2.0":
+            raise SIPParseError(f"bad Via: {value[:80]!r}")
+        hostport, semi, paramtext = sent_by.partition(";")
+        # tolerate a comment after sent-by (RFC 3261 allows LWS; comments are rare): strip "(...)"
+        if "(" in hostport:
+            hostport = hostport.split("(", 1)[0]
+        host, port = split_hostport(hostport.replace(" ", "").replace("\t", ""))
+        return cls(transport=transport.upper(), host=host, port=port,
+                   params=parse_params(paramtext) if semi else {}, protocol="SIP/2.0")
+
+    def __str__(self) -> str:
+        port = f":{self.port}" if self.port is not None else ""
+        return f"{self.protocol}/{self.transport} {format_host(self.host)}{port}{format_params(self.params)}"
+
+    @property
+    def branch(self) -> str | None:
+        return self.params.get("branch")
+
+    @property
+    def received(self) -> str | None:
+        return self.params.get("received")
+
+    @property
+    def rport(self) -> int | None:
+        v = self.params.get("rport")
+        return int(v) if v and v.isdigit() else None
+
+    def response_address(self) -> tuple[str, int]:
+        """Where responses go (RFC 3261 §18.2.2 + RFC 3581): received/rport win over sent-by."""
+        host = self.received or self.host
+        port = self.rport or self.port or (5061 if self.transport == "TLS" else 5060)
+        return host, port
+
+
+def new_branch() -> str:
+    return BRANCH_MAGIC + secrets.token_hex(8)
+
+
+def new_tag() -> str:
+    return secrets.token_hex(6)
+
+
+class SIPMessage:
+    """Common part of requests and responses."""
+
+    headers: Headers
+    body: bytes
+
+    def __init__(self, headers: Headers | None = None, body: bytes = b""):
+        self.headers = headers if headers is not None else Headers()
+        self.body = body
+
+    # --- convenience accessors ----------------------------------------------------------------
+    @property
+    def call_id(self) -> str | None:
+        return self.headers.get("Call-ID")
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        value = self.headers.get("CSeq")
+        if value is None:
+            raise SIPParseError("missing CSeq")
+        return parse_cseq(value)
+
+    def from_addr(self) -> NameAddr:
+        v = self.headers.get("From")
+        if v is None:
+            raise SIPParseError("missing From")
+        return NameAddr.parse(v)
+
+    def to_addr(self) -> NameAddr:
+        v = self.headers.get("To")
+        if v is None:
+            raise SIPParseError("missing To")
+        return NameAddr.parse(v)
+
+    @property
+    def from_tag(self) -> str | None:
+        return self.from_addr().tag
+
+    @property
+    def to_tag(self) -> str | None:
+        return self.to_addr().tag
+
+    def vias(self) -> list[Via]:
+        return [Via.parse(v) for v in self.headers.get_all("Via")]
+
+    def top_via(self) -> Via | None:
+        v = self.headers.get("Via")
+        return Via.parse(v) if v is not None else None
+
+    def contacts(self) -> list[NameAddr]:
+        return [NameAddr.parse(v) for v in self.headers.get_all("Contact")]
+
+    @property
+    def content_type(self) -> str | None:
+        ct = self.headers.get("Content-Type")
+        return ct.split(";")[0].strip().lower() if ct else None
+
+    def has_sdp(self) -> bool:
+        return bool(self.body) and self.content_type == "application/sdp"
+
+    # --- serialisation ------------------------------------------------------------------------
+    def start_line(self) -> str:
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        lines = [self.start_line()]
+        has_cl = False
+        for name, value in self.headers:
+            if name == "Content-Length":
+                if has_cl:
+                    continue
+                has_cl = True
+                value = str(len(self.body))
+            lines.append(f"{name}: {value}")
+        if not has_cl:
+            lines.append(f"Content-Length: {len(self.body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + self.body
+
+    def __bytes__(self) -> bytes:
+        return self.to_bytes()
+
+    def _eq_fields(self):
+        return (self.start_line(), [(n.lower(), v) for n, v in self.headers
+                                    if n != "Content-Length"], self.body)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SIPMessage):
+            return NotImplemented
+        return self._eq_fields() == other._eq_fields()
+
+
+class SIPRequest(SIPMessage):
+    def __init__(self, method: str, uri: SipURI | str, headers: Headers | None = None,
+                 body: bytes = b"", version: str = SIP_VERSION):
+        super().__init__(headers, body)
+        self.method = method
+        self.uri = SipURI.parse(uri) if isinstance(uri, str) else uri
+        self.version = version
+
+    def start_line(self) -> str:
+        return f"{self.method} {self.uri} {self.version}"
+
+    def copy(self) -> "SIPRequest":
+        return SIPRequest(self.method, self.uri.copy(), self.headers.copy(), self.body, self.version)
+
+    def __repr__(self) -> str:
+        return f"<SIPRequest {self.method} {self.uri} call-id={self.call_id}>"
+
+
+class SIPResponse(SIPMessage):
+    def __init__(self, status: int, reason: str = "", headers: Headers | None = None,
+                 body: bytes = b"", version: str = SIP_VERSION):
+        super().__init__(headers, body)
+        self.status = status
+        self.reason = reason
+        self.version = version
+
+    def start_line(self) -> str:
+        return f"{self.version} {self.status} {self.reason}"
+
+    def copy(self) -> "SIPResponse":
+        return SIPResponse(self.status, self.reason, self.headers.copy(), self.body, self.version)
+
+    def __repr__(self) -> str:
+        return f"<SIPResponse {self.status} {self.reason} call-id={self.call_id}>"
+
+
+def parse_cseq(value: str) -> tuple[int, str]:
+    parts = value.split()
+    if len(parts) != 2 or not parts[0].isdigit():
+        raise SIPParseError(f"bad CSeq: {value[:60]!r}")
+    num = int(parts[0])
+    if num >= 2 ** 31:
+        raise SIPParseError(f"CSeq number out of range: {parts[0]}")
+    method = parts[1]
+    if not _TOKEN_CHARS.issuperset(method):
+        raise SIPParseError(f"bad CSeq method: {method!r}")
+    return num, method
+
+
+REQUIRED_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
+
+
+def parse_message(data: bytes, max_size: int = MAX_MESSAGE_SIZE,
+                  stream: bool = False) -> SIPRequest | SIPResponse:
+    """Parse one SIP message.
+
+    ``stream=False`` (UDP): the datagram is the message; bytes beyond Content-Length are dropped
+    and a body shorter than Content-Length is an error. ``stream=True`` (TCP framing already
+    applied by the caller) behaves the same but Content-Length is mandatory.
+    """
+    if len(data) > max_size:
+        raise SIPParseError(f"message larger than {max_size} bytes")
+    # tolerate leading CRLFs (RFC 3261 §7.5)
+    start = 0
+    while data.startswith(b"\r\n", start):
+        start += 2
+    sep = data.find(b"\r\n\r\n", start)
+    if sep >= 0:
+        head, body = data[start:sep], data[sep + 4:]
+        newline = b"\r\n"
+    else:
+        sep = data.find(b"\n\n", start)
+        if sep < 0:
+            head, body = data[start:].rstrip(b"\r\n"), b""
+            if not head:
+                raise SIPParseError("empty message")
+            if b"\n" not in head and not head.startswith(b"SIP/"):
+                raise SIPParseError("no end of headers")
+        else:
+            head, body = data[start:sep], data[sep + 2:]
+        newline = b"\n"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        # RFC 3261 allows UTF-8 only in headers; keep going with surrogates so we can still answer
+        text = head.decode("utf-8", "surrogateescape")
+    raw_lines = text.split("\r\n") if newline == b"\r\n" else text.replace("\r\n", "\n").split("\n")
+    if not raw_lines or not raw_lines[0]:
+        raise SIPParseError("missing start line")
+    start_line = raw_lines[0]
+    headers = Headers()
+    items = headers._items
+    for line in raw_lines[1:]:
+        if not line:
+            continue
+        if line[0] in " \t":
+            if not items:
+                raise SIPParseError("continuation line before first header")
+            n, v = items[-1]
+            items[-1] = (n, (v + " " + line.strip()).strip())
+            continue
+        colon = line.find(":")
+        if colon <= 0:
+            raise SIPParseError(f"malformed header line: {line[:60]!r}")
+        name = line[:colon].rstrip()
+        if not name or not _TOKEN_CHARS.issuperset(name):
+            raise SIPParseError(f"bad header name: {name[:40]!r}")
+        items.append((canonical_name(name), line[colon + 1:].strip()))
+
+    msg: SIPRequest | SIPResponse
+    if start_line.startswith("SIP/"):
+        parts = start_line.split(" ", 2)
+        if len(parts) < 2 or not parts[1].isdigit() or len(parts[1]) != 3:
+            raise SIPParseError(f"bad status line: {start_line[:80]!r}")
+        if parts[0] != SIP_VERSION:
+            raise SIPParseError(f"unsupported SIP version {parts[0][:20]!r}")
+        status = int(parts[1])
+        if not 100 <= status <= 699:
+            raise SIPParseError(f"status code out of range: {status}")
+        msg = SIPResponse(status, parts[2] if len(parts) > 2 else "", headers)
+    else:
+        parts = start_line.split(" ")
+        if len(parts) != 3:
+            raise SIPParseError(f"bad request line: {start_line[:80]!r}")
+        method, uri_text, version = parts
+        if not method or not _TOKEN_CHARS.issuperset(method):
+            raise SIPParseError(f"bad method: {method[:20]!r}")
+        if version.upper() != SIP_VERSION:
+            err = SIPParseError(f"unsupported SIP version {version[:20]!r}")
+            err.version_not_supported = True  # type: ignore[attr-defined]
+            raise err
+        try:
+            uri = SipURI.parse(uri_text)
+        except SIPParseError as exc:
+            raise SIPParseError(f"bad Request-URI: {exc.reason}",
+                                partial=_partial(method, headers)) from None
+        msg = SIPRequest(method, uri, headers, version=SIP_VERSION)
+
+    # body length (RFC 3261 §18.3)
+    cl_values = headers.get_raw("Content-Length")
+    if cl_values:
+        cl_text = cl_values[0].strip()
+        if not cl_text.isdigit():
+            raise SIPParseError(f"bad Content-Length: {cl_text[:20]!r}", partial=msg)
+        if len(set(v.strip() for v in cl_values)) > 1:
+            raise SIPParseError("conflicting Content-Length headers", partial=msg)
+        length = int(cl_text)
+        if length > len(body):
+            raise SIPParseError(f"Content-Length {length} larger than body ({len(body)} bytes)",
+                                partial=msg)
+        body = body[:length]
+    elif stream:
+        raise SIPParseError("Content-Length required on stream transports", partial=msg)
+    msg.body = body
+
+    for required in REQUIRED_HEADERS:
+        if required not in headers:
+            raise SIPParseError(f"missing {required} header", partial=msg)
+    try:
+        cseq_num, cseq_method = msg.cseq
+        if isinstance(msg, SIPRequest) and cseq_method != msg.method:
+            raise SIPParseError(f"CSeq method {cseq_method} does not match {msg.method}")
+        msg.from_addr()
+        msg.to_addr()
+        msg.vias()
+        counts: dict[str, int] = {}
+        for n, _ in items:
+            if n in ("Call-ID", "From", "To"):
+                counts[n] = counts.get(n, 0) + 1
+        if any(c > 1 for c in counts.values()):
+            raise SIPParseError("more than one " + "/".join(n for n, c in counts.items() if c > 1))
+        mf = headers.get("Max-Forwards")
+        if mf is not None and (not mf.isdigit() or int(mf) > 255):
+            raise SIPParseError(f"bad Max-Forwards: {mf[:20]!r}")
+    except SIPParseError as exc:
+        raise SIPParseError(exc.reason, partial=msg) from None
+    return msg
+
+
+def _partial(method: str, headers: Headers) -> SIPRequest:
+    req = SIPRequest.__new__(SIPRequest)
+    SIPMessage.__init__(req, headers, b"")
+    req.method, req.uri, req.version = method, SipURI(host="invalid"), SIP_VERSION
+    return req
+
+
+REASON_PHRASES = {
+    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
+    183: "Session Progress", 200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
+    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 407: "Proxy Authentication Required",
+    408: "Request Timeout", 413: "Request Entity Too Large", 415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme", 420: "Bad Extension", 423: "Interval Too Brief",
+    480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist", 482: "Loop Detected",
+    483: "Too Many Hops", 484: "Address Incomplete", 486: "Busy Here", 487: "Request Terminated",
+    488: "Not Acceptable Here", 491: "Request Pending", 500: "Server Internal Error",
+    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Server Time-out",
+    505: "Version Not Supported", 513: "Message Too Large", 600: "Busy Everywhere", 603: "Decline",
+    604: "Does Not Exist Anywhere", 606: "Not Acceptable",
+}
+
+
+def build_response(request: SIPRequest, status: int, reason: str | None = None,
+                   to_tag: str | None = None, extra_headers: tuple | list = ()) -> SIPResponse:
+    """A response to ``request`` per RFC 3261 §8.2.6: Via/From/To/Call-ID/CSeq copied."""
+    headers = Headers()
+    for value in request.headers.get_raw("Via"):
+        headers.add("Via", value)
+    for name in ("From", "To", "Call-ID", "CSeq"):
+        value = request.headers.get(name)
+        if value is not None:
+            headers.add(name, value)
+    if to_tag and status > 100:
+        to_value = headers.get("To")
+        if to_value is not None:
+            try:
+                to = NameAddr.parse(to_value)
+                if to.tag is None:
+                    to.params["tag"] = to_tag
+                    headers.set("To", str(to))
+            except SIPParseError:
+                pass
+    if status == 100 and request.headers.get("Timestamp"):
+        headers.add("Timestamp", request.headers.get("Timestamp"))
+    for name, value in extra_headers:
+        headers.add(name, value)
+    return SIPResponse(status, reason or REASON_PHRASES.get(status, ""), headers)

@@ -1,0 +1,253 @@
+"""SIP URIs (RFC 3261 §19.1) and name-addr / addr-spec header values (§20.10, §25.1).
+
+Sans-IO value objects. Unknown URI parameters and headers are preserved in order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from sipcore.errors import SIPParseError
+
+_SIP_SCHEMES = ("sip", "sips")
+
+
+def _split_outside_quotes(text: str, sep: str) -> list[str]:
+    """Split on ``sep`` ignoring separators inside double quotes (backslash escapes honoured)."""
+    if '"' not in text:
+        return text.split(sep)
+    parts: list[str] = []
+    buf: list[str] = []
+    in_quotes = False
+    i = 0
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if in_quotes:
+            buf.append(ch)
+            if ch == "\\" and i + 1 < n:
+                buf.append(text[i + 1])
+                i += 1
+            elif ch == '"':
+                in_quotes = False
+        elif ch == '"':
+            in_quotes = True
+            buf.append(ch)
+        elif ch == sep:
+            parts.append("".join(buf))
+            buf = []
+        else:
+            buf.append(ch)
+        i += 1
+    if in_quotes:
+        raise SIPParseError("unterminated quoted string")
+    parts.append("".join(buf))
+    return parts
+
+
+def parse_params(text: str) -> dict[str, str | None]:
+    """Parse ``;a=1;b;c="x;y"`` (leading ';' optional) into an ordered dict (names lower-cased)."""
+    params: dict[str, str | None] = {}
+    if not text:
+        return params
+    if text.startswith(";"):
+        text = text[1:]
+    for item in _split_outside_quotes(text, ";"):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        name = name.strip().lower()
+        if not name:
+            raise SIPParseError(f"empty parameter name in {text!r}")
+        params[name] = value.strip() if sep else None
+    return params
+
+
+def format_params(params: dict[str, str | None]) -> str:
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+
+
+@dataclass
+class SipURI:
+    scheme: str = "sip"
+    user: str | None = None
+    password: str | None = None
+    host: str = ""
+    port: int | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    opaque: str | None = None   # non-SIP URIs (tel:, urn:, ...) kept verbatim after the scheme
+
+    @classmethod
+    def parse(cls, text: str) -> "SipURI":
+        text = text.strip()
+        scheme, colon, rest = text.partition(":")
+        if not colon or not scheme or not scheme[0].isalpha():
+            raise SIPParseError(f"bad URI: {text[:80]!r}")
+        scheme_l = scheme.lower()
+        if scheme_l not in _SIP_SCHEMES:
+            if any(c in rest for c in " \t\r\n"):
+                raise SIPParseError(f"bad URI: {text[:80]!r}")
+            return cls(scheme=scheme_l, opaque=rest)
+        headers: dict[str, str] = {}
+        rest, qmark, hdrs = rest.partition("?")
+        if qmark:
+            for item in hdrs.split("&"):
+                if item:
+                    k, _, v = item.partition("=")
+                    headers[k] = v
+        # userinfo ends at the last '@' before the host part
+        at = rest.rfind("@")
+        user = password = None
+        if at >= 0:
+            userinfo, hostpart = rest[:at], rest[at + 1:]
+            user, pcolon, pw = userinfo.partition(":")
+            password = pw if pcolon else None
+            if not user:
+                raise SIPParseError(f"empty user in URI {text[:80]!r}")
+        else:
+            hostpart = rest
+        hostport, semi, paramtext = hostpart.partition(";")
+        params = parse_params(paramtext) if semi else {}
+        host, port = split_hostport(hostport)
+        for ch in user or "":
+            if ch in " \t\r\n<>\"":
+                raise SIPParseError(f"bad character in URI user part: {text[:80]!r}")
+        return cls(scheme=scheme_l, user=user, password=password, host=host, port=port,
+                   params=params, headers=headers)
+
+    def __str__(self) -> str:
+        if self.opaque is not None:
+            return f"{self.scheme}:{self.opaque}"
+        out = [self.scheme, ":"]
+        if self.user is not None:
+            out.append(self.user)
+            if self.password is not None:
+                out.append(":" + self.password)
+            out.append("@")
+        out.append(format_host(self.host))
+        if self.port is not None:
+            out.append(f":{self.port}")
+        out.append(format_params(self.params))
+        if self.headers:
+            out.append("?" + "&".join(f"{k}={v}" for k, v in self.headers.items()))
+        return "".join(out)
+
+    @property
+    def is_sip(self) -> bool:
+        return self.opaque is None
+
+    def with_host_port(self, host: str, port: int | None) -> "SipURI":
+        return replace(self, host=host, port=port, params=dict(self.params), headers=dict(self.headers))
+
+    def copy(self) -> "SipURI":
+        return replace(self, params=dict(self.params), headers=dict(self.headers))
+
+    def aor(self) -> str:
+        """Address of record: scheme:user@host without port, params or headers (lower-case host)."""
+        if self.opaque is not None:
+            return f"{self.scheme}:{self.opaque}"
+        user = f"{self.user}@" if self.user is not None else ""
+        return f"{self.scheme}:{user}{self.host.lower()}"
+
+
+def split_hostport(text: str) -> tuple[str, int | None]:
+    text = text.strip()
+    if not text:
+        raise SIPParseError("empty host")
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise SIPParseError(f"bad IPv6 reference: {text!r}")
+        host, rest = text[1:end], text[end + 1:]
+        if rest and not rest.startswith(":"):
+            raise SIPParseError(f"bad host:port: {text!r}")
+        port_s = rest[1:] if rest else ""
+    else:
+        host, colon, port_s = text.partition(":")
+        if colon and not port_s:
+            raise SIPParseError(f"empty port: {text!r}")
+    for ch in host:
+        if not (ch.isalnum() or ch in ".-_:"):
+            raise SIPParseError(f"bad character in host: {text!r}")
+    port = None
+    if port_s:
+        if not port_s.isdigit() or not 0 < int(port_s) <= 65535:
+            raise SIPParseError(f"bad port: {text!r}")
+        port = int(port_s)
+    return host, port
+
+
+def format_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+@dataclass
+class NameAddr:
+    """A From/To/Contact/Route value: ``"Display" <uri>;params`` or ``uri;params`` or ``*``."""
+    uri: SipURI | None
+    display: str | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+    angle: bool = True
+    wildcard: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> "NameAddr":
+        text = text.strip()
+        if text == "*":
+            return cls(uri=None, wildcard=True)
+        if not text:
+            raise SIPParseError("empty name-addr")
+        lt = _find_unquoted(text, "<")
+        if lt >= 0:
+            gt = text.find(">", lt)
+            if gt < 0:
+                raise SIPParseError(f"unterminated <...> in {text[:80]!r}")
+            display = text[:lt].strip() or None
+            if display and display.startswith('"') and not (display.endswith('"') and len(display) >= 2):
+                raise SIPParseError(f"bad display name in {text[:80]!r}")
+            uri = SipURI.parse(text[lt + 1:gt])
+            rest = text[gt + 1:].strip()
+            if rest and not rest.startswith(";"):
+                raise SIPParseError(f"junk after > in {text[:80]!r}")
+            return cls(uri=uri, display=display, params=parse_params(rest), angle=True)
+        # addr-spec: parameters after the URI belong to the header (RFC 3261 §20)
+        if " " in text.split(";", 1)[0]:
+            raise SIPParseError(f"bad addr-spec {text[:80]!r}")
+        uri_text, semi, rest = text.partition(";")
+        if "?" in uri_text or "," in uri_text:
+            raise SIPParseError(f"addr-spec with reserved characters must use <>: {text[:80]!r}")
+        return cls(uri=SipURI.parse(uri_text), params=parse_params(rest) if semi else {}, angle=False)
+
+    def __str__(self) -> str:
+        if self.wildcard:
+            return "*"
+        if self.angle or self.display or self.uri.params or self.uri.headers:
+            disp = f"{self.display} " if self.display else ""
+            return f"{disp}<{self.uri}>{format_params(self.params)}"
+        return f"{self.uri}{format_params(self.params)}"
+
+    @property
+    def tag(self) -> str | None:
+        return self.params.get("tag")
+
+    def copy(self) -> "NameAddr":
+        return replace(self, uri=self.uri.copy() if self.uri else None, params=dict(self.params))
+
+
+def _find_unquoted(text: str, ch: str) -> int:
+    in_q = False
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if in_q:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                in_q = False
+        elif c == '"':
+            in_q = True
+        elif c == ch:
+            return i
+        i += 1
+    return -1
