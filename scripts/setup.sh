@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Install everything ims-migrate needs on a fresh Debian/Ubuntu machine (run as root).
+# Idempotent: a second run only checks and returns quickly.
+#   - system packages: iproute2, iptables/nftables, conntrack, SIPp (sip-tester), tcpdump,
+#     docker.io + debootstrap (Docker lab backend), python3-venv
+#   - the project virtualenv in .venv with the project installed editable (+ test, sippy extras)
+#   - a Docker engine (dockerd) when none answers (skip with IMS_SKIP_DOCKER=1)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+if [ "$(id -u)" != 0 ]; then
+  echo "setup.sh must run as root (network namespaces, iptables, apt): sudo bash scripts/setup.sh" >&2
+  exit 2
+fi
+
+PKGS="iproute2 iptables nftables conntrack sip-tester tcpdump procps kmod python3-venv debootstrap docker.io"
+missing=""
+for p in $PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  echo "[setup] installing system packages:$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv"
+  "$PY" -m venv .venv
+fi
+STAMP=.venv/.ims-installed
+WANT=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+  echo "[setup] installing the project into .venv"
+  .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
+  .venv/bin/pip install -q -e ".[test,sippy]"
+  echo "$WANT" > "$STAMP"
+fi
+
+# kernel modules used by the NAT labs (SIP ALG profile); harmless when built in or absent
+modprobe nf_conntrack_sip 2>/dev/null || true
+modprobe nf_nat_sip 2>/dev/null || true
+
+if [ "${IMS_SKIP_DOCKER:-0}" != 1 ] && [ -x scripts/docker-engine.sh ]; then
+  bash scripts/docker-engine.sh || echo "[setup] warning: no Docker engine; the docker lab backend will be unavailable" >&2
+fi
+echo "[setup] ready: $ROOT/.venv/bin/harness"

@@ -1,0 +1,192 @@
+"""The SIP server every stage runs: transports + registrar + proxy + media backend + CDR + MML.
+
+``SIPServer(stage, config, media=...)`` is assembled by ``sipcore.app``; the stage only changes the
+media backend and the NAT policy (``StagePolicy``).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from sipcore.auth_policy import SipAuthorizer
+from sipcore.call_records import CDREvents
+from sipcore.digest import DigestAuthenticator
+from sipcore.errors import SIPParseError
+from sipcore.message import SIPRequest, SIPResponse, build_response
+from sipcore.nat_helper import init_nat_helper
+from sipcore.nat_keepalive import NATKeepalive
+from sipcore.proxy import Proxy, ServerTx
+from sipcore.registrar import Registrar
+from sipcore.security import Blacklist, FailureLimiter
+from sipcore.stage_policy import STAGE_NAMES, StagePolicy
+from sipcore.transport import SIPTransport
+
+log = logging.getLogger(__name__)
+
+SERVER_HEADER = "ims-migrate/{stage}"
+
+
+class SIPServer:
+    def __init__(self, stage: int, config, media, *, users, cdr):
+        self.stage = stage
+        self.config = config
+        self.media = media
+        self.users = users
+        self.cdr = cdr
+        self.started_at = time.time()
+        self.server_header = SERVER_HEADER.format(stage=f"{stage}-{STAGE_NAMES[stage]}")
+        nat = None
+        if stage >= 2:
+            nat = init_nat_helper(server_ip=config.advertised_host, local_networks=config.local_networks)
+        self.policy = StagePolicy(stage, nat)
+        self.registrar = Registrar(min_expires=config.min_expires, max_expires=config.max_expires,
+                                   default_expires=config.default_expires,
+                                   contact_policy=self.policy.register_contact)
+        self.blacklist = Blacklist(config.blacklist_file)
+        self.limiter = FailureLimiter(block_after=config.rate_limit_fails, window=60.0,
+                                      blacklist=self.blacklist)
+        self.digest = DigestAuthenticator(realm=config.realm, algorithms=config.auth_algorithms,
+                                          nonce_ttl=config.nonce_ttl)
+        self.authorizer = SipAuthorizer(self.digest, users.lookup_ha1, self._user_exists,
+                                        limiter=self.limiter, server_header=self.server_header)
+        self.events = CDREvents(cdr, server_ip=config.advertised_host, server_port=config.advertised_port)
+        self.transport = SIPTransport(self._on_message, max_size=65535,
+                                      bad_request_host=config.advertised_host)
+        self.proxy = Proxy(host=config.advertised_host, port=config.advertised_port, policy=self.policy,
+                           registrar=self.registrar, media=media, events=self.events,
+                           send=self.transport.send,
+                           authorizer=self.authorizer if config.auth_invite else None,
+                           user_exists=self._user_exists, server_header=self.server_header)
+        self.proxy.on_register = self._on_register   # type: ignore[method-assign]
+        self.keepalive = None
+        if self.policy.keepalive:
+            self.keepalive = NATKeepalive(self.proxy, self.registrar, interval=config.nat_keepalive_interval,
+                                          method=config.nat_keepalive_method,
+                                          max_failures=config.nat_keepalive_failures,
+                                          send_raw=self.transport.send_raw)
+        self._tasks: list[asyncio.Task] = []
+        self._handlers: set[asyncio.Task] = set()
+        self.mml = None
+        self.accepting = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.media.start()
+        await self.transport.listen_udp(self.config.bind_ip, self.config.server_port)
+        if self.config.enable_tcp:
+            await self.transport.listen_tcp(self.config.bind_ip, self.config.server_port)
+        self.accepting = True
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._housekeeping(), name="housekeeping"))
+        if self.keepalive is not None:
+            self.keepalive.start()
+        log.info("stage %d (%s) listening on %s:%d udp%s, advertised %s:%d, media %s",
+                 self.stage, STAGE_NAMES[self.stage], self.config.bind_ip, self.config.server_port,
+                 "+tcp" if self.config.enable_tcp else "", self.config.advertised_host,
+                 self.config.advertised_port, self.media.name)
+
+    async def stop(self) -> None:
+        """Graceful: stop accepting, end media sessions, flush CDR."""
+        self.accepting = False
+        self.transport.close()
+        if self.keepalive is not None:
+            await self.keepalive.stop()
+        for t in self._tasks:
+            t.cancel()
+        for t in list(self._handlers):
+            t.cancel()
+        await asyncio.gather(*self._tasks, *self._handlers, return_exceptions=True)
+        for call in self.proxy.active_calls():
+            call.state = "ended"
+            self.events.call_ended(call, "SERVER_SHUTDOWN", None)
+        try:
+            await self.media.stop()
+        except Exception:   # noqa: BLE001 - shutdown must finish
+            log.exception("media backend stop failed")
+        self.events.flush()
+        log.info("stopped (stage %d)", self.stage)
+
+    async def _housekeeping(self) -> None:
+        tick = 0
+        while True:
+            await asyncio.sleep(1.0)
+            tick += 1
+            try:
+                await self.proxy.sweep()
+                if tick % 15 == 0:
+                    self.blacklist.reload()
+                if tick % 30 == 0:
+                    self.registrar.expire(time.time())
+            except Exception:   # noqa: BLE001
+                log.exception("housekeeping failed")
+
+    # --- message intake -----------------------------------------------------------------------
+    def _on_message(self, msg, source: tuple[str, int], transport: str) -> None:
+        if not self.accepting:
+            return
+        ip = source[0]
+        if ip in self.blacklist or self.limiter.blocked(ip):
+            log.debug("dropping %s from blocked source %s", type(msg).__name__, ip)
+            return
+        task = asyncio.get_running_loop().create_task(self._dispatch(msg, source, transport))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _dispatch(self, msg, source, transport) -> None:
+        try:
+            if isinstance(msg, SIPRequest):
+                log.info("RX %s %s from %s:%s call-id=%s", msg.method, msg.uri, *source, msg.call_id)
+                await self.proxy.on_request(msg, source, transport)
+            else:
+                log.info("RX %d %s from %s:%s call-id=%s", msg.status, msg.reason, *source, msg.call_id)
+                await self.proxy.on_response(msg, source, transport)
+        except SIPParseError as exc:
+            log.warning("dropping message from %s:%s: %s", *source, exc.reason)
+        except Exception:   # noqa: BLE001 - one bad message must not stop the server
+            log.exception("error handling message from %s:%s", *source)
+            if isinstance(msg, SIPRequest) and msg.method != "ACK":
+                self.transport.send(build_response(msg, 500, extra_headers=[("Server", self.server_header)]),
+                                    source, transport)
+
+    def _user_exists(self, username: str) -> bool:
+        return self.users.get(username) is not None
+
+    # --- REGISTER -----------------------------------------------------------------------------
+    async def _on_register(self, tx: ServerTx) -> None:
+        req, source = tx.request, tx.source
+        decision = self.authorizer.decide(req, source, "Authorization")
+        if decision.response is not None:
+            self.proxy.send(decision.response, source, tx.transport)
+            tx.last_response, tx.final_sent, tx.finished_at = decision.response, True, self.proxy.clock()
+            if decision.failed:
+                self.events.register_failed(req, source, decision.response.status, decision.reason)
+            return
+        to_user = req.to_addr().uri.user if req.to_addr().uri else None
+        if decision.username and to_user and decision.username != to_user:
+            resp = build_response(req, 403, "Forbidden", to_tag="auth",
+                                  extra_headers=[("Warning", '399 - "credentials do not match the AOR"')])
+            self.proxy.send(resp, source, tx.transport)
+            tx.last_response, tx.final_sent, tx.finished_at = resp, True, self.proxy.clock()
+            self.events.register_failed(req, source, 403, "credentials do not match the AOR")
+            return
+        outcome = self.registrar.handle_register(req, source, tx.transport, time.time())
+        resp: SIPResponse = outcome.response
+        resp.headers.add("Server", self.server_header)
+        self.proxy.send(resp, source, tx.transport)
+        tx.last_response, tx.final_sent, tx.finished_at = resp, True, self.proxy.clock()
+        if resp.status == 200 and outcome.expires is not None:
+            if outcome.unregistered and not outcome.added and not outcome.refreshed:
+                self.events.register_unregistered(req, source, outcome.contact or "")
+            else:
+                self.events.register_success(req, source, outcome.contact or "", outcome.expires)
+
+    # --- management ---------------------------------------------------------------------------
+    def stats(self) -> dict:
+        now = time.time()
+        return {"stage": self.stage, "stage_name": STAGE_NAMES[self.stage],
+                "uptime": round(now - self.started_at, 1),
+                "registrations": len(self.registrar.all_bindings(now)),
+                "active_calls": len(self.proxy.active_calls()),
+                "media_sessions": len(self.media.sessions()),
+                **{f"sip_{k}": v for k, v in self.proxy.stats.items()}}
