@@ -191,22 +191,19 @@ class Proxy:
         return resp
 
     def _stamp_via(self, request: SIPRequest, source: Address) -> None:
-        """RFC 3261 §18.2.1 received + RFC 3581 rport; stage 2 forces rport (force_rport)."""
-        values = request.headers.get_all("Via")
+        """Stage 2 (force_rport): received + rport written into the top Via (RFC 3261 §18.2.1,
+        RFC 3581). Stages 0/1 keep the original behaviour: the Via is not touched and responses
+        go back to the stored request source instead."""
+        if not self.policy.force_rport:
+            return
+        values = request.headers.get_raw("Via")
         if not values:
             return
-        via = Via.parse(values[0])
-        changed = False
-        if self.policy.force_rport or "rport" in via.params:
-            if via.host != source[0]:
-                via.params["received"] = source[0]
-            elif self.policy.force_rport:
-                via.params["received"] = source[0]
-            via.params["rport"] = str(source[1])
-            changed = True
-        if changed:
-            request.headers.remove_first("Via")
-            request.headers.add("Via", str(via), top=True)
+        via = Via.parse(request.headers.get("Via"))
+        via.params["received"] = source[0]
+        via.params["rport"] = str(source[1])
+        request.headers.remove_first("Via")
+        request.headers.add("Via", str(via), top=True)
 
     # ==========================================================================================
     # requests

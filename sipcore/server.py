@@ -182,6 +182,10 @@ class SIPServer:
                 self.events.register_success(req, source, outcome.contact or "", outcome.expires)
 
     # --- management ---------------------------------------------------------------------------
+    def management_context(self):
+        from sipcore.management import ServerManagement
+        return ServerManagement(self)
+
     def stats(self) -> dict:
         now = time.time()
         return {"stage": self.stage, "stage_name": STAGE_NAMES[self.stage],

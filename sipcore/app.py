@@ -1,0 +1,124 @@
+"""Assemble and run the server for one stage: what run.py, run_refactored.py and run_sippy.py call.
+
+The stage is passed in by the entrypoint (a literal in each file), never inferred from its name.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from sipcore.errors import ConfigError, MediaBackendError
+from sipcore.stage_policy import STAGE_NAMES
+
+log = logging.getLogger(__name__)
+
+STAGE_DOC = {
+    0: "stage 0 (legacy): custom Python RTP relay, REGISTER Contact rewritten to the source",
+    1: "stage 1 (refactored): RTPProxy media relay, basic NAT handling",
+    2: "stage 2 (sippy): RTPProxy + NAT helper (fix_contact, fix_nated_sdp, force_rport, keepalive)",
+}
+
+ENV_HELP = """environment (original names and defaults):
+  SERVER_IP            address to advertise (AUTO_DETECT = the local address), default AUTO_DETECT
+  SERVER_PORT          SIP port, default 5060          ENABLE_TCP  1 = also SIP over TCP
+  SERVER_PUBLIC_HOST/SERVER_PUBLIC_PORT  advertised host/port when different
+  LOCAL_NETWORK_CIDR   default 192.168.0.0/16,10.0.0.0/8,172.16.0.0/12 (NAT detection)
+  RTPPROXY_SOCKET      rtpproxy control socket spec (udp:H:P, udp6:[H]:P, unix:/path, tcp:H:P)
+  RTPPROXY_UDP_HOST/RTPPROXY_UDP_PORT, RTPPROXY_TCP_HOST/RTPPROXY_TCP_PORT  (127.0.0.1:7722)
+  RTPPROXY_NODES       several relays: spec=weight,spec=weight
+  RTPPROXY_AUTO_START  1 = start ims-rtpproxy when nothing answers (default 1)
+  RTP_PORT_MIN/RTP_PORT_MAX  media ports, default 20000-29999
+  USERS_FILE, CDR_DIR, LOG_DIR, LOG_LEVEL, BLACKLIST_FILE, CONFIG_FILE
+  SIP_REALM, AUTH_INVITE, AUTH_ALGORITHMS, NONCE_TTL, MIN_EXPIRES, MAX_EXPIRES
+  NAT_KEEPALIVE_INTERVAL, NAT_KEEPALIVE_METHOD (OPTIONS|CRLF), NAT_KEEPALIVE_FAILURES (stage 2)
+  MML_HOST (127.0.0.1), MML_PORT (8888), MML_TOKEN       SIGNALLING (sipcore|sippy, stage 2)
+"""
+
+
+def parse_args(stage: int, argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else f"stage{stage}",
+        description=f"ims-migrate SIP server, {STAGE_DOC[stage]}.",
+        epilog=ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the configuration and the media backend, then exit")
+    return parser.parse_args(argv)
+
+
+def build_media(stage: int, config):
+    if stage == 0:
+        from legacy.rtp_relay import LegacyRelay
+        return LegacyRelay(advertised_ip=config.advertised_host, bind_ip=config.bind_ip,
+                           port_min=config.rtp_port_min, port_max=config.rtp_port_max,
+                           inactivity_timeout=config.rtp_inactivity_timeout)
+    from refactored.rtpproxy_media import build_rtpproxy_backend
+    return build_rtpproxy_backend(config)
+
+
+def build_server(stage: int, config):
+    from sipcore.cdr import CDRWriter
+    from sipcore.server import SIPServer
+    from sipcore.users import UserStore
+    from refactored.sippy_signalling import require_signalling
+    require_signalling(config.signalling, stage)
+    users = UserStore(config.users_file)
+    cdr = CDRWriter(config.cdr_dir)
+    return SIPServer(stage, config, build_media(stage, config), users=users, cdr=cdr)
+
+
+async def serve(stage: int, config) -> int:
+    from sipcore.mml.http_api import start_mml_server
+    server = build_server(stage, config)
+    try:
+        await server.start()
+    except MediaBackendError as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        await server.stop()
+        return 3
+    except OSError as exc:
+        log.error("cannot listen: %s", exc)
+        print(f"error: cannot listen on {config.bind_ip}:{config.server_port}: {exc}", file=sys.stderr)
+        await server.stop()
+        return 3
+    mml = await start_mml_server(server.management_context(), config.mml_host, config.mml_port,
+                                 token=config.mml_token)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"ims-migrate {STAGE_DOC[stage]} ready on {config.advertised_host}:{config.advertised_port}",
+          flush=True)
+    await stop.wait()
+    log.info("shutting down (signal)")
+    await mml.close()
+    await server.stop()
+    return 0
+
+
+def main(stage: int, argv: list[str] | None = None) -> int:
+    if stage not in STAGE_NAMES:
+        print(f"error: unknown stage {stage}", file=sys.stderr)
+        return 2
+    args = parse_args(stage, list(argv or []))
+    from sipcore.config import Config
+    from sipcore.logsetup import setup_logging
+    try:
+        config = Config.from_env(os.environ)
+        from refactored.sippy_signalling import require_signalling
+        require_signalling(config.signalling, stage)
+    except ConfigError as exc:
+        print(f"configuration error: {exc.key}: {exc.message}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level, config.log_dir)
+    if args.check_config:
+        print(f"configuration ok for {STAGE_DOC[stage]}")
+        return 0
+    try:
+        return asyncio.run(serve(stage, config))
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,73 @@
+"""The running server as seen by MML (implements sipcore.mml.context.ManagementContext)."""
+from __future__ import annotations
+
+import time
+
+
+class RegistrarView:
+    def __init__(self, registrar):
+        self._registrar = registrar
+
+    def bindings(self) -> list[dict]:
+        now = time.time()
+        return [b.as_dict(now) for b in self._registrar.all_bindings(now)]
+
+    def remove(self, aor: str) -> int:
+        return self._registrar.remove_aor(aor)
+
+    def clear(self) -> int:
+        return self._registrar.clear()
+
+
+class CallsView:
+    def __init__(self, proxy):
+        self._proxy = proxy
+
+    def list(self) -> list[dict]:
+        now = time.time()
+        return [c.as_dict(now) for c in self._proxy.active_calls()]
+
+    async def end(self, call_id: str) -> bool:
+        return await self._proxy.end_call(call_id, "FORCED_TERMINATION_BY_MML")
+
+    async def end_all(self) -> int:
+        n = 0
+        for c in list(self._proxy.active_calls()):
+            if await self._proxy.end_call(c.call_id, "FORCED_TERMINATION_BY_MML_CLR_ALL"):
+                n += 1
+        return n
+
+
+class NATView:
+    def __init__(self, server):
+        self._server = server
+
+    def state(self) -> dict:
+        nat = self._server.policy.nat
+        out = nat.state() if nat is not None else {}
+        now = time.time()
+        out["nated_bindings"] = [b.as_dict(now) for b in self._server.registrar.all_bindings(now) if b.nated]
+        if self._server.keepalive is not None:
+            out["keepalive"] = self._server.keepalive.state()
+        return out
+
+
+class ServerManagement:
+    def __init__(self, server):
+        self._server = server
+        self.users = server.users
+        self.cdr = server.cdr
+        self.config = server.config
+        self.registrar = RegistrarView(server.registrar)
+        self.calls = CallsView(server.proxy)
+        self.media = server.media
+        self.blacklist = server.blacklist
+        self.stage = server.stage
+        self.nat = NATView(server) if server.policy.nat is not None else None
+
+    def stats(self) -> dict:
+        return self._server.stats()
+
+    def set_log_level(self, level: str) -> None:
+        from sipcore.logsetup import set_level
+        set_level(level)
