@@ -68,6 +68,9 @@ class ServerManagement:
     def stats(self) -> dict:
         return self._server.stats()
 
+    def limiter_stats(self) -> dict:
+        return self._server.limiter.stats()
+
     def set_log_level(self, level: str) -> None:
         from sipcore.logsetup import set_level
         set_level(level)

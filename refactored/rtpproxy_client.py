@@ -1,0 +1,214 @@
+"""Asyncio RTPProxy control client (udp, udp6, unix datagram, tcp stream) and a weighted node pool.
+
+A call sticks to the node it was created on; a node that stops answering is marked down, skipped,
+and re-probed with ``V`` until it answers again.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import logging
+import random
+import socket
+import time
+
+from refactored import rtpproxy_protocol as proto
+from sipcore.errors import MediaBackendError
+
+log = logging.getLogger(__name__)
+
+HOW_TO_START = ("start one with: ims-rtpproxy -l <SERVER_IP> -s udp:127.0.0.1:7722 -m 20000 -M 29999 "
+                "(or a real rtpproxy: rtpproxy -F -l <SERVER_IP> -s udp:127.0.0.1:7722), "
+                "or set RTPPROXY_AUTO_START=1")
+
+
+class RTPProxyUnavailable(MediaBackendError):
+    pass
+
+
+def parse_spec(spec: str) -> tuple[str, object]:
+    kind, _, rest = spec.partition(":")
+    if kind in ("udp", "tcp"):
+        host, _, port = rest.rpartition(":")
+        return kind, (host, int(port))
+    if kind == "udp6":
+        host, _, port = rest.rpartition(":")
+        return kind, (host.strip("[]"), int(port))
+    if kind == "unix":
+        return kind, rest
+    raise ValueError(f"bad rtpproxy socket spec {spec!r}")
+
+
+class _DatagramProtocol(asyncio.DatagramProtocol):
+    def __init__(self, client: "RTPProxyClient"):
+        self.client = client
+
+    def datagram_received(self, data, addr):
+        self.client._reply(data)
+
+
+class RTPProxyClient:
+    """One control socket. ``await client.command(cmd)`` returns the reply text (no cookie)."""
+
+    def __init__(self, spec: str, timeout: float = 1.0, retries: int = 2):
+        self.spec = spec
+        self.kind, self.address = parse_spec(spec)
+        self.timeout = timeout
+        self.retries = retries
+        self._transport = None
+        self._pending: dict[str, asyncio.Future] = {}
+        self._cookies = itertools.count(random.randrange(1, 1 << 20))
+        self._stream_lock = asyncio.Lock()
+        self._reader = self._writer = None
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.kind in ("udp", "udp6"):
+            family = socket.AF_INET6 if self.kind == "udp6" else socket.AF_INET
+            self._transport, _ = await loop.create_datagram_endpoint(
+                lambda: _DatagramProtocol(self), remote_addr=self.address, family=family)
+        elif self.kind == "unix":
+            self._transport, _ = await loop.create_datagram_endpoint(
+                lambda: _DatagramProtocol(self), remote_addr=self.address, family=socket.AF_UNIX)
+        else:
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_connection(*self.address), self.timeout)
+
+    def _reply(self, data: bytes) -> None:
+        cookie = data.split(b" ", 1)[0].decode("ascii", "replace")
+        fut = self._pending.get(cookie)
+        if fut is not None and not fut.done():
+            fut.set_result(data)
+
+    async def command(self, cmd: proto.Command) -> str:
+        last_exc: Exception | None = None
+        for attempt in range(self.retries + 1):
+            try:
+                if self._transport is None and self._writer is None:
+                    await self._connect()
+                if self.kind == "tcp":
+                    return await self._stream_command(cmd)
+                return await self._datagram_command(cmd)
+            except (asyncio.TimeoutError, OSError, ConnectionError) as exc:
+                last_exc = exc
+                self.close()
+        raise RTPProxyUnavailable(f"rtpproxy at {self.spec} does not answer ({last_exc or 'timeout'}); {HOW_TO_START}")
+
+    async def _datagram_command(self, cmd: proto.Command) -> str:
+        cookie = f"{next(self._cookies)}_{int(time.monotonic() * 1000) % 100000}"
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[cookie] = fut
+        try:
+            self._transport.sendto(proto.frame(cmd, cookie))
+            data = await asyncio.wait_for(fut, self.timeout)
+        finally:
+            self._pending.pop(cookie, None)
+        return proto.split_reply(data, cookie)
+
+    async def _stream_command(self, cmd: proto.Command) -> str:
+        async with self._stream_lock:
+            self._writer.write(proto.frame(cmd, None))
+            await self._writer.drain()
+            line = await asyncio.wait_for(self._reader.readline(), self.timeout)
+            if not line:
+                raise ConnectionError("rtpproxy closed the connection")
+            return proto.split_reply(line, None)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = self._reader = None
+
+
+class Node:
+    def __init__(self, spec: str, weight: int, timeout: float):
+        self.spec = spec
+        self.weight = weight
+        self.client = RTPProxyClient(spec, timeout=timeout)
+        self.up = True
+        self.down_since: float | None = None
+
+
+class RTPProxyPool:
+    def __init__(self, nodes: list[tuple[str, int]], timeout: float = 1.0, reprobe: float = 5.0):
+        if not nodes:
+            raise ValueError("at least one rtpproxy node is needed")
+        self.nodes = [Node(s, w, timeout) for s, w in nodes]
+        self.reprobe = reprobe
+        self._sticky: dict[str, Node] = {}
+
+    async def probe(self, node: Node) -> bool:
+        try:
+            ver = await node.client.command(proto.version())
+            proto.check_error(ver)
+            ok = await node.client.command(proto.feature())
+            if ok.strip() != "1":
+                raise proto.RTPProxyError(99, f"base protocol {proto.BASE_VERSION} not supported")
+            if not node.up:
+                log.info("rtpproxy %s is back", node.spec)
+            node.up, node.down_since = True, None
+            return True
+        except (RTPProxyUnavailable, proto.RTPProxyError) as exc:
+            if node.up:
+                log.warning("rtpproxy %s marked down: %s", node.spec, exc)
+            node.up, node.down_since = False, time.monotonic()
+            return False
+
+    async def start(self) -> None:
+        results = await asyncio.gather(*(self.probe(n) for n in self.nodes))
+        if not any(results):
+            specs = ", ".join(n.spec for n in self.nodes)
+            raise RTPProxyUnavailable(f"no rtpproxy answers at {specs}; {HOW_TO_START}")
+
+    async def _revive(self) -> None:
+        now = time.monotonic()
+        for n in self.nodes:
+            if not n.up and n.down_since is not None and now - n.down_since >= self.reprobe:
+                await self.probe(n)
+
+    def _choose(self, call_id: str) -> Node:
+        up = [n for n in self.nodes if n.up]
+        if not up:
+            raise RTPProxyUnavailable(f"all rtpproxy nodes are down; {HOW_TO_START}")
+        total = sum(n.weight for n in up)
+        point = int(hashlib.sha1(call_id.encode()).hexdigest(), 16) % total
+        for n in up:
+            if point < n.weight:
+                return n
+            point -= n.weight
+        return up[-1]
+
+    async def command(self, call_id: str, cmd: proto.Command) -> str:
+        await self._revive()
+        node = self._sticky.get(call_id)
+        if node is None or not node.up:
+            node = self._choose(call_id)
+        for _ in range(len(self.nodes)):
+            try:
+                reply = await node.client.command(cmd)
+                if cmd.kind in ("U", "L"):
+                    self._sticky[call_id] = node
+                elif cmd.kind == "D":
+                    self._sticky.pop(call_id, None)
+                return reply
+            except RTPProxyUnavailable as exc:
+                log.warning("rtpproxy %s failed: %s", node.spec, exc)
+                node.up, node.down_since = False, time.monotonic()
+                if cmd.kind in ("D", "Q"):
+                    raise
+                node = self._choose(call_id)
+        raise RTPProxyUnavailable(f"no rtpproxy node answered; {HOW_TO_START}")
+
+    async def any_command(self, cmd: proto.Command) -> str:
+        for n in self.nodes:
+            if n.up:
+                return await n.client.command(cmd)
+        raise RTPProxyUnavailable(f"all rtpproxy nodes are down; {HOW_TO_START}")
+
+    def close(self) -> None:
+        for n in self.nodes:
+            n.client.close()

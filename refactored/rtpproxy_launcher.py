@@ -1,0 +1,149 @@
+"""`ims-rtpproxy`: start RTPProxy with rtpproxy-style options.
+
+    ims-rtpproxy -l 203.0.113.5 -s udp:127.0.0.1:7722 -m 20000 -M 29999 [-F] [-d INFO]
+
+A real ``rtpproxy`` binary on PATH is exec'ed with the same arguments; otherwise the real sippy
+RTPProxy embedded in the PyPI package ``rtp-io`` runs in this process until SIGTERM/SIGINT.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from refactored.rtpproxy_client import RTPProxyPool, RTPProxyUnavailable, parse_spec
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ims-rtpproxy", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-l", dest="listen", required=True, help="address RTP is relayed on (IPv4)")
+    ap.add_argument("-s", dest="control", default="udp:127.0.0.1:7722",
+                    help="control socket: udp:HOST:PORT, udp6:[HOST]:PORT, unix:/path, tcp:HOST:PORT")
+    ap.add_argument("-m", dest="port_min", type=int, default=20000, help="lowest RTP port")
+    ap.add_argument("-M", dest="port_max", type=int, default=29999, help="highest RTP port")
+    ap.add_argument("-F", dest="insecure", action="store_true", help="accepted (rtpproxy compatibility)")
+    ap.add_argument("-f", dest="foreground", action="store_true", help="accepted: always foreground")
+    ap.add_argument("-d", dest="debug", default="WARN", help="rtpproxy log level (DBUG, INFO, WARN, ERR)")
+    return ap
+
+
+def rtpproxy_args(a) -> list[str]:
+    return ["-F", "-l", a.listen, "-s", a.control, "-m", str(a.port_min), "-M", str(a.port_max), "-d", a.debug]
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    if not 1024 <= a.port_min < a.port_max <= 65535:
+        print("error: need 1024 <= -m < -M <= 65535", file=sys.stderr)
+        return 2
+    try:
+        parse_spec(a.control)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    binary = shutil.which("rtpproxy")
+    if binary:
+        os.execv(binary, [binary, "-f", *rtpproxy_args(a)])
+    try:
+        import rtp.io
+    except ImportError:
+        print("error: no rtpproxy binary on PATH and the rtp-io package is missing: pip install rtp-io",
+              file=sys.stderr)
+        return 3
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        proxy = rtp.io.rtpproxy(extra_args=tuple(rtpproxy_args(a)))
+    except Exception as exc:   # noqa: BLE001 - the extension raises plain exceptions
+        print(f"error: rtpproxy did not start: {exc}", file=sys.stderr)
+        return 3
+    print(f"ims-rtpproxy: relaying on {a.listen} ports {a.port_min}-{a.port_max}, control {a.control}",
+          flush=True)
+    while not stop.wait(0.5):
+        pass
+    del proxy
+    return 0
+
+
+class LocalRTPProxy:
+    """A launcher subprocess we own (RTPPROXY_AUTO_START)."""
+
+    def __init__(self, listen_ip: str, control: str, port_min: int, port_max: int):
+        self.cmd = [sys.executable, "-m", "refactored.rtpproxy_launcher", "-l", listen_ip, "-s", control,
+                    "-m", str(port_min), "-M", str(port_max)]
+        self.control = control
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                                     start_new_session=True)
+        log.info("auto-started rtpproxy: %s (pid %d)", " ".join(self.cmd[2:]), self.proc.pid)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+
+class AutoStartPool(RTPProxyPool):
+    """A pool that starts a local rtpproxy when the configured local node does not answer."""
+
+    def __init__(self, nodes, config):
+        super().__init__(nodes)
+        self.config = config
+        self.local: LocalRTPProxy | None = None
+
+    async def start(self) -> None:
+        import asyncio
+        try:
+            await super().start()
+            return
+        except RTPProxyUnavailable:
+            spec = self.nodes[0].spec
+            kind, addr = parse_spec(spec)
+            local = kind == "unix" or (kind in ("udp", "udp6", "tcp") and addr[0] in ("127.0.0.1", "::1", "localhost"))
+            if len(self.nodes) != 1 or not local:
+                raise
+        listen = self.config.bind_ip if self.config.bind_ip not in ("0.0.0.0", "") else self.config.server_ip
+        self.local = LocalRTPProxy(listen, self.nodes[0].spec, self.config.rtp_port_min, self.config.rtp_port_max)
+        self.local.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            if not self.local.alive():
+                err = self.local.proc.stderr.read().decode(errors="replace") if self.local.proc else ""
+                raise RTPProxyUnavailable(f"auto-started rtpproxy exited: {err.strip()[-300:]}")
+            if await self.probe(self.nodes[0]):
+                return
+        self.local.stop()
+        raise RTPProxyUnavailable("auto-started rtpproxy did not answer within 10 s")
+
+    def close(self) -> None:
+        super().close()
+        if self.local is not None:
+            self.local.stop()
+            self.local = None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

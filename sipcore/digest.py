@@ -1,0 +1,172 @@
+"""Server-side HTTP Digest authentication for SIP (RFC 3261 §22, RFC 7616, RFC 8760). Sans-IO.
+
+Nonces are ``<timestamp hex>.<random>.<HMAC>``: their integrity and age are checked without state,
+and each nonce's highest nonce-count is remembered so a captured Authorization header cannot be
+replayed (the original accepted replays). An expired nonce gets a new challenge with stale=true.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Callable
+
+ALGORITHMS = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
+
+
+def _h(algorithm: str, text: str) -> str:
+    return ALGORITHMS[algorithm](text.encode("utf-8")).hexdigest()
+
+
+def compute_ha1(username: str, realm: str, password: str, algorithm: str = "MD5") -> str:
+    return _h(algorithm, f"{username}:{realm}:{password}")
+
+
+def compute_response(algorithm: str, ha1: str, nonce: str, method: str, uri: str,
+                     qop: str | None = None, nc: str | None = None, cnonce: str | None = None) -> str:
+    ha2 = _h(algorithm, f"{method}:{uri}")
+    if qop:
+        return _h(algorithm, f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
+    return _h(algorithm, f"{ha1}:{nonce}:{ha2}")
+
+
+def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
+    """``Digest a=b, c="d,e"`` -> ("digest", {"a": "b", "c": "d,e"}); quoted-string aware."""
+    value = value.strip()
+    scheme, _, rest = value.partition(" ")
+    params: dict[str, str] = {}
+    i, n = 0, len(rest)
+    while i < n:
+        while i < n and rest[i] in " \t,":
+            i += 1
+        start = i
+        while i < n and rest[i] not in "=,":
+            i += 1
+        name = rest[start:i].strip().lower()
+        if i >= n or rest[i] != "=":
+            if name:
+                params[name] = ""
+            continue
+        i += 1
+        while i < n and rest[i] in " \t":
+            i += 1
+        if i < n and rest[i] == '"':
+            i += 1
+            buf = []
+            while i < n and rest[i] != '"':
+                if rest[i] == "\\" and i + 1 < n:
+                    i += 1
+                buf.append(rest[i])
+                i += 1
+            i += 1
+            params[name] = "".join(buf)
+        else:
+            start = i
+            while i < n and rest[i] != ",":
+                i += 1
+            params[name] = rest[start:i].strip()
+    return scheme.lower(), params
+
+
+@dataclass
+class AuthResult:
+    ok: bool
+    username: str | None = None
+    stale: bool = False
+    reason: str = ""
+
+
+class DigestAuthenticator:
+    def __init__(self, realm: str, algorithms: tuple[str, ...] | list[str] = ("SHA-256", "MD5"),
+                 nonce_ttl: float = 300.0, secret: bytes | None = None, max_tracked: int = 100_000):
+        unknown = [a for a in algorithms if a not in ALGORITHMS]
+        if unknown or not algorithms:
+            raise ValueError(f"unsupported digest algorithms: {unknown or 'none'}")
+        self.realm = realm
+        self.algorithms = tuple(algorithms)
+        self.nonce_ttl = nonce_ttl
+        self.secret = secret or secrets.token_bytes(32)
+        self.max_tracked = max_tracked
+        self._nc: dict[str, tuple[int, float]] = {}   # nonce -> (highest nc, issued)
+
+    def _sign(self, stamp: str, rand: str) -> str:
+        return hmac.new(self.secret, f"{stamp}.{rand}".encode(), hashlib.sha256).hexdigest()[:24]
+
+    def new_nonce(self, now: float) -> str:
+        stamp = format(int(now * 1000), "x")
+        rand = secrets.token_hex(8)
+        return f"{stamp}.{rand}.{self._sign(stamp, rand)}"
+
+    def challenge(self, now: float, stale: bool = False) -> list[str]:
+        """One challenge value per algorithm (SHA-256 first, RFC 8760 §2.4)."""
+        nonce = self.new_nonce(now)
+        out = []
+        for alg in self.algorithms:
+            v = f'Digest realm="{self.realm}", nonce="{nonce}", algorithm={alg}, qop="auth"'
+            if stale:
+                v += ", stale=true"
+            out.append(v)
+        return out
+
+    def _nonce_issued(self, nonce: str) -> float | None:
+        parts = nonce.split(".")
+        if len(parts) != 3 or not hmac.compare_digest(parts[2], self._sign(parts[0], parts[1])):
+            return None
+        try:
+            return int(parts[0], 16) / 1000.0
+        except ValueError:
+            return None
+
+    def _purge(self, now: float) -> None:
+        if len(self._nc) < self.max_tracked:
+            return
+        for k, (_, issued) in list(self._nc.items()):
+            if now - issued > self.nonce_ttl:
+                del self._nc[k]
+
+    def verify(self, method: str, request_uri: str, authorization_value: str,
+               lookup_ha1: Callable[[str, str, str], str | None], now: float) -> AuthResult:
+        scheme, p = parse_auth_params(authorization_value)
+        if scheme != "digest":
+            return AuthResult(False, reason="not a Digest credential")
+        username = p.get("username")
+        if not username:
+            return AuthResult(False, reason="no username")
+        if p.get("realm") != self.realm:
+            return AuthResult(False, username, reason="wrong realm")
+        algorithm = (p.get("algorithm") or "MD5").upper()
+        if algorithm not in self.algorithms:
+            return AuthResult(False, username, reason=f"algorithm {algorithm} not offered")
+        nonce = p.get("nonce", "")
+        issued = self._nonce_issued(nonce)
+        if issued is None:
+            return AuthResult(False, username, reason="nonce not issued by us")
+        uri = p.get("uri", "")
+        if uri != request_uri:
+            return AuthResult(False, username, reason="digest uri does not match the Request-URI")
+        ha1 = lookup_ha1(username, self.realm, algorithm)
+        if ha1 is None:
+            return AuthResult(False, username, reason="unknown or inactive user")
+        qop = p.get("qop")
+        if qop not in (None, "auth"):
+            return AuthResult(False, username, reason=f"qop {qop} not supported")
+        nc_text, cnonce = p.get("nc"), p.get("cnonce")
+        if qop and (not nc_text or not cnonce):
+            return AuthResult(False, username, reason="qop=auth needs nc and cnonce")
+        expected = compute_response(algorithm, ha1, nonce, method, uri, qop, nc_text, cnonce)
+        if not hmac.compare_digest(expected, p.get("response", "").lower()):
+            return AuthResult(False, username, reason="wrong password")
+        if now - issued > self.nonce_ttl:
+            return AuthResult(False, username, stale=True, reason="nonce expired")
+        # replay protection: nc must grow for a nonce; without qop a nonce is single use
+        try:
+            nc = int(nc_text, 16) if nc_text else 0
+        except ValueError:
+            return AuthResult(False, username, reason="bad nc")
+        last = self._nc.get(nonce)
+        if last is not None and nc <= last[0]:
+            return AuthResult(False, username, reason="replayed credentials (nonce count not increasing)")
+        self._purge(now)
+        self._nc[nonce] = (nc, issued)
+        return AuthResult(True, username)
