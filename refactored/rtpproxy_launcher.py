@@ -78,17 +78,19 @@ def main(argv: list[str] | None = None) -> int:
 class LocalRTPProxy:
     """A launcher subprocess we own (RTPPROXY_AUTO_START)."""
 
-    def __init__(self, listen_ip: str, control: str, port_min: int, port_max: int):
+    def __init__(self, listen_ip: str, control: str, port_min: int, port_max: int, workdir: str = "."):
         self.cmd = [sys.executable, "-m", "refactored.rtpproxy_launcher", "-l", listen_ip, "-s", control,
                     "-m", str(port_min), "-M", str(port_max)]
         self.control = control
+        self.workdir = workdir           # rtpproxy writes its accounting CSV in its cwd
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        os.makedirs(self.workdir, exist_ok=True)
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                                     start_new_session=True)
+                                     cwd=self.workdir, start_new_session=True)
         log.info("auto-started rtpproxy: %s (pid %d)", " ".join(self.cmd[2:]), self.proc.pid)
 
     def alive(self) -> bool:
@@ -125,7 +127,8 @@ class AutoStartPool(RTPProxyPool):
             if len(self.nodes) != 1 or not local:
                 raise
         listen = self.config.bind_ip if self.config.bind_ip not in ("0.0.0.0", "") else self.config.server_ip
-        self.local = LocalRTPProxy(listen, self.nodes[0].spec, self.config.rtp_port_min, self.config.rtp_port_max)
+        self.local = LocalRTPProxy(listen, self.nodes[0].spec, self.config.rtp_port_min, self.config.rtp_port_max,
+                                   workdir=self.config.log_dir)
         self.local.start()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
