@@ -89,8 +89,10 @@ class LocalRTPProxy:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
         os.makedirs(self.workdir, exist_ok=True)
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                                     cwd=self.workdir, start_new_session=True)
+        self.log_path = os.path.join(os.path.abspath(self.workdir), "rtpproxy.log")
+        with open(self.log_path, "ab") as log_file:      # a pipe nobody reads would block rtpproxy
+            self.proc = subprocess.Popen(self.cmd, stdout=log_file, stderr=log_file, env=env,
+                                         cwd=self.workdir, start_new_session=True)
         log.info("auto-started rtpproxy: %s (pid %d)", " ".join(self.cmd[2:]), self.proc.pid)
 
     def alive(self) -> bool:
@@ -134,8 +136,9 @@ class AutoStartPool(RTPProxyPool):
         while time.monotonic() < deadline:
             await asyncio.sleep(0.2)
             if not self.local.alive():
-                err = self.local.proc.stderr.read().decode(errors="replace") if self.local.proc else ""
-                raise RTPProxyUnavailable(f"auto-started rtpproxy exited: {err.strip()[-300:]}")
+                with open(self.local.log_path, encoding="utf-8", errors="replace") as fh:
+                    err = fh.read()[-300:]
+                raise RTPProxyUnavailable(f"auto-started rtpproxy exited: {err.strip()}")
             if await self.probe(self.nodes[0]):
                 return
         self.local.stop()

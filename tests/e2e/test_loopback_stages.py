@@ -1,0 +1,117 @@
+"""Every entrypoint is a complete server: OPTIONS, two registrations and a call with RTP both ways
+through its own media backend (stage 0 Python relay, stages 1/2 a real RTPProxy), on loopback."""
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from tests.stack import PYTHON, ROOT, ServerProcess, agent, received_from, sent
+
+
+@pytest.fixture(params=[0, 1, 2], ids=["stage0", "stage1", "stage2"])
+def server(request, tmp_path):
+    with ServerProcess(request.param, str(tmp_path)) as srv:
+        yield srv
+
+
+def test_register_call_media_and_cdr(server):
+    alice = agent("alice", "1001", server, 0)
+    bob = agent("bob", "1002", server, 1)
+    try:
+        assert alice.request("options")["code"] == 200
+        assert alice.request("register")["code"] == 200
+        assert bob.request("register")["code"] == 200
+        reg = server.mml("DSP REG")
+        assert reg["retcode"] == 0 and "sip:1001@sip.local" in reg["output"] and "sip:1002@sip.local" in reg["output"]
+        call = alice.request("call", target="1002")
+        assert call["code"] == 200
+        time.sleep(1.5)
+        assert alice.request("hangup")["code"] == 200
+        time.sleep(0.3)
+        a, b = alice.request("stats"), bob.request("stats")
+        assert sent(a) > 50 and sent(b) > 50
+        # both directions arrive (loopback: allow for packets in flight at hang-up)
+        assert received_from(b, "1001") >= 0.9 * sent(a)
+        assert received_from(a, "1002") >= 0.9 * sent(b)
+        assert alice.request("message", target="1002", text="hi")["code"] == 200
+    finally:
+        alice.close()
+        bob.close()
+    rows = server.cdr_rows()
+    kinds = [(r["record_type"], r["call_state"]) for r in rows]
+    assert kinds.count(("REGISTER", "SUCCESS")) == 2
+    assert ("OPTIONS", "COMPLETED") in kinds and ("MESSAGE", "COMPLETED") in kinds
+    [call_row] = [r for r in rows if r["record_type"] == "CALL"]
+    assert call_row["call_state"] == "ENDED" and call_row["caller_number"] == "1001"
+    assert call_row["callee_number"] == "1002" and float(call_row["duration"]) > 1.0
+    assert call_row["ringing_time"] and call_row["answer_time"]
+
+
+def test_unregistered_callee_busy_and_rmv_call(server):
+    alice = agent("alice", "1001", server, 0)
+    bob = agent("bob", "1002", server, 1, answer_mode="busy")
+    try:
+        alice.request("register")
+        assert alice.request("call", target="1002")["code"] == 480     # known user, not registered
+        bob.request("register")
+        assert alice.request("call", target="1002")["code"] == 486
+        bob.request("set", answer_mode="auto")
+        assert alice.request("call", target="1002")["code"] == 200
+        calls = server.mml("DSP CALL FORMAT=JSON")
+        import json
+        [active] = json.loads(calls["output"])
+        res = server.mml(f"RMV CALL CALLID={active['call_id']} CONFIRM=YES")
+        assert res["retcode"] == 0, res
+        ended = bob.request("wait", event="call_ended", timeout=5)
+        assert ended["by"] == "remote"
+        # the caller got a BYE too: its agent answered it
+        time.sleep(0.5)
+        obs = alice.request("observations")
+        assert "BYE" in obs["requests_received"]
+    finally:
+        alice.close()
+        bob.close()
+    states = [(r["record_type"], r["call_state"], r["status_code"], r["termination_reason"]) for r in server.cdr_rows()
+              if r["record_type"] == "CALL"]
+    assert ("CALL", "FAILED", "480", "480 Temporarily Unavailable") in states
+    assert any(s[1] == "FAILED" and s[2] == "486" for s in states)
+    assert any(s[1] == "ENDED" and s[3] == "FORCED_TERMINATION_BY_MML" for s in states)
+
+
+def test_wrong_password_is_refused_and_recorded(server):
+    alice = agent("alice", "1001", server, 0, password="wrong")
+    try:
+        assert alice.request("register")["code"] == 403
+    finally:
+        alice.close()
+    assert [(r["record_type"], r["call_state"]) for r in server.cdr_rows()] == [("REGISTER", "FAILED")]
+
+
+def test_sigterm_is_graceful(server):
+    assert server.stop() == 0
+    assert "stopped (stage" in server.output
+
+
+def test_cutover_copy_gives_stage_2(tmp_path):
+    """`cp run_sippy.py run.py` then `python run.py` runs stage 2 (the stage is in the file)."""
+    shutil.copy(os.path.join(ROOT, "run_sippy.py"), tmp_path / "run.py")
+    out = subprocess.run([PYTHON, str(tmp_path / "run.py"), "--check-config"], capture_output=True, text=True,
+                         env=dict(os.environ, SERVER_IP="127.0.0.1", CONFIG_FILE="/nonexistent"), timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "stage 2 (sippy)" in out.stdout
+
+
+def test_bad_config_names_the_key(tmp_path):
+    out = subprocess.run([PYTHON, os.path.join(ROOT, "run.py")], capture_output=True, text=True, timeout=30,
+                         env=dict(os.environ, SERVER_IP="127.0.0.1", SERVER_PORT="99999", CONFIG_FILE="/nonexistent"))
+    assert out.returncode == 2
+    assert "SERVER_PORT" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_sippy_signalling_fails_clearly(tmp_path):
+    out = subprocess.run([PYTHON, os.path.join(ROOT, "run_sippy.py")], capture_output=True, text=True, timeout=30,
+                         env=dict(os.environ, SERVER_IP="127.0.0.1", SIGNALLING="sippy", CONFIG_FILE="/nonexistent"))
+    assert out.returncode == 2
+    assert "not available yet" in out.stderr and "Traceback" not in out.stderr

@@ -1,0 +1,115 @@
+"""Start a real server stage as a subprocess on loopback, with ports unique per xdist worker."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = sys.executable
+ENTRYPOINTS = {0: "run.py", 1: "run_refactored.py", 2: "run_sippy.py"}
+
+
+def worker_index() -> int:
+    w = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(w[2:]) if w.startswith("gw") and w[2:].isdigit() else 0
+
+
+class Ports:
+    """A block of 1000 ports per worker and per use: sip, mml, rtpproxy control, RTP ranges."""
+
+    _uses = 0
+
+    def __init__(self):
+        Ports._uses += 1
+        base = 33000 + worker_index() * 4000 + (Ports._uses % 4) * 1000
+        self.sip, self.mml, self.rtpproxy = base, base + 1, base + 2
+        self.ua = [base + 10, base + 20, base + 30]
+        self.rtp_ua = [base + 100, base + 120, base + 140]
+        self.relay_min, self.relay_max = base + 400, base + 999
+
+
+class ServerProcess:
+    def __init__(self, stage: int, workdir: str, entry: str | None = None, extra_env: dict | None = None):
+        self.stage = stage
+        self.workdir = workdir
+        self.ports = Ports()
+        self.token = "test-token"
+        users = {u: {"username": u, "password": "1234", "status": "ACTIVE"} for u in ("1001", "1002", "1003")}
+        with open(os.path.join(workdir, "users.json"), "w") as fh:
+            json.dump(users, fh)
+        self.env = dict(os.environ, SERVER_IP="127.0.0.1", SERVER_PORT=str(self.ports.sip),
+                        MML_PORT=str(self.ports.mml), MML_TOKEN=self.token,
+                        USERS_FILE=os.path.join(workdir, "users.json"), CDR_DIR=os.path.join(workdir, "CDR"),
+                        LOG_DIR=os.path.join(workdir, "logs"), BLACKLIST_FILE=os.path.join(workdir, "bl.txt"),
+                        CONFIG_FILE=os.path.join(workdir, "none.json"), RTP_PORT_MIN=str(self.ports.relay_min),
+                        RTP_PORT_MAX=str(self.ports.relay_max), RTPPROXY_UDP_PORT=str(self.ports.rtpproxy),
+                        LOG_LEVEL="INFO", **(extra_env or {}))
+        self.entry = entry or os.path.join(ROOT, ENTRYPOINTS[stage])
+        self.proc: subprocess.Popen | None = None
+        self.output = ""
+
+    def __enter__(self) -> "ServerProcess":
+        self.proc = subprocess.Popen([PYTHON, self.entry], cwd=self.workdir, env=self.env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 20
+        lines = []
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("ims-migrate ") and " ready on " in line:
+                return self
+        self.stop()
+        raise RuntimeError("server did not start:\n" + "".join(lines) + self.output)
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return -1
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            out, _ = self.proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate(timeout=5)
+        self.output += out or ""
+        return self.proc.returncode
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def mml(self, command: str) -> dict:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.ports.mml}/api/execute",
+                                     data=json.dumps({"command": command}).encode(),
+                                     headers={"Authorization": f"Bearer {self.token}"})
+        return json.loads(urllib.request.urlopen(req, timeout=10).read())
+
+    def cdr_rows(self) -> list[dict]:
+        import csv
+        import glob
+        rows = []
+        for path in sorted(glob.glob(os.path.join(self.workdir, "CDR", "*", "cdr_*.csv"))):
+            with open(path, newline="") as fh:
+                rows.extend(csv.DictReader(fh))
+        return rows
+
+
+def agent(name: str, user: str, server: ServerProcess, index: int, **cfg):
+    from harness.agent_control import spawn_local
+    a = spawn_local(PYTHON, name)
+    a.request("config", user=user, password=cfg.pop("password", "1234"), server=["127.0.0.1", server.ports.sip],
+              sip_port=server.ports.ua[index], rtp_port=server.ports.rtp_ua[index], **cfg)
+    return a
+
+
+def received_from(stats: dict, sender: str) -> int:
+    return sum(s["received"].get(sender, {}).get("packets", 0) for s in stats["rtp"].values())
+
+
+def sent(stats: dict) -> int:
+    return sum(s["sent"] for s in stats["rtp"].values())
