@@ -1,0 +1,182 @@
+"""Names, subnet slots, cleanup on exit/signals, and prune of leftovers.
+
+Every object a lab creates is named ``imsl<6 hex>-...`` (namespaces) or labelled
+``ims-migrate.lab`` (Docker). ``prune`` touches only such objects. Cleanup is registered before
+the first object is created and runs on normal exit, exceptions, SIGINT and SIGTERM.
+"""
+from __future__ import annotations
+
+import atexit
+import errno
+import logging
+import os
+import re
+import secrets
+import signal
+import subprocess
+import threading
+
+log = logging.getLogger(__name__)
+
+PREFIX = "imsl"
+NAME_RE = re.compile(rf"^{PREFIX}[0-9a-f]{{6}}-")
+STATE_DIR = os.environ.get("IMS_NETLAB_STATE", "/run/ims-netlab")
+SLOT_DIR = os.path.join(STATE_DIR, "slots")
+
+_cleanups: dict[int, callable] = {}
+_lock = threading.Lock()
+_installed = False
+
+
+class NotRoot(RuntimeError):
+    pass
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise NotRoot("network labs need root (network namespaces, veth, iptables). Run as root, e.g. "
+                      "`sudo .venv/bin/harness lab up ...` or `sudo .venv/bin/harness compare --stage 2`.")
+
+
+def new_lab_id() -> str:
+    return PREFIX + secrets.token_hex(3)
+
+
+def register_cleanup(fn) -> int:
+    _install()
+    with _lock:
+        key = id(fn)
+        _cleanups[key] = fn
+        return key
+
+
+def unregister_cleanup(key: int) -> None:
+    with _lock:
+        _cleanups.pop(key, None)
+
+
+def run_cleanups() -> None:
+    with _lock:
+        fns = list(_cleanups.values())
+        _cleanups.clear()
+    for fn in fns:
+        try:
+            fn()
+        except Exception:   # noqa: BLE001 - every cleanup must get its turn
+            log.exception("lab cleanup failed")
+
+
+def _install() -> None:
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    atexit.register(run_cleanups)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(sig)
+
+            def handler(signum, frame, previous=previous):
+                run_cleanups()
+                if callable(previous) and previous not in (signal.SIG_IGN, signal.SIG_DFL):
+                    previous(signum, frame)
+                elif signum == signal.SIGINT:
+                    raise KeyboardInterrupt
+                else:
+                    raise SystemExit(128 + signum)
+            signal.signal(sig, handler)
+
+
+# --- subnet slots: one per live lab on this machine, so parallel labs never overlap ------------
+def claim_slot(preferred: int | None = None, slots: int = 32) -> int:
+    os.makedirs(SLOT_DIR, exist_ok=True)
+    order = list(range(slots))
+    if preferred is not None:
+        order = [preferred] + [s for s in order if s != preferred]
+    for slot in order:
+        path = os.path.join(SLOT_DIR, str(slot))
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if not _slot_stale(path):
+                continue
+            _release_dir(path)
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                continue
+        with open(os.path.join(path, "pid"), "w") as fh:
+            fh.write(str(os.getpid()))
+        return slot
+    raise RuntimeError(f"all {slots} lab subnet slots are in use (run `harness lab prune`)")
+
+
+def _slot_stale(path: str) -> bool:
+    try:
+        with open(os.path.join(path, "pid")) as fh:
+            pid = int(fh.read().strip() or 0)
+    except (OSError, ValueError):
+        return True
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.ESRCH
+    return False
+
+
+def _release_dir(path: str) -> None:
+    try:
+        os.unlink(os.path.join(path, "pid"))
+    except FileNotFoundError:
+        pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def release_slot(slot: int) -> None:
+    _release_dir(os.path.join(SLOT_DIR, str(slot)))
+
+
+# --- prune ---------------------------------------------------------------------------------------
+def list_namespaces() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def kill_namespace_processes(ns: str) -> None:
+    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=10).stdout
+    for pid in out.split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
+def delete_namespaces(names: list[str]) -> None:
+    for ns in names:
+        kill_namespace_processes(ns)
+    if names:
+        batch = "".join(f"netns delete {ns}\n" for ns in names)
+        subprocess.run(["ip", "-force", "-batch", "-"], input=batch, text=True, capture_output=True, timeout=30)
+
+
+def prune(lab_id: str | None = None) -> list[str]:
+    """Remove namespaces (and state) carrying the project's prefix (or one lab's id)."""
+    names = [n for n in list_namespaces() if NAME_RE.match(n) and (lab_id is None or n.startswith(lab_id + "-"))]
+    delete_namespaces(names)
+    if os.path.isdir(SLOT_DIR):
+        for slot in os.listdir(SLOT_DIR):
+            path = os.path.join(SLOT_DIR, slot)
+            if _slot_stale(path):
+                _release_dir(path)
+    removed = list(names)
+    try:
+        from netlab.docker_backend import prune_docker
+        removed += prune_docker()
+    except Exception:   # noqa: BLE001 - docker is optional
+        pass
+    return removed
