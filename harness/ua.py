@@ -440,7 +440,9 @@ class UserAgent:
     def _reply(self, req: SIPRequest, addr, status: int, body: bytes = b"", to_tag: str | None = None,
                final_cache: bool = True) -> SIPResponse:
         resp = build_response(req, status, to_tag=to_tag)
-        if req.method in ("INVITE",) and status < 300 and status > 100:
+        if req.method in ("INVITE", "SUBSCRIBE", "REFER") and 100 < status < 300:
+            for rr in req.headers.get_raw("Record-Route"):     # RFC 3261 §12.1.1
+                resp.headers.add("Record-Route", rr)
             resp.headers.add("Contact", self._contact())
         if body:
             resp.headers.add("Content-Type", "application/sdp")

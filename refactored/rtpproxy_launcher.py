@@ -119,6 +119,9 @@ class AutoStartPool(RTPProxyPool):
 
     async def start(self) -> None:
         import asyncio
+        saved = [(n.client.timeout, n.client.retries) for n in self.nodes]
+        for n in self.nodes:                  # a quick look first: is a relay already running?
+            n.client.timeout, n.client.retries = 0.3, 0
         try:
             await super().start()
             return
@@ -128,6 +131,9 @@ class AutoStartPool(RTPProxyPool):
             local = kind == "unix" or (kind in ("udp", "udp6", "tcp") and addr[0] in ("127.0.0.1", "::1", "localhost"))
             if len(self.nodes) != 1 or not local:
                 raise
+        finally:
+            for n, (timeout, retries) in zip(self.nodes, saved):
+                n.client.timeout, n.client.retries = timeout, retries
         listen = self.config.bind_ip if self.config.bind_ip not in ("0.0.0.0", "") else self.config.server_ip
         self.local = LocalRTPProxy(listen, self.nodes[0].spec, self.config.rtp_port_min, self.config.rtp_port_max,
                                    workdir=self.config.log_dir)

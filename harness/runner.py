@@ -1,0 +1,227 @@
+"""Run one scenario against one server stage in a fresh NAT lab and return its observation.
+
+The lab, the server, its RTPProxy, the agents and the captures are all torn down when the run
+ends, also on errors and Ctrl-C (the lab registers its cleanup before it creates anything).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from harness.agent_control import AgentError, AgentProcess
+from harness.observation import build_observation
+from harness.scenario import ROOT, USERS, Scenario
+from netlab import open_lab, standard
+from netlab.lifecycle import claim_slot, release_slot
+
+log = logging.getLogger(__name__)
+ENTRYPOINTS = {0: "run.py", 1: "run_refactored.py", 2: "run_sippy.py"}
+RTP_PORTS = {"alice": 40000, "bob": 42000}
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    stage: int
+    run: int
+    observation: dict
+    evidence: str
+    seconds: float
+    error: str | None = None
+
+
+class StepError(RuntimeError):
+    pass
+
+
+def _wait_ready(proc: subprocess.Popen, log_path: str, timeout: float = 25.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            with open(log_path, encoding="utf-8", errors="replace") as fh:
+                if any(line.startswith("ims-migrate ") and " ready on " in line for line in fh):
+                    return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.05)
+    with open(log_path, encoding="utf-8", errors="replace") as fh:
+        tail = fh.read()[-1500:]
+    raise StepError(f"server did not become ready (exit={proc.poll()}):\n{tail}")
+
+
+def run_scenario(sc: Scenario, stage: int, *, backend: str = "netns", evidence_root: str = "harness-out",
+                 run_index: int = 0, entry: str | None = None) -> RunResult:
+    t0 = time.monotonic()
+    evidence = os.path.join(evidence_root, sc.name, f"stage{stage}-run{run_index}")
+    shutil.rmtree(evidence, ignore_errors=True)
+    os.makedirs(evidence, exist_ok=True)
+    slot = claim_slot()
+    agents: dict[str, AgentProcess] = {}
+    captures = []
+    server = None
+    steps: list[tuple[str, object]] = []
+    error = None
+    topo = standard(sc.caller_nat, sc.callee_nat, slot=slot, udp_timeout=sc.udp_timeout, loss=sc.loss,
+                    name=sc.name)
+    lab = open_lab(topo, backend)
+    obs: dict = {}
+    try:
+        with lab:
+            server_ip = lab.address("server")
+            token = secrets.token_hex(8)
+            users = {u: {"username": u, "password": "1234", "display_name": who, "status": "ACTIVE"}
+                     for who, u in USERS.items()}
+            with open(os.path.join(evidence, "users.json"), "w") as fh:
+                json.dump(users, fh)
+            env = dict(os.environ, SERVER_IP=server_ip, SERVER_PORT="5060", MML_PORT="8888", MML_TOKEN=token,
+                       USERS_FILE=os.path.join(evidence, "users.json"), CDR_DIR=os.path.join(evidence, "CDR"),
+                       LOG_DIR=os.path.join(evidence, "logs"), BLACKLIST_FILE=os.path.join(evidence, "blacklist.txt"),
+                       CONFIG_FILE=os.path.join(evidence, "no-config.json"), LOG_LEVEL="INFO",
+                       PYTHONPATH=ROOT, **sc.server_env)
+            for r in topo.routers():
+                if "public" in r.addresses:
+                    captures.append(lab.capture(r.name, lab.iface(r.name, "public"),
+                                                os.path.join(evidence, f"{r.name}-public.pcap")))
+            server_log = os.path.join(evidence, "server.log")
+            with open(server_log, "w") as out:
+                server = lab.spawn("server", [sys.executable, entry or os.path.join(ROOT, ENTRYPOINTS[stage])],
+                                   env=env, cwd=evidence, stdout=out, stderr=subprocess.STDOUT)
+            _wait_ready(server, server_log)
+            for who in ("alice", "bob"):
+                proc = lab.spawn(who, [sys.executable, "-m", "harness.agent"], cwd=ROOT,
+                                 env=dict(os.environ, PYTHONPATH=ROOT))
+                agents[who] = AgentProcess(proc, who)
+                cfg = {"user": USERS[who], "password": "1234", "server": [server_ip, 5060],
+                       "local_ip": lab.address(who), "sip_port": 5060, "rtp_port": RTP_PORTS[who]}
+                cfg.update(sc.ua.get(who, {}))
+                agents[who].request("config", **cfg)
+            try:
+                steps = execute_steps(sc, lab, agents)
+            except (AgentError, StepError) as exc:
+                error = str(exc)
+            time.sleep(0.3)
+            agent_obs = {}
+            for who, a in agents.items():
+                try:
+                    agent_obs[who] = a.request("observations", timeout=10)
+                    with open(os.path.join(evidence, f"{who}-transcript.txt"), "w") as fh:
+                        fh.write(a.request("transcript", timeout=10)["text"])
+                except AgentError as exc:
+                    agent_obs[who] = {}
+                    error = error or str(exc)
+            registrar = _mml_json(lab, token, "DSP REG FORMAT=JSON")
+            obs = build_observation(sc, lab, steps, agent_obs, registrar, os.path.join(evidence, "CDR"))
+    except Exception as exc:   # noqa: BLE001 - one failed run is reported, not fatal to the compare
+        log.exception("scenario %s stage %d failed", sc.name, stage)
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        for a in agents.values():
+            a.close(timeout=2)
+        if server is not None and server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        for c in captures:
+            c.stop()
+        lab.down()
+        release_slot(slot)
+    if error:
+        obs["error"] = error
+    with open(os.path.join(evidence, "observation.json"), "w") as fh:
+        json.dump(obs, fh, indent=2, default=str)
+    return RunResult(sc.name, stage, run_index, obs, evidence, time.monotonic() - t0, error)
+
+
+def _mml_json(lab, token: str, command: str):
+    out = lab.run("server", [sys.executable, "-m", "sipcore.mml.cli", "--url", "http://127.0.0.1:8888", "--token",
+                             token, "--json", command], timeout=15)
+    try:
+        reply = json.loads(out.stdout.strip().splitlines()[-1])
+        return json.loads(reply.get("output") or "[]")
+    except (ValueError, IndexError):
+        return []
+
+
+def execute_steps(sc: Scenario, lab, agents: dict[str, AgentProcess]) -> list[tuple[str, object]]:
+    results: list[tuple[str, object]] = []
+    background = None
+    for step in sc.steps:
+        a = step.args
+        if step.kind in ("register", "unregister"):
+            if "password" in a:
+                agents[a["who"]].request("set", password=a["password"])
+            r = agents[a["who"]].request(step.kind, **({"expires": a["expires"]} if "expires" in a else {}))
+            results.append((step.label, r["code"]))
+        elif step.kind == "call":
+            if a.get("background"):
+                background = (step.label, agents[a["from"]].start("call", target=USERS[a["to"]]))
+                agents[a["from"]].request("sleep", seconds=float(a.get("ring_seconds", 1.0)))
+            else:
+                r = agents[a["from"]].request("call", target=USERS[a["to"]], video=bool(a.get("video")))
+                results.append((step.label, r["code"]))
+        elif step.kind == "cancel":
+            r = agents[a["who"]].request("cancel")
+            results.append((step.label, r["code"]))
+            if background is not None:
+                label, thread = background
+                thread.join(40)
+                reply = thread.box.get("reply") or {}
+                results.append((label, reply.get("code", 408)))
+                background = None
+        elif step.kind in ("media", "wait"):
+            time.sleep(a["seconds"])
+        elif step.kind == "hangup":
+            results.append((step.label, agents[a["who"]].request("hangup")["code"]))
+        elif step.kind == "hold":
+            results.append((step.label, agents[a["who"]].request("hold", variant=a.get("variant", "sendonly"))["code"]))
+        elif step.kind == "resume":
+            results.append((step.label, agents[a["who"]].request("resume")["code"]))
+        elif step.kind == "message":
+            r = agents[a["from"]].request("message", target=USERS[a["to"]], text=a.get("text", "hello"))
+            results.append((step.label, r["code"]))
+        elif step.kind == "options":
+            results.append((step.label, agents[a["who"]].request("options")["code"]))
+        elif step.kind == "rebind":
+            lab.nat_rebind(a["router"])
+        elif step.kind == "set":
+            who = a.pop("who")
+            agents[who].request("set", **a)
+            a["who"] = who
+        elif step.kind == "wait_event":
+            try:
+                agents[a["who"]].request("wait", event=a["event"], timeout=float(a.get("timeout", 5)))
+                results.append((step.label, "seen"))
+            except AgentError:
+                results.append((step.label, "missing"))
+    return results
+
+
+def run_many(jobs: list[tuple[Scenario, int, int]], *, backend: str, evidence_root: str, workers: int,
+             entries: dict[int, str] | None = None, progress=None) -> list[RunResult]:
+    """Run (scenario, stage, run_index) jobs in parallel labs."""
+    results: list[RunResult] = []
+
+    def one(job):
+        sc, stage, idx = job
+        res = run_scenario(sc, stage, backend=backend, evidence_root=evidence_root, run_index=idx,
+                           entry=(entries or {}).get(stage))
+        if progress:
+            progress(res)
+        return res
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for res in pool.map(one, jobs):
+            results.append(res)
+    return results
