@@ -1,6 +1,12 @@
-"""Server configuration from the original environment variable names (plus an optional JSON file).
+"""Server configuration from the original environment variable names, plus an optional JSON file.
 
-Every value is validated at start; an invalid one raises ``ConfigError`` naming the key.
+Precedence: environment variable (non-empty) > config file (``CONFIG_FILE``, default
+``config/config.json``, the original's keys such as ``SERVER_ADDR``, ``SERVER_PUBLIC_PORT``,
+``LOG_LEVEL``; env-style names are accepted there too) > default. Every value is validated at
+start; an invalid one raises ``ConfigError(key, message)`` naming the variable.
+
+``SERVER_IP=AUTO_DETECT`` asks the kernel which local address routes towards a TEST-NET address
+(a UDP ``connect()`` selects a route and sends nothing); the fallback is 127.0.0.1.
 """
 from __future__ import annotations
 
@@ -8,21 +14,45 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import socket
 from dataclasses import dataclass, fields
+from typing import Callable, Mapping
 
 from sipcore.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_LOCAL_NETWORKS = "192.168.0.0/16,10.0.0.0/8,172.16.0.0/12"
+DEFAULT_CONFIG_FILE = "config/config.json"
+DIGEST_ALGORITHMS = ("MD5", "SHA-256")
+MEDIA_BACKENDS = ("auto", "builtin", "rtpproxy")
+SIGNALLING_MODES = ("sipcore", "sippy")
+RTPPROXY_SPEC_KINDS = ("udp", "udp6", "tcp", "unix")
+TEST_NET_PROBE = ("192.0.2.1", 9)          # RFC 5737 TEST-NET-1; only used for a route lookup
+
+# config.json keys of the original -> our variable names
+FILE_KEY_ALIASES = {"SERVER_ADDR": "SERVER_IP", "LOCAL_NETWORKS": "LOCAL_NETWORK_CIDR"}
+# original config.json keys that have no effect here (as in the original, mostly)
+FILE_KEYS_IGNORED = {
+    "FORCE_LOCAL_ADDR": "the advertised address comes from SERVER_IP / SERVER_PUBLIC_HOST",
+    "CDR_MERGE_MODE": "one CDR row is written per outcome",
+    "USERS": "subscribers are read from USERS_FILE (users.json)",
+}
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
 
 
-def detect_local_ip() -> str:
-    """The address the kernel would use towards a TEST-NET destination; nothing is sent."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def detect_local_ip(probe: tuple[str, int] = TEST_NET_PROBE) -> str:
+    """The local address the kernel would use towards ``probe``; no packet is sent."""
     try:
-        s.connect(("192.0.2.1", 9))   # connect() on UDP only selects a route
-        return s.getsockname()[0]
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    except OSError:
+        return "127.0.0.1"
+    try:
+        s.connect(probe)   # connect() on a UDP socket only selects a route
+        addr = s.getsockname()[0]
+        return addr if addr and addr != "0.0.0.0" else "127.0.0.1"
     except OSError:
         return "127.0.0.1"
     finally:
@@ -64,74 +94,76 @@ class Config:
     mml_port: int
     mml_token: str | None
     signalling: str
+    server_ip_auto: bool = False
+    config_file: str | None = None
 
     @classmethod
-    def from_env(cls, environ=None, config_file: str | None = None) -> "Config":
+    def from_env(cls, environ: Mapping[str, str] | None = None, config_file: str | None = None, *,
+                 detect_ip: Callable[[], str] = detect_local_ip) -> "Config":
         env = dict(os.environ if environ is None else environ)
-        file_values: dict = {}
-        path = config_file or env.get("CONFIG_FILE") or "config/config.json"
-        if os.path.exists(path):
-            try:
-                with open(path, encoding="utf-8") as fh:
-                    file_values = json.load(fh)
-            except (OSError, json.JSONDecodeError) as exc:
-                raise ConfigError("CONFIG_FILE", f"cannot read {path}: {exc}") from None
-            if not isinstance(file_values, dict):
-                raise ConfigError("CONFIG_FILE", f"{path} must hold a JSON object")
+        path = config_file or env.get("CONFIG_FILE") or DEFAULT_CONFIG_FILE
+        file_values = _read_config_file(path, explicit=bool(config_file or env.get("CONFIG_FILE")))
+        get = _Getter(env, file_values)
 
-        def get(key: str, default=None, file_key: str | None = None):
-            if key in env and env[key] != "":
-                return env[key]
-            fk = file_key or key
-            if fk in file_values and file_values[fk] is not None:
-                return str(file_values[fk])
-            return default
-
-        server_ip = get("SERVER_IP", "AUTO_DETECT", file_key="SERVER_ADDR")
-        if server_ip.upper() == "AUTO_DETECT":
-            server_ip = detect_local_ip()
+        raw_ip = get("SERVER_IP", "AUTO_DETECT").strip()
+        auto = raw_ip.upper() == "AUTO_DETECT"
+        server_ip = detect_ip() if auto else raw_ip
         _ip("SERVER_IP", server_ip)
         port = _port("SERVER_PORT", get("SERVER_PORT", "5060"))
-        public_host = get("SERVER_PUBLIC_HOST", server_ip)
+        public_host = get("SERVER_PUBLIC_HOST", server_ip).strip()
+        _host("SERVER_PUBLIC_HOST", public_host)
         public_port = _port("SERVER_PUBLIC_PORT", get("SERVER_PUBLIC_PORT", str(port)))
-        nets = []
-        for n in get("LOCAL_NETWORK_CIDR", DEFAULT_LOCAL_NETWORKS).split(","):
-            n = n.strip()
-            if not n:
-                continue
-            try:
-                nets.append(str(ipaddress.ip_network(n, strict=False)))
-            except ValueError:
-                raise ConfigError("LOCAL_NETWORK_CIDR", f"not a CIDR: {n!r}") from None
+        bind_ip = get("UDP_BIND_IP", "0.0.0.0").strip()
+        _ip("UDP_BIND_IP", bind_ip)
+
         rtp_min = _int("RTP_PORT_MIN", get("RTP_PORT_MIN", "20000"), 1024, 65534)
         rtp_max = _int("RTP_PORT_MAX", get("RTP_PORT_MAX", "29999"), 1025, 65535)
         if rtp_min >= rtp_max:
             raise ConfigError("RTP_PORT_MIN", f"must be below RTP_PORT_MAX ({rtp_min} >= {rtp_max})")
-        level = get("LOG_LEVEL", "INFO").upper()
+
+        level = get("LOG_LEVEL", "INFO").strip().upper()
+        level = "WARNING" if level == "WARN" else level
         if level not in LOG_LEVELS:
             raise ConfigError("LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
-        algs = tuple(a.strip().upper() for a in get("AUTH_ALGORITHMS", "SHA-256,MD5").split(",") if a.strip())
-        for a in algs:
-            if a not in ("MD5", "SHA-256"):
-                raise ConfigError("AUTH_ALGORITHMS", f"unsupported algorithm {a!r} (MD5, SHA-256)")
-        if not algs:
-            raise ConfigError("AUTH_ALGORITHMS", "at least one algorithm is needed")
+
         min_exp = _int("MIN_EXPIRES", get("MIN_EXPIRES", "60"), 1, 86400)
         max_exp = _int("MAX_EXPIRES", get("MAX_EXPIRES", "3600"), 1, 604800)
         if min_exp > max_exp:
             raise ConfigError("MIN_EXPIRES", f"must not exceed MAX_EXPIRES ({min_exp} > {max_exp})")
-        method = get("NAT_KEEPALIVE_METHOD", "OPTIONS").upper()
+        default_exp = _int("DEFAULT_EXPIRES", get("DEFAULT_EXPIRES", str(min(3600, max_exp))), 1, 604800)
+        if not min_exp <= default_exp <= max_exp:
+            raise ConfigError("DEFAULT_EXPIRES", f"must lie between MIN_EXPIRES and MAX_EXPIRES "
+                                                 f"({min_exp}..{max_exp}), got {default_exp}")
+
+        method = get("NAT_KEEPALIVE_METHOD", "OPTIONS").strip().upper()
         if method not in ("OPTIONS", "CRLF"):
             raise ConfigError("NAT_KEEPALIVE_METHOD", f"must be OPTIONS or CRLF, got {method!r}")
-        signalling = get("SIGNALLING", "sipcore").lower()
-        backend = get("MEDIA_RELAY_BACKEND", "auto").lower()
-        if backend not in ("auto", "builtin", "rtpproxy"):
+        signalling = get("SIGNALLING", "sipcore").strip().lower()
+        if signalling not in SIGNALLING_MODES:
+            raise ConfigError("SIGNALLING", f"must be one of {', '.join(SIGNALLING_MODES)}, got {signalling!r}")
+        backend = get("MEDIA_RELAY_BACKEND", "auto").strip().lower()
+        if backend not in MEDIA_BACKENDS:
             raise ConfigError("MEDIA_RELAY_BACKEND", f"must be builtin or rtpproxy, got {backend!r}")
+
+        realm = get("SIP_REALM", "sip.local").strip()
+        if not realm or any(c in realm for c in '"\\\r\n'):
+            raise ConfigError("SIP_REALM", f"must be a non-empty token without quotes, got {realm!r}")
+        mml_host = get("MML_HOST", "127.0.0.1").strip()
+        _host("MML_HOST", mml_host)
+        token = get("MML_TOKEN", None)
+        if token is not None and (len(token) < 8 or any(c.isspace() for c in token)):
+            raise ConfigError("MML_TOKEN", "must be at least 8 characters without spaces")
+
+        for name in ("USERS_FILE", "CDR_DIR", "LOG_DIR", "BLACKLIST_FILE"):
+            if "\x00" in get(name, "x"):
+                raise ConfigError(name, "path contains a NUL character")
+
         return cls(
-            server_ip=server_ip, server_port=port, bind_ip=get("UDP_BIND_IP", "0.0.0.0"),
+            server_ip=server_ip, server_port=port, bind_ip=bind_ip,
             advertised_host=public_host, advertised_port=public_port,
             enable_tcp=_bool("ENABLE_TCP", get("ENABLE_TCP", "0")),
-            local_networks=tuple(nets), rtpproxy_nodes=_rtpproxy_nodes(get),
+            local_networks=_networks("LOCAL_NETWORK_CIDR", get("LOCAL_NETWORK_CIDR", DEFAULT_LOCAL_NETWORKS)),
+            rtpproxy_nodes=_rtpproxy_nodes(get),
             rtpproxy_auto_start=_bool("RTPPROXY_AUTO_START", get("RTPPROXY_AUTO_START", "1")),
             rtp_port_min=rtp_min, rtp_port_max=rtp_max,
             rtp_inactivity_timeout=_float("RTP_INACTIVITY_TIMEOUT", get("RTP_INACTIVITY_TIMEOUT", "60")),
@@ -139,52 +171,163 @@ class Config:
             users_file=get("USERS_FILE", "data/users.json"), cdr_dir=get("CDR_DIR", "CDR"),
             log_dir=get("LOG_DIR", "logs"), log_level=level,
             blacklist_file=get("BLACKLIST_FILE", "config/ip_blacklist.txt"),
-            realm=get("SIP_REALM", "sip.local"), auth_invite=_bool("AUTH_INVITE", get("AUTH_INVITE", "1")),
-            auth_algorithms=algs, nonce_ttl=_int("NONCE_TTL", get("NONCE_TTL", "300"), 5, 86400),
-            min_expires=min_exp, max_expires=max_exp,
-            default_expires=_int("DEFAULT_EXPIRES", get("DEFAULT_EXPIRES", "3600"), 1, 604800),
+            realm=realm, auth_invite=_bool("AUTH_INVITE", get("AUTH_INVITE", "1")),
+            auth_algorithms=_algorithms(get("AUTH_ALGORITHMS", "MD5,SHA-256")),
+            nonce_ttl=_int("NONCE_TTL", get("NONCE_TTL", "300"), 5, 86400),
+            min_expires=min_exp, max_expires=max_exp, default_expires=default_exp,
             nat_keepalive_interval=_float("NAT_KEEPALIVE_INTERVAL", get("NAT_KEEPALIVE_INTERVAL", "25")),
             nat_keepalive_method=method,
             nat_keepalive_failures=_int("NAT_KEEPALIVE_FAILURES", get("NAT_KEEPALIVE_FAILURES", "3"), 1, 100),
             rate_limit_fails=_int("RATE_LIMIT_FAILS", get("RATE_LIMIT_FAILS", "10"), 1, 100000),
-            mml_host=get("MML_HOST", "127.0.0.1"), mml_port=_port("MML_PORT", get("MML_PORT", "8888")),
-            mml_token=get("MML_TOKEN", None), signalling=signalling,
+            mml_host=mml_host, mml_port=_port("MML_PORT", get("MML_PORT", "8888")),
+            mml_token=token, signalling=signalling, server_ip_auto=auto,
+            config_file=path if file_values else None,
         )
 
     def describe(self) -> dict:
-        out = {f.name.upper(): getattr(self, f.name) for f in fields(self)}
-        if out.get("MML_TOKEN"):
+        """Upper-case name -> value for MML ``DSP SYSCFG`` / ``DSP CFG`` (the token is masked)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = ",".join(f"{v[0]}={v[1]}" if isinstance(v, tuple) else str(v) for v in value)
+            out[f.name.upper()] = value
+        if self.mml_token:
             out["MML_TOKEN"] = "***"
         return out
 
 
-def _rtpproxy_nodes(get) -> tuple[tuple[str, int], ...]:
+class _Getter:
+    """Looks a key up in the environment, then in the config file, then returns the default."""
+
+    def __init__(self, env: dict[str, str], file_values: dict[str, str]):
+        self.env = env
+        self.file_values = file_values
+
+    def __call__(self, key: str, default=None):
+        value = self.env.get(key)
+        if value is not None and value != "":
+            return value
+        value = self.file_values.get(key)
+        if value is not None:
+            return value
+        return default
+
+
+def _read_config_file(path: str, explicit: bool) -> dict[str, str]:
+    if not os.path.exists(path):
+        if explicit:
+            log.info("config file %s not found; using environment and defaults", path)
+        return {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError("CONFIG_FILE", f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("CONFIG_FILE", f"{path} must hold a JSON object")
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = FILE_KEY_ALIASES.get(str(key).upper(), str(key).upper())
+        if name in FILE_KEYS_IGNORED:
+            log.warning("%s: %s is ignored (%s)", path, key, FILE_KEYS_IGNORED[name])
+            continue
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            out[name] = "1" if value else "0"
+        elif isinstance(value, (list, tuple)):
+            out[name] = ",".join(str(v) for v in value)
+        elif isinstance(value, (str, int, float)):
+            out[name] = str(value)
+        else:
+            raise ConfigError(name, f"{path}: value of {key} must be a string, number or list")
+    return out
+
+
+def _rtpproxy_nodes(get: _Getter) -> tuple[tuple[str, int], ...]:
+    """RTPPROXY_NODES > RTPPROXY_SOCKET > RTPPROXY_UDP_* (run.py) > RTPPROXY_TCP_* (run_refactored)."""
     nodes_text = get("RTPPROXY_NODES")
     if nodes_text:
         nodes = []
         for item in nodes_text.split(","):
-            spec, _, weight = item.strip().partition("=")
-            _spec("RTPPROXY_NODES", spec)
-            nodes.append((spec, _int("RTPPROXY_NODES", weight or "1", 1, 1000)))
+            item = item.strip()
+            if not item:
+                continue
+            spec, sep, weight = item.rpartition("=") if "=" in item else (item, "", "")
+            spec = _spec("RTPPROXY_NODES", spec.strip())
+            nodes.append((spec, _int("RTPPROXY_NODES", weight.strip() if sep else "1", 1, 1000)))
+        if not nodes:
+            raise ConfigError("RTPPROXY_NODES", "no node given")
         return tuple(nodes)
     sock = get("RTPPROXY_SOCKET")
     if sock:
-        if sock.startswith("/"):
-            sock = "unix:" + sock
-        _spec("RTPPROXY_SOCKET", sock)
-        return ((sock, 1),)
-    if get("RTPPROXY_UDP_HOST") or get("RTPPROXY_UDP_PORT") or not get("RTPPROXY_TCP_PORT"):
-        host = get("RTPPROXY_UDP_HOST", "127.0.0.1")
+        return ((_spec("RTPPROXY_SOCKET", sock.strip()), 1),)
+    if get("RTPPROXY_UDP_HOST") or get("RTPPROXY_UDP_PORT") or not (get("RTPPROXY_TCP_HOST") or get("RTPPROXY_TCP_PORT")):
+        host = get("RTPPROXY_UDP_HOST", "127.0.0.1").strip()
+        _host("RTPPROXY_UDP_HOST", host)
         port = _port("RTPPROXY_UDP_PORT", get("RTPPROXY_UDP_PORT", "7722"))
         return ((f"udp:{host}:{port}", 1),)
-    host = get("RTPPROXY_TCP_HOST", "127.0.0.1")
+    host = get("RTPPROXY_TCP_HOST", "127.0.0.1").strip()
+    _host("RTPPROXY_TCP_HOST", host)
     port = _port("RTPPROXY_TCP_PORT", get("RTPPROXY_TCP_PORT", "7722"))
     return ((f"tcp:{host}:{port}", 1),)
 
 
-def _spec(key: str, spec: str) -> None:
-    if not spec.startswith(("udp:", "udp6:", "unix:", "tcp:")):
-        raise ConfigError(key, f"rtpproxy socket must be udp:HOST:PORT, udp6:[HOST]:PORT, unix:/path or tcp:HOST:PORT, got {spec!r}")
+def _spec(key: str, spec: str) -> str:
+    """Validate an rtpproxy control socket spec; a bare absolute path means ``unix:``."""
+    if spec.startswith("/"):
+        spec = "unix:" + spec
+    kind, sep, rest = spec.partition(":")
+    usage = "udp:HOST:PORT, udp6:[ADDR]:PORT, tcp:HOST:PORT or unix:/path"
+    if not sep or kind not in RTPPROXY_SPEC_KINDS or not rest:
+        raise ConfigError(key, f"rtpproxy socket must be {usage}, got {spec!r}")
+    if kind == "unix":
+        if "\x00" in rest:
+            raise ConfigError(key, f"bad unix socket path in {spec!r}")
+        return spec
+    host, _, port = rest.rpartition(":")
+    if not host:
+        raise ConfigError(key, f"rtpproxy socket must be {usage}, got {spec!r}")
+    _port(key, port)
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if kind == "udp6":
+        try:
+            ipaddress.IPv6Address(bare)
+        except ValueError:
+            raise ConfigError(key, f"not an IPv6 address in {spec!r}") from None
+    else:
+        _host(key, bare)
+    return spec
+
+
+def _networks(key: str, text: str) -> tuple[str, ...]:
+    nets = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            nets.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ConfigError(key, f"not a CIDR network: {item!r}") from None
+    return tuple(nets)
+
+
+def _algorithms(text: str) -> tuple[str, ...]:
+    algs = []
+    for a in text.split(","):
+        a = a.strip().upper()
+        if not a:
+            continue
+        a = "SHA-256" if a in ("SHA256", "SHA-256") else a
+        if a not in DIGEST_ALGORITHMS:
+            raise ConfigError("AUTH_ALGORITHMS", f"unsupported algorithm {a!r} (supported: MD5, SHA-256)")
+        if a not in algs:
+            algs.append(a)
+    if not algs:
+        raise ConfigError("AUTH_ALGORITHMS", "at least one algorithm is needed")
+    return tuple(algs)
 
 
 def _ip(key: str, value: str) -> None:
@@ -194,7 +337,17 @@ def _ip(key: str, value: str) -> None:
         raise ConfigError(key, f"not an IP address: {value!r}") from None
 
 
-def _int(key: str, value: str, lo: int, hi: int) -> int:
+def _host(key: str, value: str) -> None:
+    try:
+        ipaddress.ip_address(value)
+        return
+    except ValueError:
+        pass
+    if not _HOSTNAME_RE.match(value or "") or value.replace(".", "").isdigit():
+        raise ConfigError(key, f"not an IP address or host name: {value!r}")
+
+
+def _int(key: str, value, lo: int, hi: int) -> int:
     try:
         n = int(str(value).strip())
     except ValueError:
@@ -204,27 +357,24 @@ def _int(key: str, value: str, lo: int, hi: int) -> int:
     return n
 
 
-def _port(key: str, value: str) -> int:
+def _port(key: str, value) -> int:
     return _int(key, value, 1, 65535)
 
 
-def _float(key: str, value: str) -> float:
+def _float(key: str, value) -> float:
     try:
-        f = float(value)
+        f = float(str(value).strip())
     except ValueError:
         raise ConfigError(key, f"not a number: {value!r}") from None
-    if f <= 0:
-        raise ConfigError(key, f"must be positive, got {f}")
+    if not 0 < f < 1e7:
+        raise ConfigError(key, f"must be a positive number of seconds, got {value!r}")
     return f
 
 
-def _bool(key: str, value: str) -> bool:
+def _bool(key: str, value) -> bool:
     v = str(value).strip().lower()
     if v in ("1", "true", "yes", "on"):
         return True
     if v in ("0", "false", "no", "off"):
         return False
     raise ConfigError(key, f"must be 0 or 1, got {value!r}")
-
-
-logging.getLogger(__name__).addHandler(logging.NullHandler())

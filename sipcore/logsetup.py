@@ -1,70 +1,127 @@
-"""Logging: one line per SIP event with the real module name, console + dated file.
+"""Logging: console + dated file, each line naming the real module, function and line.
 
-Format: ``YYYY-MM-DD HH:MM:SS.mmm [LEVEL   ] [module:func:line] message``; the file is
-``<log_dir>/<YYYY-MM-DD>/ims-sip-server.log`` and follows the date.
+Format: ``YYYY-MM-DD HH:MM:SS.mmm [LEVEL   ] [module:func:line] message`` where ``module`` is the
+logger name (``logging.getLogger(__name__)``, e.g. ``sipcore.proxy``) - the original printed its
+own wrapper (``[logger.py:info:237]``) on every line. The file is
+``<log_dir>/<YYYY-MM-DD>/ims-sip-server.log`` (the original's layout) and follows the date.
+The level applies to both handlers and can be changed at run time with ``set_level``.
 """
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import threading
 import time
+from typing import Callable
 
-FORMAT = "%(asctime)s.%(msecs)03d [%(levelname)-8s] [%(module)s:%(funcName)s:%(lineno)d] %(message)s"
+from sipcore.errors import ConfigError
+
+FORMAT = "%(asctime)s.%(msecs)03d [%(levelname)-8s] [%(name)s:%(funcName)s:%(lineno)d] %(message)s"
 DATEFMT = "%Y-%m-%d %H:%M:%S"
+LOG_FILE_NAME = "ims-sip-server.log"
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_OURS = "_ims_migrate_handler"
+
+
+def log_file_path(log_dir: str, day: str | None = None) -> str:
+    return os.path.join(log_dir, day or time.strftime("%Y-%m-%d"), LOG_FILE_NAME)
 
 
 class DatedFileHandler(logging.Handler):
-    """Writes to <dir>/<date>/ims-sip-server.log, switching folder at midnight."""
+    """Appends to ``<dir>/<date>/ims-sip-server.log``, switching folder when the date changes."""
 
-    def __init__(self, log_dir: str):
+    def __init__(self, log_dir: str, clock: Callable[[], float] = time.time):
         super().__init__()
         self.log_dir = log_dir
-        self._date = None
+        self.clock = clock
+        self._day: str | None = None
         self._stream = None
+        self.path: str | None = None
 
-    def _open(self):
-        date = time.strftime("%Y-%m-%d")
-        if date != self._date:
-            if self._stream:
+    def _stream_for_now(self):
+        day = time.strftime("%Y-%m-%d", time.localtime(self.clock()))
+        if day != self._day or self._stream is None:
+            if self._stream is not None:
                 self._stream.close()
-            folder = os.path.join(self.log_dir, date)
-            os.makedirs(folder, exist_ok=True)
-            self._stream = open(os.path.join(folder, "ims-sip-server.log"), "a", encoding="utf-8")
-            self._date = date
+            self.path = log_file_path(self.log_dir, day)
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self._stream = open(self.path, "a", encoding="utf-8")
+            self._day = day
         return self._stream
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            stream = self._open()
-            stream.write(self.format(record) + "\n")
-            stream.flush()
+            text = self.format(record)
+            self.acquire()
+            try:
+                stream = self._stream_for_now()
+                stream.write(text + "\n")
+                stream.flush()
+            finally:
+                self.release()
         except Exception:   # noqa: BLE001 - logging must never raise
             self.handleError(record)
 
     def close(self) -> None:
-        if self._stream:
-            self._stream.close()
+        self.acquire()
+        try:
+            if self._stream is not None:
+                self._stream.close()
+                self._stream = None
+        finally:
+            self.release()
         super().close()
 
 
-def setup_logging(level: str = "INFO", log_dir: str | None = "logs") -> None:
+_state_lock = threading.Lock()
+
+
+def normalise_level(level: str) -> str:
+    if not isinstance(level, str):
+        raise ConfigError("LOG_LEVEL", f"must be one of {', '.join(LEVELS)}")
+    name = level.strip().upper()
+    name = "WARNING" if name == "WARN" else name
+    if name not in LEVELS:
+        raise ConfigError("LOG_LEVEL", f"must be one of {', '.join(LEVELS)}, got {level!r}")
+    return name
+
+
+def setup_logging(level: str = "INFO", log_dir: str | None = "logs", *, console: bool = True,
+                  clock: Callable[[], float] = time.time) -> list[logging.Handler]:
+    """(Re)install our console and file handlers on the root logger; returns them.
+
+    Handlers installed by others (pytest's capture, for instance) are left alone; calling this
+    again replaces only the handlers a previous call installed.
+    """
+    name = normalise_level(level)
     root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    fmt = logging.Formatter(FORMAT, DATEFMT)
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(fmt)
-    root.addHandler(console)
-    if log_dir:
-        fh = DatedFileHandler(log_dir)
-        fh.setFormatter(fmt)
-        root.addHandler(fh)
-    set_level(level)
+    with _state_lock:
+        for handler in list(root.handlers):
+            if getattr(handler, _OURS, False):
+                root.removeHandler(handler)
+                handler.close()
+        fmt = logging.Formatter(FORMAT, DATEFMT)
+        installed: list[logging.Handler] = []
+        if console:
+            installed.append(logging.StreamHandler(sys.stderr))
+        if log_dir:
+            installed.append(DatedFileHandler(log_dir, clock))
+        for handler in installed:
+            handler.setFormatter(fmt)
+            setattr(handler, _OURS, True)
+            root.addHandler(handler)
+    set_level(name)
+    return installed
 
 
-def set_level(level: str) -> None:
-    level = level.upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise ValueError(f"unknown log level {level!r}")
-    logging.getLogger().setLevel(level)
+def set_level(level: str) -> str:
+    """Change the level at run time (root logger); returns the normalised name."""
+    name = normalise_level(level)
+    logging.getLogger().setLevel(name)
+    logging.getLogger(__name__).info("log level set to %s", name)
+    return name
+
+
+def current_level() -> str:
+    return logging.getLevelName(logging.getLogger().level)

@@ -1,28 +1,80 @@
-"""Subscribers in a users.json compatible file (keyed by username).
+"""Subscribers in a users.json compatible file (a JSON object keyed by username).
 
 Fields kept from the original: username, password, display_name, phone, email, status
 (ACTIVE/INACTIVE/SUSPENDED), service_type, create_time, update_time, role, mml_access. A user may
-carry ``ha1`` (MD5) / ``ha1_sha256`` instead of a plaintext password. Only ACTIVE users
-authenticate. The file is re-read when it changes on disk and written atomically.
+carry ``ha1`` (MD5 of ``user:realm:password``) and/or ``ha1_sha256`` instead of a plaintext
+``password``; ``ha1_realm`` (optional) names the realm those hashes were made for.
+
+Only ACTIVE users authenticate. The file is re-read when it changes on disk (inode, size or
+mtime), changes are written atomically (temp file + fsync + rename) under an advisory lock
+(``<file>.lock``) so two processes editing it do not lose each other's changes. If the file is
+missing, users 1001 and 1002 (password 1234) are created as the original did, with a warning.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hmac
 import json
 import logging
 import os
+import re
+import tempfile
 import threading
 from datetime import datetime
 
 from sipcore.digest import compute_ha1
+from sipcore.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 STATUSES = ("ACTIVE", "INACTIVE", "SUSPENDED")
-EDITABLE = ("password", "display_name", "phone", "email", "status", "service_type", "role", "ha1", "ha1_sha256")
+ROLES = ("USER", "ADMIN", "OPERATOR")
+EDITABLE = ("password", "display_name", "phone", "email", "status", "service_type", "role",
+            "mml_access", "ha1", "ha1_sha256", "ha1_realm")
+_USERNAME_RE = re.compile(r"^[A-Za-z0-9._+\-!~*'()&=$,?/%]{1,64}$")   # RFC 3261 user chars, no @ : ;
+_HEX_RE = re.compile(r"^[0-9a-fA-F]+$")
+HA1_FIELDS = {"MD5": ("ha1", 32), "SHA-256": ("ha1_sha256", 64)}
 
 
 class UserError(ValueError):
-    pass
+    """A user operation was refused (unknown user, duplicate, invalid field)."""
+
+
+def _now() -> str:
+    return datetime.now().isoformat(timespec="seconds")
+
+
+def _default_users() -> dict[str, dict]:
+    now = _now()
+    return {u: {"username": u, "password": "1234", "display_name": f"User {u}", "phone": "",
+                "email": "", "status": "ACTIVE", "service_type": "BASIC", "create_time": now,
+                "update_time": now} for u in ("1001", "1002")}
+
+
+def validate_username(username: str) -> str:
+    if not isinstance(username, str) or not _USERNAME_RE.match(username):
+        raise UserError(f"invalid username {username!r} (1-64 characters, no spaces, '@', ':' or ';')")
+    return username
+
+
+def _check_field(key: str, value) -> str:
+    if not isinstance(value, str):
+        raise UserError(f"{key} must be text")
+    if key == "status" and value.upper() not in STATUSES:
+        raise UserError(f"status must be one of {', '.join(STATUSES)}, got {value!r}")
+    if key == "role" and value and value.upper() not in ROLES:
+        raise UserError(f"role must be one of {', '.join(ROLES)}, got {value!r}")
+    if key in ("ha1", "ha1_sha256"):
+        length = 32 if key == "ha1" else 64
+        if value and (len(value) != length or not _HEX_RE.match(value)):
+            raise UserError(f"{key} must be {length} hexadecimal characters")
+        return value.lower()
+    if key in ("status", "role"):
+        return value.upper()
+    if any(c in value for c in "\r\n\x00"):
+        raise UserError(f"{key} must be one line")
+    return value
 
 
 class UserStore:
@@ -30,112 +82,199 @@ class UserStore:
         self.path = path
         self._lock = threading.RLock()
         self._users: dict[str, dict] = {}
-        self._mtime: float | None = None
-        if not os.path.exists(path) and create_defaults:
-            log.warning("%s missing: creating default users 1001 and 1002 (password 1234) - change them", path)
-            now = _now()
-            self._users = {u: {"username": u, "password": "1234", "display_name": f"User {u}",
-                               "phone": "", "email": "", "status": "ACTIVE", "service_type": "BASIC",
-                               "create_time": now, "update_time": now} for u in ("1001", "1002")}
-            self._save()
-        self._load()
+        self._signature: tuple | None = None
+        if not os.path.exists(path):
+            if not create_defaults:
+                raise ConfigError("USERS_FILE", f"{path} does not exist")
+            log.warning("%s missing: creating default users 1001 and 1002 with password 1234 - "
+                        "change or remove them", path)
+            with self._file_lock():
+                if not os.path.exists(path):
+                    self._users = _default_users()
+                    self._save()
+        if not self._load():
+            raise ConfigError("USERS_FILE", f"cannot use {path}: see the error above")
 
-    def _load(self) -> None:
+    # --- file handling ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _file_lock(self):
+        folder = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            mtime = os.stat(self.path).st_mtime
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _stat_signature(self) -> tuple | None:
+        try:
+            st = os.stat(self.path)
         except FileNotFoundError:
-            return
-        if mtime == self._mtime:
-            return
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _load(self) -> bool:
+        """Re-read the file if it changed; False (and previous users kept) if it is unusable."""
+        signature = self._stat_signature()
+        if signature is None:
+            log.error("%s disappeared; keeping %d users in memory", self.path, len(self._users))
+            return bool(self._users)
+        if signature == self._signature:
+            return True
         try:
             with open(self.path, encoding="utf-8") as fh:
                 data = json.load(fh)
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             log.error("cannot read %s: %s (keeping %d users in memory)", self.path, exc, len(self._users))
-            return
+            return False
         if not isinstance(data, dict):
-            log.error("%s must hold a JSON object keyed by username", self.path)
-            return
-        self._users = {str(k): dict(v, username=v.get("username", k)) for k, v in data.items() if isinstance(v, dict)}
-        self._mtime = mtime
+            log.error("%s must hold a JSON object keyed by username (keeping %d users)", self.path,
+                      len(self._users))
+            return False
+        users = {}
+        for key, value in data.items():
+            if not isinstance(value, dict):
+                log.warning("%s: entry %r is not an object, ignored", self.path, key)
+                continue
+            user = dict(value)
+            user["username"] = str(user.get("username") or key)
+            users[str(key)] = user
+        self._users = users
+        self._signature = signature
+        log.info("loaded %d users from %s", len(users), self.path)
+        return True
 
     def _save(self) -> None:
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        tmp = f"{self.path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self._users, fh, ensure_ascii=False, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        self._mtime = os.stat(self.path).st_mtime
+        folder = os.path.dirname(os.path.abspath(self.path))
+        fd, tmp = tempfile.mkstemp(prefix=".users.", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(self._users, fh, ensure_ascii=False, indent=2)
+                fh.write("\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self._signature = self._stat_signature()
+
+    @contextlib.contextmanager
+    def _changing(self):
+        """Lock (thread + file), re-read the latest file, let the caller change, then save."""
+        with self._lock, self._file_lock():
+            if not self._load():
+                raise UserError(f"{self.path} is unreadable; fix it before changing users")
+            yield self._users
+            self._save()
+
+    def reload(self) -> bool:
+        with self._lock:
+            return self._load()
 
     # --- queries ------------------------------------------------------------------------------
     def get(self, username: str) -> dict | None:
         with self._lock:
             self._load()
-            u = self._users.get(username)
-            return dict(u) if u else None
+            user = self._users.get(username)
+            return dict(user) if user else None
 
     def list(self, status: str | None = None) -> list[dict]:
         with self._lock:
             self._load()
-            return [dict(u) for u in self._users.values() if status is None or u.get("status") == status]
+            status = status.upper() if status else None
+            return [dict(u) for _, u in sorted(self._users.items())
+                    if status is None or str(u.get("status", "ACTIVE")).upper() == status]
 
-    def lookup_ha1(self, username: str, realm: str, algorithm: str) -> str | None:
-        u = self.get(username)
-        if u is None or u.get("status", "ACTIVE") != "ACTIVE":
+    def __len__(self) -> int:
+        return len(self.list())
+
+    def lookup_ha1(self, username: str, realm: str, algorithm: str = "MD5") -> str | None:
+        """HA1 for digest verification, or None (unknown, not ACTIVE, or no usable secret)."""
+        user = self.get(username)
+        if user is None or str(user.get("status", "ACTIVE")).upper() != "ACTIVE":
             return None
-        if u.get("password"):
-            return compute_ha1(username, realm, u["password"], algorithm)
-        key = "ha1" if algorithm == "MD5" else "ha1_sha256"
-        return u.get(key)
+        algorithm = algorithm.upper()
+        if algorithm not in HA1_FIELDS:
+            return None
+        if user.get("password"):
+            return compute_ha1(username, realm, str(user["password"]), algorithm)
+        stored = user.get(HA1_FIELDS[algorithm][0])
+        if not stored:
+            return None
+        if user.get("ha1_realm") and user["ha1_realm"] != realm:
+            log.warning("user %s: stored HA1 is for realm %r, not %r", username, user["ha1_realm"], realm)
+            return None
+        return str(stored).lower()
 
-    def authenticate(self, username: str, password: str) -> bool:
-        u = self.get(username)
-        return bool(u and u.get("status") == "ACTIVE" and u.get("password") == password)
+    def authenticate(self, username: str, password: str, realm: str | None = None) -> bool:
+        """Password check for the MML login (ACTIVE users; HA1-only users need ``realm``)."""
+        user = self.get(username)
+        if not user or str(user.get("status", "ACTIVE")).upper() != "ACTIVE" or not isinstance(password, str):
+            return False
+        if user.get("password"):
+            return hmac.compare_digest(str(user["password"]).encode(), password.encode())
+        realm = user.get("ha1_realm") or realm
+        for algorithm, (key, _) in HA1_FIELDS.items():
+            if user.get(key) and realm:
+                return hmac.compare_digest(str(user[key]).lower(),
+                                           compute_ha1(username, realm, password, algorithm))
+        return False
 
     # --- changes ------------------------------------------------------------------------------
-    def add(self, username: str, password: str, **fields) -> dict:
-        if not username or any(c in username for c in " \t\r\n@:;<>\""):
-            raise UserError(f"invalid username {username!r}")
-        with self._lock:
-            self._load()
-            if username in self._users:
+    def add(self, username: str, password: str | None = None, **fields) -> dict:
+        """Add an ACTIVE user; a password or an ``ha1``/``ha1_sha256`` is required."""
+        validate_username(username)
+        unknown = set(fields) - set(EDITABLE)
+        if unknown:
+            raise UserError(f"unknown user field(s): {', '.join(sorted(unknown))}")
+        if password is not None:
+            fields["password"] = password
+        clean = {k: _check_field(k, v) for k, v in fields.items() if v is not None}
+        if not (clean.get("password") or clean.get("ha1") or clean.get("ha1_sha256")):
+            raise UserError("a password (or ha1) is required")
+        with self._changing() as users:
+            if username in users:
                 raise UserError(f"user {username} already exists")
             now = _now()
-            user = {"username": username, "password": password, "display_name": fields.get("display_name", username),
-                    "phone": fields.get("phone", ""), "email": fields.get("email", ""), "status": "ACTIVE",
-                    "service_type": fields.get("service_type", "BASIC"), "create_time": now, "update_time": now}
-            if fields.get("role"):
-                user["role"] = fields["role"]
-            self._users[username] = user
-            self._save()
-            return dict(user)
+            user = {"username": username, "password": "", "display_name": username, "phone": "",
+                    "email": "", "status": "ACTIVE", "service_type": "BASIC", "create_time": now,
+                    "update_time": now}
+            user.update(clean)
+            if not user["password"]:
+                del user["password"]
+            users[username] = user
+        log.info("user %s added", username)
+        return dict(user)
 
     def modify(self, username: str, **changes) -> dict:
-        with self._lock:
-            self._load()
-            user = self._users.get(username)
+        unknown = set(changes) - set(EDITABLE)
+        if unknown:
+            raise UserError(f"field(s) {', '.join(sorted(unknown))} cannot be modified")
+        clean = {k: _check_field(k, v) for k, v in changes.items() if v is not None}
+        if not clean:
+            raise UserError("nothing to modify")
+        with self._changing() as users:
+            user = users.get(username)
             if user is None:
                 raise UserError(f"user {username} does not exist")
-            for key, value in changes.items():
-                if key not in EDITABLE:
-                    raise UserError(f"field {key} cannot be modified")
-                if key == "status" and value not in STATUSES:
-                    raise UserError(f"status must be one of {', '.join(STATUSES)}")
-                user[key] = value
+            user.update(clean)
+            if "password" in clean and clean["password"]:
+                # a new plaintext password makes stored hashes stale
+                for key in ("ha1", "ha1_sha256", "ha1_realm"):
+                    if key not in clean:
+                        user.pop(key, None)
             user["update_time"] = _now()
-            self._save()
-            return dict(user)
+        log.info("user %s modified (%s)", username, ", ".join(sorted(clean)))
+        return dict(user)
 
     def delete(self, username: str) -> bool:
-        with self._lock:
-            self._load()
-            if self._users.pop(username, None) is None:
-                return False
-            self._save()
-            return True
-
-
-def _now() -> str:
-    return datetime.now().isoformat(timespec="seconds")
+        with self._changing() as users:
+            removed = users.pop(username, None) is not None
+        if removed:
+            log.info("user %s deleted", username)
+        return removed

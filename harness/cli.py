@@ -1,0 +1,177 @@
+"""`harness`: compare server stages in NAT labs (the main job), run scenarios, manage labs."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+
+import click
+
+from harness.scenario import ScenarioError, load_all
+
+STAGES = click.IntRange(0, 2)
+
+
+def _scenarios(pattern: str):
+    try:
+        found = load_all(pattern)
+    except ScenarioError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not found:
+        raise click.ClickException(f"no scenario matches {pattern!r} (see `harness scenarios list`)")
+    return found
+
+
+def _need_root() -> None:
+    from netlab.lifecycle import NotRoot, require_root
+    try:
+        require_root()
+    except NotRoot as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+def _progress(res) -> None:
+    status = "error: " + res.error[:80] if res.error else res.observation.get("audio", {}).get("direction", "?")
+    click.echo(f"  [{res.seconds:5.1f}s] {res.scenario:<28} stage {res.stage} run {res.run}: {status}", err=True)
+
+
+def _machine() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()}
+
+
+@click.group()
+def cli() -> None:
+    """ims-migrate harness: prove each server stage in real NAT labs before cutover."""
+
+
+@cli.command()
+@click.option("--stage", type=STAGES, required=True, help="candidate stage")
+@click.option("--baseline", type=STAGES, default=0, show_default=True, help="baseline stage")
+@click.option("--scenario", "pattern", default="*", show_default=True, help="scenario name glob")
+@click.option("--backend", type=click.Choice(["netns", "docker"]), default="netns", show_default=True)
+@click.option("--repeat", type=click.IntRange(1, 10), default=1, show_default=True, help="candidate runs per scenario")
+@click.option("-n", "--workers", type=click.IntRange(1, 32), default=6, show_default=True, help="labs in parallel")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "junit", "markdown"]), default="table", show_default=True)
+@click.option("--output", "output", default="harness-out", show_default=True, help="evidence and report directory")
+@click.option("--candidate-entry", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="run the candidate from this entrypoint file instead of the stage's own (testing a variant)")
+def compare(stage, baseline, pattern, backend, repeat, workers, fmt, output, candidate_entry) -> None:
+    """Run BASELINE twice (noise) and STAGE, compare per scenario, print a verdict table.
+
+    Exit status 0 only when no scenario REGRESSED (go); 1 otherwise (no-go)."""
+    _need_root()
+    from harness.compare import go_no_go, judge
+    from harness.report import render
+    from harness.runner import run_many
+    scenarios = _scenarios(pattern)
+    if baseline == stage and candidate_entry is None:
+        click.echo("note: baseline and candidate are the same stage: an A/A run", err=True)
+    jobs = []
+    for sc in scenarios:
+        jobs += [(sc, baseline, 0), (sc, baseline, 1)] + [(sc, stage, 10 + i) for i in range(repeat)]
+    click.echo(f"comparing stage {stage} against stage {baseline}: {len(scenarios)} scenarios, {len(jobs)} runs, "
+               f"{workers} labs in parallel ({backend})", err=True)
+    t0 = time.monotonic()
+    entries = {stage: candidate_entry} if candidate_entry else None
+    if entries and baseline == stage:
+        raise click.UsageError("--candidate-entry needs a baseline stage different from --stage")
+    results = run_many(jobs, backend=backend, evidence_root=output, workers=workers, entries=entries,
+                       progress=_progress)
+    seconds = time.monotonic() - t0
+    verdicts = []
+    for sc in scenarios:
+        base = [r.observation for r in results if r.scenario == sc.name and r.stage == baseline and r.run < 10]
+        cand = [r.observation for r in results if r.scenario == sc.name and r.stage == stage and r.run >= 10]
+        v = judge(sc.name, base, cand, sc.expect.get(baseline), sc.expect.get(stage))
+        verdicts.append(v)
+        with open(os.path.join(output, sc.name, "verdict.json"), "w") as fh:
+            json.dump(v.as_dict(), fh, indent=2, default=str)
+        cdr_changes = {k: val for k, val in v.changes.items() if k.startswith("cdr")}
+        with open(os.path.join(output, sc.name, "cdr-diff.txt"), "w") as fh:
+            for k, (a, b) in cdr_changes.items():
+                fh.write(f"{k}: baseline={a!r} candidate={b!r}\n")
+    go, summary = go_no_go(verdicts)
+    meta = {"candidate": stage, "baseline": baseline, "backend": backend, "seconds": round(seconds, 1),
+            "runs": len(jobs), "workers": workers, "machine": _machine()}
+    os.makedirs(output, exist_ok=True)
+    for f, name in (("table", "report.txt"), ("json", "report.json"), ("junit", "report.xml"), ("markdown", "report.md")):
+        with open(os.path.join(output, name), "w") as fh:
+            fh.write(render(f, verdicts, summary, meta))
+    click.echo(render(fmt, verdicts, summary, meta))
+    click.echo(f"{len(jobs)} runs in {seconds:.1f}s; evidence in {output}/", err=True)
+    sys.exit(0 if go else 1)
+
+
+@cli.command()
+@click.option("--stage", type=STAGES, required=True)
+@click.option("--scenario", "pattern", default="*", show_default=True)
+@click.option("--backend", type=click.Choice(["netns", "docker"]), default="netns", show_default=True)
+@click.option("-n", "--workers", type=click.IntRange(1, 32), default=6, show_default=True)
+@click.option("--output", default="harness-out", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print observations as JSON")
+def run(stage, pattern, backend, workers, output, as_json) -> None:
+    """Run scenarios against one stage and check each scenario's expectation for it."""
+    _need_root()
+    from harness.compare import meets, summary_of
+    from harness.runner import run_many
+    from tabulate import tabulate
+    scenarios = _scenarios(pattern)
+    results = run_many([(sc, stage, 0) for sc in scenarios], backend=backend, evidence_root=output,
+                       workers=workers, progress=_progress)
+    rows, failed, out = [], 0, {}
+    for sc, res in zip(scenarios, results):
+        ok, misses = meets(res.observation, sc.expect.get(stage))
+        ok = ok and not res.error
+        failed += not ok
+        out[sc.name] = res.observation
+        rows.append([sc.name, summary_of(res.observation), "ok" if ok else "MISMATCH: " + "; ".join(misses or [res.error or ""])])
+    if as_json:
+        click.echo(json.dumps(out, indent=2, default=str))
+    else:
+        click.echo(tabulate(rows, headers=["scenario", f"stage {stage}", "expectation"]))
+    sys.exit(1 if failed else 0)
+
+
+@cli.group()
+def scenarios() -> None:
+    """List and show scenarios."""
+
+
+@scenarios.command("list")
+def scenarios_list() -> None:
+    for sc in _scenarios("*"):
+        click.echo(f"{sc.name:<30} {sc.caller_nat}/{sc.callee_nat:<10} {sc.description.splitlines()[0][:70] if sc.description else ''}")
+
+
+@scenarios.command("show")
+@click.argument("name")
+def scenarios_show(name) -> None:
+    [sc] = _scenarios(name)[:1]
+    with open(sc.path, encoding="utf-8") as fh:
+        click.echo(fh.read())
+
+
+def _attach_optional() -> None:
+    from netlab.cli import lab_group
+    cli.add_command(lab_group)
+    try:
+        from harness.bench import bench
+        cli.add_command(bench)
+    except ImportError:
+        pass
+
+
+_attach_optional()
+
+
+def main() -> None:
+    cli()

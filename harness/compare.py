@@ -1,0 +1,176 @@
+"""Stage against baseline: noise from two baseline runs, then a verdict per scenario.
+
+A field that differs between the two baseline runs is noise: reported, never counted. Verdicts:
+  improved   better audio direction, or a step that failed in the baseline now succeeds, or the
+             candidate meets the scenario's expectation where the baseline did not
+  same       nothing outside noise changed (NAT fix-ups / CDR changes are listed)
+  REGRESSED  worse audio, a step that succeeded now fails, a CDR row disappears or a call that
+             ended normally now fails, the run errored, or the candidate misses its expectation
+  noisy      the baseline disagreed with itself on audio or step results, so no verdict is safe
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+AUDIO_RANK = {"two-way": 3, "A->B only": 1, "B->A only": 1, "none": 0, "no media": -1}
+
+
+def flatten(obj, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(obj, list):
+        if all(not isinstance(x, (dict, list)) for x in obj):
+            out[prefix] = tuple(obj)
+        else:
+            for i, v in enumerate(obj):
+                out.update(flatten(v, f"{prefix}[{i}]"))
+    else:
+        out[prefix] = obj
+    return out
+
+
+# numbers that vary by nature (packet counts, loss ratios) are compared through the direction
+VOLATILE = (".sent", ".received", ".loss")
+
+
+def comparable(obs: dict) -> dict[str, object]:
+    return {k: v for k, v in flatten(obs).items() if not k.endswith(VOLATILE)}
+
+
+def diff(a: dict, b: dict) -> dict[str, tuple]:
+    fa, fb = comparable(a), comparable(b)
+    return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
+
+
+def step_ok(code) -> bool:
+    return isinstance(code, int) and 200 <= code < 300 or code == "seen"
+
+
+def meets(obs: dict, expect: dict | None) -> tuple[bool, list[str]]:
+    if not expect:
+        return True, []
+    misses = []
+    if "audio" in expect and obs.get("audio", {}).get("direction") != expect["audio"]:
+        misses.append(f"audio {obs.get('audio', {}).get('direction')} != expected {expect['audio']}")
+    for label, code in (expect.get("steps") or {}).items():
+        if obs.get("steps", {}).get(label) != code:
+            misses.append(f"{label} {obs.get('steps', {}).get(label)} != expected {code}")
+    if "registrar_contains" in expect:
+        reg = " ".join(obs.get("nat", {}).get("registrar", []))
+        for text in expect["registrar_contains"]:
+            if text not in reg:
+                misses.append(f"registrar lacks {text!r}")
+    return not misses, misses
+
+
+@dataclass
+class Verdict:
+    scenario: str
+    verdict: str
+    baseline: str
+    candidate: str
+    audio: str
+    nat: str
+    cdr: str
+    reasons: list[str] = field(default_factory=list)
+    noise: list[str] = field(default_factory=list)
+    changes: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"scenario": self.scenario, "verdict": self.verdict, "baseline": self.baseline,
+                "candidate": self.candidate, "audio": self.audio, "nat_fixups": self.nat, "cdr": self.cdr,
+                "reasons": self.reasons, "noise_fields": self.noise,
+                "changes": {k: [str(x) for x in v] for k, v in self.changes.items()}}
+
+
+def summary_of(obs: dict) -> str:
+    if obs.get("error"):
+        return "error"
+    steps = obs.get("steps", {})
+    failed = [f"{k}={v}" for k, v in steps.items() if not step_ok(v)]
+    audio = obs.get("audio", {}).get("direction", "?")
+    return f"{audio}" + (f"; {', '.join(failed)}" if failed else "")
+
+
+def judge(scenario: str, base_runs: list[dict], cand_runs: list[dict], expect_base: dict | None = None,
+          expect_cand: dict | None = None) -> Verdict:
+    base, cand = base_runs[0], cand_runs[0]
+    noise = set()
+    for other in base_runs[1:]:
+        noise |= set(diff(base, other))
+    for other in cand_runs[1:]:
+        noise |= set(diff(cand, other))
+    changes = {k: v for k, v in diff(base, cand).items() if k not in noise}
+    reasons: list[str] = []
+    better = worse = False
+    b_audio = base.get("audio", {}).get("direction", "none")
+    c_audio = cand.get("audio", {}).get("direction", "none")
+    if "audio.direction" not in noise and b_audio != c_audio:
+        if AUDIO_RANK.get(c_audio, 0) > AUDIO_RANK.get(b_audio, 0):
+            better = True
+            reasons.append(f"audio {b_audio} -> {c_audio}")
+        else:
+            worse = True
+            reasons.append(f"audio {b_audio} -> {c_audio}")
+    for label in sorted(set(base.get("steps", {})) | set(cand.get("steps", {}))):
+        key = f"steps.{label}"
+        if key in noise:
+            continue
+        b, c = base.get("steps", {}).get(label), cand.get("steps", {}).get(label)
+        if step_ok(b) and not step_ok(c):
+            worse = True
+            reasons.append(f"{label}: {b} -> {c}")
+        elif not step_ok(b) and step_ok(c):
+            better = True
+            reasons.append(f"{label}: {b} -> {c}")
+        elif b != c:
+            reasons.append(f"{label}: {b} -> {c}")
+    b_rows = [r for r in base.get("cdr", [])]
+    c_rows = [r for r in cand.get("cdr", [])]
+    b_kinds = sorted((r["record_type"], r["call_state"]) for r in b_rows)
+    c_kinds = sorted((r["record_type"], r["call_state"]) for r in c_rows)
+    if not any(k.startswith("cdr") for k in noise):
+        missing = [k for k in b_kinds if b_kinds.count(k) > c_kinds.count(k)]
+        if missing:
+            worse = True
+            reasons.append(f"CDR rows missing: {sorted(set(missing))}")
+        if ("CALL", "ENDED") in b_kinds and ("CALL", "ENDED") not in c_kinds:
+            worse = True
+            reasons.append("a call that ended normally no longer does")
+    if cand.get("error"):
+        worse = True
+        reasons.append(f"candidate run failed: {cand['error'][:200]}")
+    ok_b, _ = meets(base, expect_base)
+    ok_c, misses = meets(cand, expect_cand)
+    if expect_cand and not ok_c:
+        worse = True
+        reasons += [f"expectation: {m}" for m in misses]
+    elif expect_cand and ok_c and not ok_b:
+        better = True
+    nat_changes = sorted({k.split("[")[0] for k in changes if k.startswith("nat.")})
+    cdr_changes = sorted({k.split("]")[-1].lstrip(".") for k in changes if k.startswith("cdr")})
+    base_noisy = any(k == "audio.direction" or k.startswith("steps.") for k in noise)
+    if worse:
+        verdict = "REGRESSED"
+    elif base_noisy:
+        verdict = "noisy"
+    elif better:
+        verdict = "improved"
+    else:
+        verdict = "same"
+    audio_col = b_audio if b_audio == c_audio else f"{b_audio} -> {c_audio}"
+    nat_col = "same" if not nat_changes else "changed: " + ", ".join(n.replace("nat.", "") for n in nat_changes)
+    cdr_col = "same" if not cdr_changes else "changed: " + ", ".join(cdr_changes)
+    return Verdict(scenario, verdict, summary_of(base), summary_of(cand), audio_col, nat_col, cdr_col,
+                   reasons, sorted(noise), changes)
+
+
+def go_no_go(verdicts: list[Verdict]) -> tuple[bool, str]:
+    regressed = [v.scenario for v in verdicts if v.verdict == "REGRESSED"]
+    counts = {k: sum(1 for v in verdicts if v.verdict == k) for k in ("improved", "same", "REGRESSED", "noisy")}
+    text = ", ".join(f"{n} {k}" for k, n in counts.items())
+    if regressed:
+        return False, f"NO-GO: {len(regressed)} regressed ({', '.join(regressed)}); {text}"
+    return True, f"GO: nothing regressed; {text}"
