@@ -161,8 +161,11 @@ def judge(scenario: str, base_runs: list[dict], cand_runs: list[dict], expect_ba
     else:
         verdict = "same"
     audio_col = b_audio if b_audio == c_audio else f"{b_audio} -> {c_audio}"
-    nat_col = "same" if not nat_changes else "changed: " + ", ".join(n.replace("nat.", "") for n in nat_changes)
-    cdr_col = "same" if not cdr_changes else "changed: " + ", ".join(cdr_changes)
+    labels = {"registrar": "Contact", "via": "Via rcvd/rport", "sdp": "SDP"}
+    nat_kinds = sorted({labels.get(n.replace("nat.", "").split("_")[0], n) for n in nat_changes})
+    nat_col = "same" if not nat_kinds else "changed: " + ", ".join(nat_kinds)
+    cdr_col = "same" if not cdr_changes else f"{len(cdr_changes)} fields changed" + (
+        f" ({', '.join(cdr_changes[:3])}...)" if len(cdr_changes) > 3 else f" ({', '.join(cdr_changes)})")
     return Verdict(scenario, verdict, summary_of(base), summary_of(cand), audio_col, nat_col, cdr_col,
                    reasons, sorted(noise), changes)
 

@@ -87,10 +87,13 @@ class Received:
 
 
 class _Proto(asyncio.DatagramProtocol):
-    def __init__(self, stream: "RtpStream", rtcp: bool):
-        self.stream, self.rtcp = stream, rtcp
+    def __init__(self, stream: "RtpStream", rtcp: bool, wrong_port: bool = False):
+        self.stream, self.rtcp, self.wrong_port = stream, rtcp, wrong_port
 
     def datagram_received(self, data, addr):
+        if self.wrong_port:     # a phone only reads the port it advertised
+            self.stream.received_on_send_port += 1
+            return
         self.stream._received(data, f"{addr[0]}:{addr[1]}", self.rtcp)
 
 
@@ -109,6 +112,7 @@ class RtpStream:
         self.rx: dict[str, Received] = {}
         self.rtcp_rx = 0
         self.unmarked = 0
+        self.received_on_send_port = 0
         self.paused = False
         self._t_rtp = self._t_rtcp = self._t_send = None
         self._task: asyncio.Task | None = None
@@ -119,7 +123,8 @@ class RtpStream:
         self._t_rtp, _ = await loop.create_datagram_endpoint(lambda: _Proto(self, False), local_addr=(self.local_ip, self.port))
         self._t_rtcp, _ = await loop.create_datagram_endpoint(lambda: _Proto(self, True), local_addr=(self.local_ip, self.port + 1))
         if self.from_port:
-            self._t_send, _ = await loop.create_datagram_endpoint(lambda: _Proto(self, False), local_addr=(self.local_ip, self.from_port))
+            self._t_send, _ = await loop.create_datagram_endpoint(lambda: _Proto(self, False, True),
+                                                                  local_addr=(self.local_ip, self.from_port))
         else:
             self._t_send = self._t_rtp
 
@@ -187,7 +192,7 @@ class RtpStream:
     def stats(self) -> dict:
         return {"local_port": self.port, "from_port": self.from_port, "remote": list(self.remote) if self.remote else None,
                 "sent": self.sent, "rtcp_sent": self.rtcp_sent, "rtcp_received": self.rtcp_rx,
-                "unmarked": self.unmarked, "received": {k: v.summary() for k, v in self.rx.items()}}
+                "unmarked": self.unmarked, "received_on_send_port": self.received_on_send_port, "received": {k: v.summary() for k, v in self.rx.items()}}
 
 
 def free_udp_port(ip: str = "127.0.0.1") -> int:

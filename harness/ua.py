@@ -57,6 +57,7 @@ class Call:
     final_code: int | None = None
     local_sdp_version: int = 1
     pending_200: SIPResponse | None = None
+    video: bool = False
     from_hdr: str = ""
     to_hdr: str = ""
 
@@ -132,16 +133,17 @@ class UserAgent:
             return
         self.observed["vias"].append({"method": resp.cseq[1], "status": resp.status,
                                       "received": via.received, "rport": via.params.get("rport")})
-        if resp.cseq[1] == "INVITE" and 200 <= resp.status < 300:
+        key = (via.branch or "", resp.cseq[1])
+        if resp.cseq[1] == "INVITE" and 200 <= resp.status < 300 and key not in self.pending:
             call = self.calls.get(resp.call_id or "")
             if call is not None and call.state in ("confirmed", "ended") and call.remote_tag == resp.to_tag:
                 self._ack_2xx(call, resp)      # retransmitted 2xx: ACK again
                 return
-        fut = self.pending.get(via.branch or "")
+        fut = self.pending.get(key)
         if fut is None:
             return
         if resp.status < 200:
-            ev = self.provisional.get(via.branch or "")
+            ev = self.provisional.get(key)
             if ev is not None:
                 ev.set()
             self._on_provisional(resp)
@@ -152,7 +154,7 @@ class UserAgent:
     async def transact(self, req: SIPRequest, dest=None) -> SIPResponse | None:
         """Send with Timer A/E retransmissions; return the final response (None on timeout)."""
         dest = dest or self.cfg.server
-        branch = req.top_via().branch
+        branch = (req.top_via().branch, req.method)      # CANCEL shares the INVITE's branch
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self.pending[branch] = fut
@@ -233,7 +235,8 @@ class UserAgent:
         return {"code": resp.status if resp else 408, "contacts": contacts}
 
     # --- SDP ----------------------------------------------------------------------------------
-    def _sdp(self, call: Call, direction: str = "sendrecv", hold_zero: bool = False, video: bool = False) -> bytes:
+    def _sdp(self, call: Call, direction: str = "sendrecv", hold_zero: bool = False, video: bool | None = None) -> bytes:
+        video = call.video if video is None else video
         ip = "0.0.0.0" if hold_zero else self.cfg.local_ip
         port = call.rtp.port if call.rtp else self.cfg.rtp_port
         lines = ["v=0", f"o={self.cfg.user} 1000 {call.local_sdp_version} IN IP4 {self.cfg.local_ip}", "s=ims-harness",
@@ -285,6 +288,7 @@ class UserAgent:
         req.headers.add("Content-Type", "application/sdp")
         req.body = self._sdp(call, video=video)
         call.invite = req
+        call.video = video
         call.from_hdr, call.to_hdr = req.headers.get("From"), req.headers.get("To")
         call.state = "calling"
         dest = self._target_addr(uri)
@@ -494,6 +498,7 @@ class UserAgent:
         await self._open_rtp(call)
         if req.has_sdp():
             self._apply_remote_sdp(call, req.body, "invite")
+            call.video = b"m=video" in req.body        # answer every offered m= line
         call.state = "early"
         if mode == "early_media":
             self._reply(req, addr, 183, self._sdp(call), to_tag=call.local_tag, final_cache=False)

@@ -42,16 +42,15 @@ class RTPProxyBackend(MediaBackend):
 
     async def _rewrite(self, letter: str, call_id, from_tag, to_tag, sdp: SessionDescription) -> SessionDescription:
         out = sdp.copy()
-        multi = len(sdp.media) > 1
         rewritten_any = False
         for i, m in enumerate(sdp.media):
             if m.port == 0:
                 continue
             addr = sdp.media_address(i) or "0.0.0.0"
             if letter == "U":
-                cmd = proto.offer(call_id, addr, m.port, from_tag, to_tag, i + 1 if multi else None)
+                cmd = proto.offer(call_id, addr, m.port, from_tag, to_tag, i + 1)   # tag;medianum
             else:
-                cmd = proto.answer(call_id, addr, m.port, from_tag, to_tag or "", i + 1 if multi else None)
+                cmd = proto.answer(call_id, addr, m.port, from_tag, to_tag or "", i + 1)
             try:
                 reply = proto.parse_port_reply(await self.pool.command(call_id, cmd))
             except proto.RTPProxyError as exc:

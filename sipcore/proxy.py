@@ -560,8 +560,10 @@ class Proxy:
                 self.stats["dropped"] += 1
             return
         tx, b = entry
-        resp.headers.remove_first("Via")
         method = resp.cseq[1]
+        if method == "CANCEL" or (method != tx.request.method and method != "ACK"):
+            return     # the answer to our own hop-by-hop CANCEL shares the INVITE's branch
+        resp.headers.remove_first("Via")
         if resp.status < 200:
             b.provisional = True
             if resp.status == 100:

@@ -1,11 +1,16 @@
-"""`ims-mml`: MML client for the server's HTTP API.
+"""``ims-mml``: command-line client for the server's MML HTTP API.
 
-    ims-mml [--url http://127.0.0.1:8888] [--token T | --user U --password P] "DSP REG"
-Without a command it reads commands interactively (or from standard input).
+    ims-mml [--url http://127.0.0.1:8888] [--token T | --user U [--password P]] "DSP REG"
+
+Without a command it reads commands from a prompt (or from standard input when it is not a
+terminal), one per line; ``QUIT`` or end of input stops. Exit status: 0 when every command
+returned retcode 0, 1 when one did not, 2 for a login/usage problem, 3 when the API cannot be
+reached. The token may also come from ``MML_TOKEN``, the password from ``MML_PASSWORD``.
 """
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -13,80 +18,63 @@ import urllib.error
 import urllib.request
 
 
+class MMLClientError(Exception):
+    """Login refused or an unusable reply from the API."""
+
+
 class Client:
-    def __init__(self, url: str, token: str | None = None, timeout: float = 10.0):
+    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0):
         self.url = url.rstrip("/")
         self.token = token
         self.cookie: str | None = None
         self.timeout = timeout
 
-    def _post(self, path: str, payload: dict) -> tuple[int, dict, dict]:
-        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    def _request(self, method: str, path: str, payload: dict | None = None) -> tuple[int, dict, dict]:
+        data = json.dumps(payload).encode() if payload is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         if self.cookie:
             req.add_header("Cookie", self.cookie)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return resp.status, json.loads(resp.read() or b"{}"), dict(resp.headers)
+                return resp.status, _json(resp.read()), dict(resp.headers)
         except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}"), dict(exc.headers)
+            return exc.code, _json(exc.read()), dict(exc.headers or {})
 
     def login(self, user: str, password: str) -> None:
-        status, body, headers = self._post("/api/login", {"username": user, "password": password})
+        status, body, headers = self._request("POST", "/api/login", {"username": user, "password": password})
         if status != 200:
-            raise SystemExit(f"login failed: {body.get('error', status)}")
-        self.cookie = headers.get("Set-Cookie", "").split(";")[0]
+            raise MMLClientError(f"login failed: {body.get('error', f'HTTP {status}')}")
+        cookie = headers.get("Set-Cookie", "").split(";")[0]
+        if not cookie.startswith("session_id="):
+            raise MMLClientError("login reply carried no session cookie")
+        self.cookie = cookie
+
+    def health(self) -> dict:
+        status, body, _ = self._request("GET", "/api/health")
+        if status != 200:
+            raise MMLClientError(body.get("error", f"HTTP {status}"))
+        return body
 
     def execute(self, command: str) -> dict:
-        status, body, _ = self._post("/api/execute", {"command": command})
+        status, body, _ = self._request("POST", "/api/execute", {"command": command})
         if status != 200:
             return {"retcode": status, "retmsg": body.get("error", f"HTTP {status}"), "output": ""}
         return body
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ims-mml", description="MML client for the ims-migrate server")
-    ap.add_argument("--url", default=os.environ.get("MML_URL", f"http://127.0.0.1:{os.environ.get('MML_PORT', '8888')}"))
-    ap.add_argument("--token", default=os.environ.get("MML_TOKEN"))
-    ap.add_argument("--user")
-    ap.add_argument("--password")
-    ap.add_argument("--json", action="store_true", help="print the raw JSON reply")
-    ap.add_argument("command", nargs="*", help='e.g. "DSP REG" (interactive when omitted)')
-    args = ap.parse_args(argv)
-    client = Client(args.url, args.token)
+def _json(raw: bytes) -> dict:
     try:
-        if args.user:
-            client.login(args.user, args.password or "")
-        commands = [" ".join(args.command)] if args.command else None
-        rc = 0
-        if commands is None:
-            interactive = sys.stdin.isatty()
-            commands = []
-            while True:
-                try:
-                    line = input("MML> ") if interactive else sys.stdin.readline()
-                except EOFError:
-                    break
-                if not interactive and not line:
-                    break
-                line = line.strip()
-                if line.upper() in ("QUIT", "EXIT"):
-                    break
-                if line:
-                    rc = max(rc, _run(client, line, args.json))
-            return rc
-        for c in commands:
-            rc = max(rc, _run(client, c, args.json))
-        return rc
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"error: cannot reach the MML API at {args.url}: {exc}", file=sys.stderr)
-        return 3
+        data = json.loads(raw or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {"error": "reply is not JSON (is this the MML API?)"}
+    return data if isinstance(data, dict) else {"error": "unexpected reply"}
 
 
-def _run(client: Client, command: str, raw: bool) -> int:
-    result = client.execute(command)
+def _print_result(result: dict, raw: bool) -> int:
     if raw:
         print(json.dumps(result))
     else:
@@ -94,6 +82,63 @@ def _run(client: Client, command: str, raw: bool) -> int:
             print(result["output"])
         print(f"RETCODE = {result.get('retcode')}  {result.get('retmsg')}")
     return 0 if result.get("retcode") == 0 else 1
+
+
+def _interactive(client: Client, raw: bool) -> int:
+    tty = sys.stdin.isatty()
+    rc = 0
+    while True:
+        try:
+            line = input("MML> ") if tty else sys.stdin.readline()
+        except EOFError:
+            break
+        if not tty and not line:
+            break
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().rstrip(";") in ("QUIT", "EXIT", "BYE"):
+            break
+        rc = max(rc, _print_result(client.execute(line), raw))
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ims-mml", description="MML client for the ims-migrate server")
+    ap.add_argument("--url", default=os.environ.get("MML_URL")
+                    or f"http://127.0.0.1:{os.environ.get('MML_PORT', '8888')}",
+                    help="API address (default http://127.0.0.1:$MML_PORT or 8888)")
+    ap.add_argument("--token", default=os.environ.get("MML_TOKEN"), help="bearer token (MML_TOKEN)")
+    ap.add_argument("--user", help="log in as an ADMIN/OPERATOR user")
+    ap.add_argument("--password", help="password for --user (else MML_PASSWORD or a prompt)")
+    ap.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    ap.add_argument("--json", action="store_true", help="print the raw JSON reply")
+    ap.add_argument("command", nargs="*", help='e.g. "DSP REG" (interactive when omitted)')
+    args = ap.parse_args(argv)
+    if args.timeout <= 0:
+        ap.error("--timeout must be positive")
+    client = Client(args.url, None if args.user else args.token, timeout=args.timeout)
+    try:
+        if args.user:
+            password = args.password if args.password is not None else os.environ.get("MML_PASSWORD")
+            if password is None:
+                if not sys.stdin.isatty():
+                    print("error: --password or MML_PASSWORD is needed without a terminal", file=sys.stderr)
+                    return 2
+                password = getpass.getpass(f"password for {args.user}: ")
+            client.login(args.user, password)
+        if args.command:
+            return _print_result(client.execute(" ".join(args.command)), args.json)
+        return _interactive(client, args.json)
+    except MMLClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"error: cannot reach the MML API at {args.url}: {reason}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":
