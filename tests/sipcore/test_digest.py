@@ -1,0 +1,65 @@
+"""Digest authentication (RFC 7616/8760): both algorithms, stale nonces, no replay."""
+from sipcore.digest import DigestAuthenticator, compute_ha1, compute_response, parse_auth_params
+
+REALM = "sip.local"
+
+
+def creds(auth, challenge, *, alg="MD5", password="1234", nc="00000001", uri="sip:sip.local", method="REGISTER"):
+    _, p = parse_auth_params(challenge)
+    ha1 = compute_ha1("1001", REALM, password, alg)
+    resp = compute_response(alg, ha1, p["nonce"], method, uri, "auth", nc, "abc")
+    return (f'Digest username="1001", realm="{REALM}", nonce="{p["nonce"]}", uri="{uri}", response="{resp}", '
+            f'algorithm={alg}, qop=auth, nc={nc}, cnonce="abc"')
+
+
+def lookup(user, realm, alg):
+    return compute_ha1(user, realm, "1234", alg) if user == "1001" else None
+
+
+def test_challenge_offers_sha256_first_then_md5():
+    auth = DigestAuthenticator(REALM)
+    ch = auth.challenge(1000.0)
+    assert "algorithm=SHA-256" in ch[0] and "algorithm=MD5" in ch[1] and 'qop="auth"' in ch[0]
+
+
+def test_both_algorithms_verify():
+    auth = DigestAuthenticator(REALM)
+    for i, alg in enumerate(("SHA-256", "MD5")):
+        ch = auth.challenge(1000.0)[i]
+        assert auth.verify("REGISTER", "sip:sip.local", creds(auth, ch, alg=alg), lookup, 1001.0).ok
+
+
+def test_replayed_credentials_are_refused():
+    auth = DigestAuthenticator(REALM)
+    value = creds(auth, auth.challenge(1000.0)[1])
+    assert auth.verify("REGISTER", "sip:sip.local", value, lookup, 1001.0).ok
+    again = auth.verify("REGISTER", "sip:sip.local", value, lookup, 1002.0)
+    assert not again.ok and "replay" in again.reason
+    ch = auth.challenge(1000.0)[1]
+    assert auth.verify("REGISTER", "sip:sip.local", creds(auth, ch, nc="00000001"), lookup, 1003.0).ok
+    # same nonce, higher nc: allowed (RFC 7616 nonce reuse)
+    assert auth.verify("REGISTER", "sip:sip.local", creds(auth, ch, nc="00000002"), lookup, 1004.0).ok
+
+
+def test_expired_nonce_is_stale_not_wrong():
+    auth = DigestAuthenticator(REALM, nonce_ttl=30)
+    value = creds(auth, auth.challenge(1000.0)[1])
+    res = auth.verify("REGISTER", "sip:sip.local", value, lookup, 1031.0)
+    assert not res.ok and res.stale
+    assert "stale=true" in auth.challenge(1031.0, stale=True)[0]
+
+
+def test_wrong_password_forged_nonce_wrong_uri():
+    auth = DigestAuthenticator(REALM)
+    ch = auth.challenge(1000.0)[1]
+    assert auth.verify("REGISTER", "sip:sip.local", creds(auth, ch, password="x"), lookup, 1001).reason == "wrong password"
+    forged = creds(auth, ch).replace(parse_auth_params(ch)[1]["nonce"][:6], "000000")
+    assert not auth.verify("REGISTER", "sip:sip.local", forged, lookup, 1001).ok
+    assert "Request-URI" in auth.verify("REGISTER", "sip:other", creds(auth, ch), lookup, 1001).reason
+    other = DigestAuthenticator(REALM)      # a nonce from another server secret
+    assert not other.verify("REGISTER", "sip:sip.local", creds(auth, ch), lookup, 1001).ok
+
+
+def test_parse_auth_params_handles_quoted_commas():
+    scheme, p = parse_auth_params('Digest username="a,b", realm="r", nc=00000001, qop=auth')
+    assert scheme == "digest" and p["username"] == "a,b" and p["nc"] == "00000001"
