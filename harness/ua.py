@@ -365,9 +365,9 @@ class UserAgent:
             return {"code": 481}
         req = self._in_dialog(call, "BYE")
         call.state = "ended"
-        resp = await self.transact(req, self._next_hop(call))
         if call.rtp:
-            call.rtp.stop_sending()
+            call.rtp.stop_sending()          # a phone stops talking when it hangs up
+        resp = await self.transact(req, self._next_hop(call))
         return {"code": resp.status if resp else 408}
 
     async def cancel(self, call_id: str | None = None) -> dict:

@@ -112,11 +112,16 @@ def claim_slot(preferred: int | None = None, slots: int = 32) -> int:
 
 
 def _slot_stale(path: str) -> bool:
+    """A slot is stale when its owner is dead; a slot being claimed (no pid yet) is not."""
+    import time as _time
     try:
         with open(os.path.join(path, "pid")) as fh:
             pid = int(fh.read().strip() or 0)
     except (OSError, ValueError):
-        return True
+        try:
+            return _time.time() - os.stat(path).st_mtime > 10
+        except OSError:
+            return False
     if pid <= 0:
         return True
     try:

@@ -40,6 +40,10 @@ FILE_KEYS_IGNORED = {
     "CDR_MERGE_MODE": "one CDR row is written per outcome",
     "USERS": "subscribers are read from USERS_FILE (users.json)",
 }
+# dataclass field -> the variable it comes from (describe() shows variable names)
+FIELD_VARIABLES = {"bind_ip": "UDP_BIND_IP", "advertised_host": "SERVER_PUBLIC_HOST",
+                   "advertised_port": "SERVER_PUBLIC_PORT", "local_networks": "LOCAL_NETWORK_CIDR",
+                   "realm": "SIP_REALM", "server_ip_auto": "SERVER_IP_AUTO_DETECTED"}
 _HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
 
 
@@ -185,13 +189,13 @@ class Config:
         )
 
     def describe(self) -> dict:
-        """Upper-case name -> value for MML ``DSP SYSCFG`` / ``DSP CFG`` (the token is masked)."""
+        """Variable name -> value for MML ``DSP SYSCFG`` / ``DSP CFG`` (the token is masked)."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, tuple):
                 value = ",".join(f"{v[0]}={v[1]}" if isinstance(v, tuple) else str(v) for v in value)
-            out[f.name.upper()] = value
+            out[FIELD_VARIABLES.get(f.name, f.name.upper())] = value
         if self.mml_token:
             out["MML_TOKEN"] = "***"
         return out

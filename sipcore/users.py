@@ -190,9 +190,6 @@ class UserStore:
             return [dict(u) for _, u in sorted(self._users.items())
                     if status is None or str(u.get("status", "ACTIVE")).upper() == status]
 
-    def __len__(self) -> int:
-        return len(self.list())
-
     def lookup_ha1(self, username: str, realm: str, algorithm: str = "MD5") -> str | None:
         """HA1 for digest verification, or None (unknown, not ACTIVE, or no usable secret)."""
         user = self.get(username)

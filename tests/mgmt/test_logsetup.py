@@ -1,0 +1,70 @@
+"""Log format names the real module/function/line; dated file; level changeable at run time."""
+from __future__ import annotations
+
+import logging
+import re
+from datetime import datetime
+
+import pytest
+
+from sipcore.errors import ConfigError
+from sipcore.logsetup import current_level, set_level, setup_logging
+
+LINE_RE = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3} \[(?P<level>[A-Z]+) *\] "
+                     r"\[(?P<where>[^\]]+)\] (?P<msg>.*)$")
+
+
+@pytest.fixture
+def restore_root():
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+            h.close()
+    root.setLevel(level)
+
+
+def emit_here(logger):
+    logger.info("hello %s", "world")
+    return emit_here.__code__.co_firstlineno + 1
+
+
+def test_format_file_and_level(tmp_path, restore_root):
+    clock_value = datetime(2026, 2, 16, 23, 59, 59).timestamp()
+    handlers = setup_logging("INFO", str(tmp_path), console=False, clock=lambda: clock_value)
+    logger = logging.getLogger("sipcore.proxy")
+    line_no = emit_here(logger)
+    logger.debug("not shown at INFO")
+    path = tmp_path / "2026-02-16" / "ims-sip-server.log"
+    lines = [ln for ln in path.read_text().splitlines() if "hello" in ln or "not shown" in ln]
+    assert len(lines) == 1
+    m = LINE_RE.match(lines[0])
+    assert m and m["level"] == "INFO" and m["msg"] == "hello world"
+    assert m["where"] == f"sipcore.proxy:emit_here:{line_no}"       # the caller, not a wrapper
+    assert lines[0][24:35] == "[INFO    ] "
+    set_level("debug")
+    assert current_level() == "DEBUG"
+    logger.debug("now shown")
+    assert "now shown" in path.read_text()
+    # the date changes: the next line goes to the next day's folder
+    clock_value += 2
+    logger.warning("after midnight")
+    assert "after midnight" in (tmp_path / "2026-02-17" / "ims-sip-server.log").read_text()
+    assert len(handlers) == 1
+
+
+def test_setup_twice_does_not_duplicate(tmp_path, restore_root):
+    setup_logging("INFO", str(tmp_path), console=False)
+    setup_logging("INFO", str(tmp_path), console=False)
+    logging.getLogger("x.y").warning("once")
+    text = "".join(p.read_text() for p in tmp_path.glob("*/ims-sip-server.log"))
+    assert text.count("once") == 1
+
+
+@pytest.mark.parametrize("bad", ["LOUD", "", "5"])
+def test_bad_level(bad):
+    with pytest.raises(ConfigError) as exc:
+        set_level(bad)
+    assert exc.value.key == "LOG_LEVEL"
