@@ -72,7 +72,11 @@ def build_server(stage: int, config):
 
 async def serve(stage: int, config) -> int:
     from sipcore.mml.http_api import start_mml_server
-    server = build_server(stage, config)
+    try:
+        server = build_server(stage, config)
+    except ConfigError as exc:          # e.g. a corrupt users.json or a bad SIGNALLING value
+        print(f"configuration error: {exc.key}: {exc.message}", file=sys.stderr)
+        return 2
     try:
         await server.start()
     except MediaBackendError as exc:

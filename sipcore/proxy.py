@@ -4,10 +4,11 @@ The proxy receives parsed messages with their source and transport and sends thr
 ``send(message, address, transport)`` callable, so it has no sockets of its own. Media backends
 are awaited for SDP rewriting, which is why the handlers are coroutines.
 
-Transactions: each incoming request is tracked by its top Via branch (RFC 3261 §17.2.3). A
-retransmission is answered from the transaction (last response) once the next hop has answered;
-before that it is relayed again with the same outgoing branch, so a request lost on the second leg
-is recovered by the caller's own retransmissions (Timer A/E), as a stateless proxy would. Requests
+Transactions: each incoming request is tracked by its top Via branch (RFC 3261 §17.2.3); a
+retransmission is answered from the transaction (last response, or 100 Trying). Each forwarded
+branch is retransmitted by the proxy itself over UDP (Timer A for INVITE until a provisional
+answer, Timer E for the others), because once we answered 100 Trying the caller stops
+retransmitting and a request lost on the second leg would otherwise be lost for good. Requests
 the proxy originates itself (BYE from MML, keepalive OPTIONS) are retransmitted by
 ``originate()`` with RFC 3261 Timer E/F.
 """
@@ -72,6 +73,7 @@ class Branch:
     to_tag: str | None = None
     cancelled: bool = False
     started: float = 0.0
+    retransmit: "asyncio.Task | None" = None
 
 
 @dataclass
@@ -281,9 +283,8 @@ class Proxy:
         if tx.request.method == "INVITE" and tx.last_response is None:
             self._respond(tx, 100)
         for b in tx.branches:
-            if b.final is None and not b.provisional:
-                log.debug("re-forwarding retransmitted %s to %s:%s", tx.request.method, *b.dest)
-                self.send(b.request, b.dest, b.transport)
+            if b.final is None and not b.provisional and b.transport != "udp":
+                self.send(b.request, b.dest, b.transport)      # reliable hop: no timers of ours
 
     async def _on_cancel(self, req: SIPRequest, branch: str, source: Address, transport: str) -> None:
         tx = self.server_txs.get((branch, "INVITE"))
@@ -317,6 +318,30 @@ class Proxy:
         headers.add("CSeq", f"{fwd.cseq[0]} CANCEL")
         cancel = SIPRequest("CANCEL", fwd.uri.copy(), headers)
         self.send(cancel, b.dest, b.transport)
+
+    def _forward(self, b: Branch, method: str) -> None:
+        """Send a branch and, over UDP, retransmit it like an RFC 3261 client transaction:
+        Timer A (INVITE, until a provisional or final answer) or Timer E (others, until a final
+        answer, interval capped at T2), giving up after 64*T1 (Timer B/F)."""
+        self.send(b.request, b.dest, b.transport)
+        if b.transport != "udp":
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        b.retransmit = loop.create_task(self._retransmit(b, method))
+
+    async def _retransmit(self, b: Branch, method: str) -> None:
+        interval, waited = T1, 0.0
+        while waited < TX_LINGER:
+            await asyncio.sleep(interval)
+            waited += interval
+            if b.final is not None or (method == "INVITE" and b.provisional) or b.cancelled and method == "INVITE":
+                return
+            log.debug("retransmitting %s to %s:%s", method, *b.dest)
+            self.send(b.request, b.dest, b.transport)
+            interval = interval * 2 if method == "INVITE" else min(interval * 2, T2)
 
     def _respond_obj(self, tx: ServerTx, status: int) -> SIPResponse:
         return build_response(tx.request, status, to_tag=new_tag(),
@@ -375,7 +400,7 @@ class Proxy:
             tx.branches.append(b)
             self.branches[branch] = (tx, b)
             log.info("%s %s -> %s at %s:%s", req.method, req.call_id, uri, *dest)
-            self.send(fwd, dest, binding.transport)
+            self._forward(b, req.method)
 
     def _new_call(self, tx: ServerTx) -> Call:
         req = tx.request
@@ -495,7 +520,7 @@ class Proxy:
             call.state = "ended"
             self.events.call_ended(call, "Normal", req)
             await self._delete_media(call)
-        self.send(fwd, dest, transport)
+        self._forward(b, req.method)
 
     def _in_dialog_target(self, req: SIPRequest, call: Call | None, source: Address) -> tuple[Address | None, str]:
         if call is not None:
@@ -802,6 +827,8 @@ class Proxy:
         self.server_txs.pop(key, None)
         for b in tx.branches:
             self.branches.pop(b.branch, None)
+            if b.retransmit is not None:
+                b.retransmit.cancel()
 
     def active_calls(self) -> list[Call]:
         return [c for c in self.calls.values() if c.state != "ended"]

@@ -66,17 +66,25 @@ def test_full_call_with_answer_and_bye(setup):
     assert events.names() == ["call_started", "call_ringing", "call_answered", "call_ended"]
 
 
-def test_retransmitted_invite_is_reforwarded_until_the_callee_answers(setup):
+def test_proxy_retransmits_a_lost_invite_until_the_callee_answers(setup):
+    """Timer A on the second leg: once the proxy sent 100 Trying the caller stops retransmitting,
+    so the proxy must resend the INVITE itself until the callee answers."""
     proxy, wire, *_ = setup
-    _, [(fwd, _)] = start_call(proxy, wire)
-    run(proxy.on_request(invite(), ALICE, "udp"))     # first INVITE lost on the second leg
-    again = [(m, a) for m, a in wire.take() if getattr(m, "method", None) == "INVITE"]
-    assert len(again) == 1 and again[0][0].vias()[0].branch == fwd.vias()[0].branch
-    run(proxy.on_response(response_to(fwd, 180, "Ringing"), BOB, "udp"))
-    wire.take()
-    run(proxy.on_request(invite(), ALICE, "udp"))     # now absorbed: last response repeated
-    [(msg, addr)] = wire.take()
-    assert msg.status == 180 and addr == ALICE
+
+    async def scenario():
+        await proxy.on_request(invite(), ALICE, "udp")
+        first = [m for m, a in wire.take() if getattr(m, "method", None) == "INVITE"][0]
+        await asyncio.sleep(0.6)                        # T1 = 0.5 s
+        again = [m for m, a in wire.take() if getattr(m, "method", None) == "INVITE"]
+        assert len(again) == 1 and again[0].vias()[0].branch == first.vias()[0].branch
+        await proxy.on_response(response_to(first, 180, "Ringing"), BOB, "udp")
+        wire.take()
+        await asyncio.sleep(1.2)
+        assert not [m for m, a in wire.take() if getattr(m, "method", None) == "INVITE"]
+        await proxy.on_request(invite(), ALICE, "udp")   # caller retransmission: answered from the tx
+        [(msg, addr)] = wire.take()
+        assert msg.status == 180 and addr == ALICE
+    run(scenario())
 
 
 def test_cancel_before_answer(setup):

@@ -1,0 +1,38 @@
+"""`harness compare --stage 2` end to end: table, JSON, exit status; and a deliberate regression."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.privileged,
+              pytest.mark.skipif(os.geteuid() != 0, reason="NAT labs need root (CI runs as root)")]
+HARNESS = [sys.executable, "-m", "harness"]
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def test_compare_stage2_go(tmp_path):
+    out = subprocess.run(HARNESS + ["compare", "--stage", "2", "--scenario", "nat-[kr]e*", "-n", "4",
+                                    "--output", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "scenario" in out.stdout and "verdict" in out.stdout and "GO: nothing regressed" in out.stdout
+    assert "nat-keepalive" in out.stdout and "improved" in out.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["go"] is True
+    verdicts = {s["scenario"]: s["verdict"] for s in report["scenarios"]}
+    assert verdicts == {"nat-keepalive": "improved", "nat-rebind": "improved"}
+    assert (tmp_path / "report.xml").read_text().startswith("<?xml")
+    assert list((tmp_path / "nat-rebind" / "stage2-run10").glob("nat_a-public.pcap"))
+    assert (tmp_path / "nat-rebind" / "stage0-run0" / "server.log").stat().st_size > 0
+
+
+def test_injected_regression_is_caught(tmp_path):
+    out = subprocess.run(HARNESS + ["compare", "--stage", "2", "--scenario", "both-cone", "-n", "3", "--format", "json",
+                                    "--candidate-entry", os.path.join(HERE, "broken_stage.py"),
+                                    "--output", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert report["go"] is False and "both-cone" in report["summary"]
+    [s] = report["scenarios"]
+    assert s["verdict"] == "REGRESSED" and any("audio" in r for r in s["reasons"])

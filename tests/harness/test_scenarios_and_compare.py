@@ -1,0 +1,53 @@
+"""Scenario validation and the verdict logic (pure functions on observation records)."""
+import pytest
+
+from harness.compare import go_no_go, judge, meets
+from harness.scenario import ScenarioError, load, load_all, parse_step
+
+
+def obs(audio="two-way", call=200, cdr=(("CALL", "ENDED"),), **extra):
+    return {"steps": {"register": 200, "call": call}, "audio": {"direction": audio},
+            "nat": {"via_to_alice": extra.get("via", [])},
+            "cdr": [{"record_type": t, "call_state": s} for t, s in cdr]}
+
+
+def test_all_shipped_scenarios_load_and_cover_the_issue_list():
+    names = {s.name for s in load_all()}
+    assert len(names) >= 20
+    for required in ("no-nat", "both-cone", "both-symmetric", "cgnat", "hairpin", "sip-alg", "callee-silent",
+                     "rtp-other-port", "rtcp", "nat-rebind", "nat-timeout", "nat-keepalive", "contact-params",
+                     "wrong-password", "unregistered-callee", "cancel", "busy", "hold-resume", "early-media",
+                     "message", "sip-loss"):
+        assert required in names
+    for s in load_all():
+        assert set(s.expect) == {0, 1, 2}, f"{s.name} lacks per-stage expectations"
+        assert s.description
+
+
+def test_scenario_errors_are_clear(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\ntopology: {caller: full-cone}\nsteps: [{register: alice}]\n")
+    with pytest.raises(ScenarioError, match="unknown NAT profile 'full-cone'"):
+        load(str(p))
+    with pytest.raises(ScenarioError, match="unknown step 'dance'"):
+        parse_step({"dance": 1}, 0, "x.yaml")
+    with pytest.raises(ScenarioError, match="needs from and to"):
+        parse_step({"call": {"from": "alice"}}, 0, "x.yaml")
+
+
+def test_verdicts():
+    assert judge("s", [obs(), obs()], [obs()]).verdict == "same"
+    assert judge("s", [obs("A->B only"), obs("A->B only")], [obs()]).verdict == "improved"
+    v = judge("s", [obs(), obs()], [obs("none")])
+    assert v.verdict == "REGRESSED" and "audio two-way -> none" in v.reasons
+    assert judge("s", [obs(), obs()], [obs(call=480, cdr=())]).verdict == "REGRESSED"
+    assert judge("s", [obs(), obs("none")], [obs("A->B only")]).verdict == "noisy"
+    v = judge("s", [obs(via=["a"]), obs(via=["a"])], [obs(via=["b"])])
+    assert v.verdict == "same" and v.nat.startswith("changed")
+    v = judge("s", [obs(via=["a"]), obs(via=["b"])], [obs(via=["c"])])
+    assert v.nat == "same" and any("via" in n for n in v.noise)      # noise is reported, not counted
+    assert judge("s", [obs(), obs()], [obs()], expect_cand={"audio": "A->B only"}).verdict == "REGRESSED"
+    ok, _ = meets(obs(), {"audio": "two-way", "steps": {"call": 200}})
+    assert ok
+    go, text = go_no_go([judge("a", [obs()], [obs("none")])])
+    assert not go and "a" in text
