@@ -188,6 +188,11 @@ class LegacyRelay(MediaBackend):
                 for t in (leg.rtp_transport, leg.rtcp_transport):
                     if t is not None:
                         t.close()
+        # asyncio closes datagram sockets on the next loop turn: only then may a new call bind them
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        for st in session.streams:
+            for leg in (st.a, st.b):
                 self.pool.release(leg.port)
 
     def sessions(self) -> list[dict]:
