@@ -1,0 +1,109 @@
+"""The operator documents are true: every command in MIGRATION.md is exercised here (or by the
+harness tests for `harness compare/run`), and the pm2 file names files that exist and variables
+the server reads."""
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness.cli import cli
+from tests.stack import PYTHON, ROOT, ServerProcess
+
+MIGRATION = open(os.path.join(ROOT, "MIGRATION.md"), encoding="utf-8").read()
+COMMANDS = [line.strip() for block in re.findall(r"```sh\n(.*?)```", MIGRATION, re.S)
+            for line in block.splitlines() if line.strip()]
+
+
+def config_source() -> str:
+    with open(os.path.join(ROOT, "sipcore", "config.py"), encoding="utf-8") as fh:
+        return fh.read()
+
+
+def test_pm2_file_names_existing_files_and_read_variables():
+    text = open(os.path.join(ROOT, "ecosystem.config.js"), encoding="utf-8").read()
+    assert 'name: "ims-server"' in text and 'path.join(root, "run.py")' in text
+    assert os.path.exists(os.path.join(ROOT, "run.py"))
+    assert "ims-rtpproxy" in text and shutil.which("ims-rtpproxy", path=os.path.dirname(PYTHON))
+    env_block = re.search(r"env: \{(.*?)\}", text, re.S).group(1)
+    names = re.findall(r"^\s*([A-Z_]+):", env_block, re.M)
+    assert len(names) > 8
+    src = config_source()
+    for name in names:
+        assert f'"{name}"' in src, f"{name} in ecosystem.config.js is not read by sipcore/config.py"
+
+
+def test_migration_harness_commands_parse():
+    harness_lines = [c for c in COMMANDS if c.startswith(".venv/bin/harness")]
+    assert any("compare --stage 2" in c for c in harness_lines)
+    for line in harness_lines:
+        args = shlex.split(line)[1:]
+        cmd = cli.get_command(None, args[0])
+        assert cmd is not None, line
+        cmd.make_context(args[0], args[1:])          # raises on an unknown option or bad value
+
+
+def test_migration_mml_commands_run_against_stage2(tmp_path):
+    mml_lines = [c for c in COMMANDS if c.startswith(".venv/bin/ims-mml")]
+    assert len(mml_lines) >= 4
+    with ServerProcess(2, str(tmp_path)) as srv:
+        for line in mml_lines:
+            args = shlex.split(line.replace('"$MML_TOKEN"', srv.token))[1:]
+            out = subprocess.run([PYTHON, "-m", "sipcore.mml.cli", "--url", f"http://127.0.0.1:{srv.ports.mml}", *args],
+                                 capture_output=True, text=True, timeout=30)
+            assert out.returncode == 0, (line, out.stdout, out.stderr)
+        assert "sippy" in srv.mml("DSP SYSINFO")["output"]
+
+
+def test_migration_cutover_and_rollback_copies(tmp_path):
+    for name in ("run.py", "run_refactored.py", "run_sippy.py"):
+        shutil.copy(os.path.join(ROOT, name), tmp_path / name)
+    env = dict(os.environ, SERVER_IP="127.0.0.1", CONFIG_FILE="/nonexistent")
+
+    def stage():
+        out = subprocess.run([PYTHON, "run.py", "--check-config"], cwd=tmp_path, capture_output=True, text=True,
+                             env=env, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+    for line in COMMANDS:
+        if line.startswith("cp ") and "pm2 restart ims-server" in line:
+            shell = line.split("&& pm2")[0]
+            subprocess.run(shell, shell=True, cwd=tmp_path, check=True)
+            if "run_sippy.py run.py" in shell:
+                assert "stage 2" in stage()
+            elif "run_refactored.py run.py" in shell:
+                assert "stage 1" in stage()
+            else:
+                assert "stage" in stage()
+
+
+def test_migration_rtpproxy_launcher_line():
+    [line] = [c for c in COMMANDS if c.startswith(".venv/bin/ims-rtpproxy")]
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    args = shlex.split(line.replace("7722", str(port)).replace("-m 20000 -M 29999", "-m 46000 -M 46998"))[1:]
+    proc = subprocess.Popen([PYTHON, "-m", "refactored.rtpproxy_launcher", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        c.settimeout(0.5)
+        reply = None
+        for _ in range(20):
+            c.sendto(b"k1 V", ("127.0.0.1", port))
+            try:
+                reply = c.recvfrom(100)[0]
+                break
+            except socket.timeout:
+                continue
+        assert reply == b"k1 20040107\n"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
