@@ -27,6 +27,7 @@ from sipcore.message import (Headers, SIPMessage, SIPRequest, SIPResponse, Via, 
 from sipcore.registrar import Binding, Registrar, aor_user
 from sipcore.sdp import SessionDescription
 from sipcore.stage_policy import StagePolicy
+from sipcore.transaction import ClientTransaction, PassUp, Send, Timeout
 from sipcore.uri import NameAddr, SipURI
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ class Proxy:
         self.server_txs: dict[tuple[str, str], ServerTx] = {}
         self.branches: dict[str, tuple[ServerTx, Branch]] = {}
         self.calls: dict[str, Call] = {}
-        self._originated: dict[str, asyncio.Future] = {}
+        self._originated: dict[str, asyncio.Queue] = {}
         self.stats = {"requests": 0, "responses": 0, "calls": 0, "dropped": 0}
 
     # ==========================================================================================
@@ -571,10 +572,9 @@ class Proxy:
             return
         if via is None or via.branch is None:
             return
-        fut = self._originated.get(via.branch)
-        if fut is not None:
-            if resp.status >= 200 and not fut.done():
-                fut.set_result(resp)
+        queue = self._originated.get(via.branch)
+        if queue is not None:
+            queue.put_nowait(resp)
             return
         entry = self.branches.get(via.branch)
         if entry is None:
@@ -719,24 +719,32 @@ class Proxy:
     # ==========================================================================================
     async def originate(self, request: SIPRequest, dest: Address, transport: str = "udp",
                         timeout: float = 32 * T1) -> SIPResponse | None:
-        """Send a request with RFC 3261 Timer E/F retransmissions; the final response or None."""
-        via = request.top_via()
-        branch = via.branch if via and via.branch else new_branch()
+        """Send a request we originate through an RFC 3261 client transaction (sipcore.transaction)
+        and return its final response, or None on Timer B/F (or ``timeout``)."""
+        tx = ClientTransaction(request, reliable=transport != "udp")
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future = loop.create_future()
-        self._originated[branch] = fut
-        interval = T1
-        deadline = loop.time() + timeout
+        responses: asyncio.Queue = asyncio.Queue()
+        branch = tx.key[0]
+        self._originated[branch] = responses
+        give_up = loop.time() + timeout
+        actions = tx.start(loop.time())
         try:
-            while loop.time() < deadline:
-                self.send(request, dest, transport)
-                if transport != "udp":
-                    interval = deadline - loop.time()
+            while True:
+                for action in actions:
+                    if isinstance(action, Send):
+                        self.send(action.message, dest, transport)
+                    elif isinstance(action, PassUp) and action.message.status >= 200:
+                        return action.message
+                    elif isinstance(action, Timeout):
+                        return None
+                if tx.state == "terminated" or loop.time() >= give_up:
+                    return None
+                deadline = min(d for d in (tx.next_deadline(), give_up) if d is not None)
                 try:
-                    return await asyncio.wait_for(asyncio.shield(fut), min(interval, max(0.0, deadline - loop.time())))
+                    resp = await asyncio.wait_for(responses.get(), max(0.0, deadline - loop.time()))
+                    actions = tx.on_response(resp, loop.time())
                 except asyncio.TimeoutError:
-                    interval = min(interval * 2, T2)
-            return None
+                    actions = tx.on_timer(loop.time())
         finally:
             self._originated.pop(branch, None)
 

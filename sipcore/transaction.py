@@ -1,0 +1,272 @@
+"""RFC 3261 §17 transaction state machines, sans-IO: events and a clock in, actions out.
+
+    tx = ClientTransaction(request, reliable=False)
+    actions = tx.start(now)              # [Send(request)]
+    actions = tx.on_response(resp, now)  # [PassUp(resp)] / [Send(ack), PassUp(resp)] / []
+    actions = tx.on_timer(now)           # retransmissions, Timeout, Terminated
+    tx.next_deadline()                   # when on_timer must be called next (None: never)
+
+Timers: A/B/D (INVITE client), E/F/K (non-INVITE client), G/H/I (INVITE server), J (non-INVITE
+server). ``TransactionTable`` matches messages to transactions (§17.1.3, §17.2.3).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sipcore.message import Headers, SIPRequest, SIPResponse, build_response
+
+
+@dataclass(frozen=True)
+class Timers:
+    T1: float = 0.5
+    T2: float = 4.0
+    T4: float = 5.0
+
+
+@dataclass
+class Send:
+    message: SIPRequest | SIPResponse
+
+
+@dataclass
+class PassUp:
+    message: SIPRequest | SIPResponse
+
+
+@dataclass
+class Timeout:
+    pass
+
+
+@dataclass
+class Terminated:
+    pass
+
+
+class _Base:
+    def __init__(self, timers: Timers, reliable: bool):
+        self.timers = timers
+        self.reliable = reliable
+        self.state = "init"
+        self._deadlines: dict[str, float] = {}
+
+    def next_deadline(self) -> float | None:
+        return min(self._deadlines.values()) if self._deadlines else None
+
+    def _set(self, name: str, at: float) -> None:
+        self._deadlines[name] = at
+
+    def _clear(self, *names: str) -> None:
+        for n in names:
+            self._deadlines.pop(n, None)
+
+    def _due(self, now: float) -> list[str]:
+        return sorted((n for n, t in self._deadlines.items() if t <= now), key=lambda n: self._deadlines[n])
+
+    def _terminate(self) -> list:
+        self.state = "terminated"
+        self._deadlines.clear()
+        return [Terminated()]
+
+
+class ClientTransaction(_Base):
+    """INVITE client (§17.1.1) or non-INVITE client (§17.1.2) transaction."""
+
+    def __init__(self, request: SIPRequest, reliable: bool = False, timers: Timers = Timers()):
+        super().__init__(timers, reliable)
+        self.request = request
+        self.invite = request.method == "INVITE"
+        self._interval = timers.T1
+        self.ack: SIPRequest | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.request.top_via().branch, self.request.method
+
+    def start(self, now: float) -> list:
+        t = self.timers
+        self.state = "calling" if self.invite else "trying"
+        if not self.reliable:
+            self._set("A" if self.invite else "E", now + t.T1)
+        self._set("B" if self.invite else "F", now + 64 * t.T1)
+        return [Send(self.request)]
+
+    def on_response(self, resp: SIPResponse, now: float) -> list:
+        t = self.timers
+        if self.state in ("terminated",):
+            return []
+        if self.invite:
+            if self.state in ("calling", "proceeding"):
+                if resp.status < 200:
+                    self.state = "proceeding"
+                    self._clear("A")
+                    return [PassUp(resp)]
+                if resp.status < 300:
+                    return [PassUp(resp)] + self._terminate()     # the TU ACKs 2xx end to end
+                self.state = "completed"
+                self._clear("A", "B")
+                self.ack = self._build_ack(resp)
+                self._set("D", now + (0 if self.reliable else 32.0))
+                return [Send(self.ack), PassUp(resp)]
+            if self.state == "completed" and resp.status >= 300:
+                return [Send(self.ack)]                            # retransmitted final: ACK again
+            return []
+        if self.state in ("trying", "proceeding"):
+            if resp.status < 200:
+                self.state = "proceeding"
+                return [PassUp(resp)]
+            self.state = "completed"
+            self._clear("E", "F")
+            self._set("K", now + (0 if self.reliable else t.T4))
+            return [PassUp(resp)]
+        return []
+
+    def on_timer(self, now: float) -> list:
+        t = self.timers
+        out: list = []
+        for name in self._due(now):
+            if name == "A":
+                self._interval *= 2
+                self._set("A", now + self._interval)
+                out.append(Send(self.request))
+            elif name == "E":
+                self._interval = min(self._interval * 2, t.T2) if self.state == "trying" else t.T2
+                self._set("E", now + self._interval)
+                out.append(Send(self.request))
+            elif name in ("B", "F"):
+                return out + [Timeout()] + self._terminate()
+            elif name in ("D", "K"):
+                return out + self._terminate()
+        return out
+
+    def _build_ack(self, resp: SIPResponse) -> SIPRequest:
+        """ACK for a non-2xx final response (§17.1.1.3): same branch, To from the response."""
+        req = self.request
+        h = Headers()
+        h.add("Via", req.headers.get_raw("Via")[0])
+        for v in req.headers.get_raw("Route"):
+            h.add("Route", v)
+        h.add("Max-Forwards", "70")
+        h.add("From", req.headers.get("From"))
+        h.add("To", resp.headers.get("To"))
+        h.add("Call-ID", req.call_id)
+        h.add("CSeq", f"{req.cseq[0]} ACK")
+        return SIPRequest("ACK", req.uri.copy(), h)
+
+
+class ServerTransaction(_Base):
+    """INVITE server (§17.2.1) or non-INVITE server (§17.2.2) transaction."""
+
+    def __init__(self, request: SIPRequest, reliable: bool = False, timers: Timers = Timers(),
+                 auto_trying_after: float | None = 0.2):
+        super().__init__(timers, reliable)
+        self.request = request
+        self.invite = request.method == "INVITE"
+        self.last_response: SIPResponse | None = None
+        self._interval = timers.T1
+        self.auto_trying_after = auto_trying_after
+
+    def start(self, now: float) -> list:
+        self.state = "proceeding" if self.invite else "trying"
+        if self.invite and self.auto_trying_after is not None:
+            if self.auto_trying_after <= 0:
+                return self.respond(build_response(self.request, 100), now) + [PassUp(self.request)]
+            self._set("trying", now + self.auto_trying_after)
+        return [PassUp(self.request)]
+
+    def on_request(self, request: SIPRequest, now: float) -> list:
+        """A retransmission (or, for INVITE, the ACK of a non-2xx final) for this transaction."""
+        if request.method == "ACK" and self.invite:
+            if self.state == "completed":
+                self.state = "confirmed"
+                self._clear("G", "H")
+                self._set("I", now + (0 if self.reliable else self.timers.T4))
+            return []
+        if self.last_response is not None and self.state in ("proceeding", "completed"):
+            return [Send(self.last_response)]
+        return []
+
+    def respond(self, resp: SIPResponse, now: float) -> list:
+        t = self.timers
+        if self.state in ("completed", "confirmed", "terminated"):
+            return []
+        self._clear("trying")
+        self.last_response = resp
+        if resp.status < 200:
+            self.state = "proceeding"
+            return [Send(resp)]
+        if self.invite and resp.status < 300:
+            return [Send(resp)] + self._terminate()       # 2xx retransmission is the TU's job
+        self.state = "completed"
+        if self.invite:
+            if not self.reliable:
+                self._set("G", now + t.T1)
+            self._set("H", now + 64 * t.T1)
+        else:
+            self._set("J", now + (0 if self.reliable else 64 * t.T1))
+        return [Send(resp)]
+
+    def on_timer(self, now: float) -> list:
+        out: list = []
+        for name in self._due(now):
+            if name == "trying":
+                self._clear("trying")
+                if self.last_response is None:
+                    out += self.respond(build_response(self.request, 100), now)
+            elif name == "G":
+                self._interval = min(self._interval * 2, self.timers.T2)
+                self._set("G", now + self._interval)
+                out.append(Send(self.last_response))
+            elif name == "H":
+                return out + [Timeout()] + self._terminate()
+            elif name in ("I", "J"):
+                return out + self._terminate()
+        return out
+
+
+class TransactionTable:
+    """Matching per §17.1.3 (client: branch + CSeq method) and §17.2.3 (server: branch + sent-by +
+    method, ACK matched to its INVITE)."""
+
+    def __init__(self):
+        self.clients: dict[tuple, ClientTransaction] = {}
+        self.servers: dict[tuple, ServerTransaction] = {}
+
+    @staticmethod
+    def server_key(request: SIPRequest) -> tuple:
+        via = request.top_via()
+        method = "INVITE" if request.method == "ACK" else request.method
+        return (via.branch, via.host, via.port or 5060, method)
+
+    def add_client(self, tx: ClientTransaction) -> None:
+        self.clients[tx.key] = tx
+
+    def add_server(self, tx: ServerTransaction) -> None:
+        self.servers[self.server_key(tx.request)] = tx
+
+    def match_response(self, resp: SIPResponse) -> ClientTransaction | None:
+        via = resp.top_via()
+        if via is None or via.branch is None:
+            return None
+        return self.clients.get((via.branch, resp.cseq[1]))
+
+    def match_request(self, request: SIPRequest) -> ServerTransaction | None:
+        return self.servers.get(self.server_key(request))
+
+    def tick(self, now: float) -> list[tuple[object, list]]:
+        """Fire due timers; returns (transaction, actions) and forgets terminated ones."""
+        fired = []
+        for table in (self.clients, self.servers):
+            for key, tx in list(table.items()):
+                d = tx.next_deadline()
+                if d is not None and d <= now:
+                    actions = tx.on_timer(now)
+                    if actions:
+                        fired.append((tx, actions))
+                if tx.state == "terminated":
+                    del table[key]
+        return fired
+
+    def next_deadline(self) -> float | None:
+        ds = [d for t in (*self.clients.values(), *self.servers.values()) if (d := t.next_deadline()) is not None]
+        return min(ds) if ds else None
