@@ -241,6 +241,9 @@ class Proxy:
         if method not in RELAYED_METHODS and method != "REGISTER":
             self._respond(req, 405, source=source, transport=transport)
             return
+        if not req.uri.is_sip and method != "ACK":
+            self._respond(req, 416, source=source, transport=transport)      # RFC 4475 novelsc
+            return
         mf = req.headers.get("Max-Forwards")
         hops = int(mf) if mf is not None else 70
         if hops <= 0 and method not in ("REGISTER",):
