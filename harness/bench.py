@@ -169,9 +169,9 @@ def _sipp_rtts(workdir: str) -> list[float]:
         with open(f) as fh:
             for line in fh:
                 parts = line.strip().split(";")
-                if len(parts) >= 3:
+                if len(parts) >= 3 and parts[1].replace(".", "", 1).isdigit():
                     try:
-                        vals.append(float(parts[2]))
+                        vals.append(float(parts[1]))   # date_ms;response_time_ms;rtd_no
                     except ValueError:
                         pass
     return vals
@@ -319,9 +319,9 @@ def plot(data: dict, path: str) -> None:
 
 @click.command()
 @click.option("--stages", default="0,1,2", show_default=True)
-@click.option("--rates", default="50,100,200,300,400", show_default=True, help="offered calls/s for SIPp")
+@click.option("--rates", default="100,200,300,400,500,600", show_default=True, help="offered calls/s for SIPp")
 @click.option("--seconds", type=float, default=5.0, show_default=True, help="per call-rate step")
-@click.option("--streams", default="50,100,200,400", show_default=True, help="concurrent media streams per step")
+@click.option("--streams", default="200,400,800,1600,2400", show_default=True, help="concurrent media streams per step")
 @click.option("--media-seconds", type=float, default=4.0, show_default=True)
 @click.option("--skip-calls", is_flag=True)
 @click.option("--skip-media", is_flag=True)

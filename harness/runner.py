@@ -62,7 +62,7 @@ def _wait_ready(proc: subprocess.Popen, log_path: str, timeout: float = 25.0) ->
 def run_scenario(sc: Scenario, stage: int, *, backend: str = "netns", evidence_root: str = "harness-out",
                  run_index: int = 0, entry: str | None = None) -> RunResult:
     t0 = time.monotonic()
-    evidence = os.path.join(evidence_root, sc.name, f"stage{stage}-run{run_index}")
+    evidence = os.path.abspath(os.path.join(evidence_root, sc.name, f"stage{stage}-run{run_index}"))
     shutil.rmtree(evidence, ignore_errors=True)
     os.makedirs(evidence, exist_ok=True)
     slot = claim_slot()
