@@ -280,14 +280,14 @@ asyncio.run(main())
 async def _backend(kind: str, workdir: str):
     if kind == "legacy-relay":
         from legacy.rtp_relay import LegacyRelay
-        b = LegacyRelay("127.0.0.1", "127.0.0.1", 44000, 49998)
+        b = LegacyRelay("127.0.0.1", "127.0.0.1", 20000, 43998)
         await b.start()
         return b, b.stop
     from refactored.rtpproxy_launcher import LocalRTPProxy
     from refactored.rtpproxy_client import RTPProxyPool
     from refactored.rtpproxy_media import RTPProxyBackend
     control = f"udp:127.0.0.1:{_free_port()}"
-    local = LocalRTPProxy("127.0.0.1", control, 44000, 49998, workdir=workdir)
+    local = LocalRTPProxy("127.0.0.1", control, 20000, 43998, workdir=workdir)
     local.start()
     pool = RTPProxyPool([(control, 1)])
     for _ in range(50):
@@ -321,7 +321,7 @@ def plot(data: dict, path: str) -> None:
 @click.option("--stages", default="0,1,2", show_default=True)
 @click.option("--rates", default="100,200,300,400,500,600", show_default=True, help="offered calls/s for SIPp")
 @click.option("--seconds", type=float, default=5.0, show_default=True, help="per call-rate step")
-@click.option("--streams", default="200,400,800,1600,2400", show_default=True, help="concurrent media streams per step")
+@click.option("--streams", default="400,800,1600,2400", show_default=True, help="concurrent media streams per step")
 @click.option("--media-seconds", type=float, default=4.0, show_default=True)
 @click.option("--skip-calls", is_flag=True)
 @click.option("--skip-media", is_flag=True)

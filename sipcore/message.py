@@ -158,21 +158,7 @@ class Headers:
 
     def set(self, name: str, value: str) -> None:
         """Replace every value of ``name`` by one, at the position of the first (or at the end)."""
-        name = canonical_name(name)
-        low = name.lower()
-        pos = None
-        kept: list[tuple[str, str]] = []
-        for n, v in self._items:
-            if n.lower() == low:
-                if pos is None:
-                    pos = len(kept)
-                continue
-            kept.append((n, v))
-        if pos is None:
-            kept.append((name, value))
-        else:
-            kept.insert(pos, (name, value))
-        self._items = kept
+        self.replace_all(name, [value])
 
     def add(self, name: str, value: str, top: bool = False) -> None:
         """Add one value: ``top=True`` puts it before the first header of that name."""

@@ -431,43 +431,36 @@ class Proxy:
 
     async def _media_offer(self, msg: SIPMessage, source: Address, call: Call | None,
                            from_tag: str | None, to_tag: str | None) -> bool:
-        try:
-            sd = SessionDescription.parse(msg.body)
-        except SDPParseError as exc:
-            log.warning("offer from %s:%s has bad SDP: %s", *source, exc.reason)
-            return False
-        try:
-            out = await self.media.offer(msg.call_id, from_tag or "", to_tag,
-                                         self.policy.media_target_sdp(sd, source), source)
-        except MediaBackendError as exc:
-            log.error("media offer failed for %s: %s", msg.call_id, exc)
-            return False
-        msg.body = out.to_bytes()
-        if call is not None:
-            call.media = True
-            call.media_kinds, call.codecs = sd.media_kinds(), sd.codec_names()
-        return True
+        return await self._media(self.media.offer, "offer", msg, source, call, from_tag, to_tag)
 
     async def _media_answer(self, msg: SIPMessage, source: Address, call: Call | None,
                             from_tag: str | None, to_tag: str | None) -> bool:
         if call is not None and call.last_answer_body == msg.body and call.last_answer_out is not None:
             msg.body = call.last_answer_out       # retransmitted 200/183: same rewrite
             return True
+        return await self._media(self.media.answer, "answer", msg, source, call, from_tag, to_tag)
+
+    async def _media(self, operation, kind: str, msg: SIPMessage, source: Address, call: Call | None,
+                     from_tag: str | None, to_tag: str | None) -> bool:
+        """Hand the SDP (with the stage's relay targets) to the media backend; forward its SDP."""
         original = msg.body
         try:
             sd = SessionDescription.parse(msg.body)
         except SDPParseError as exc:
-            log.warning("answer from %s:%s has bad SDP: %s", *source, exc.reason)
+            log.warning("%s from %s:%s has bad SDP: %s", kind, *source, exc.reason)
             return False
         try:
-            out = await self.media.answer(msg.call_id, from_tag or "", to_tag,
-                                          self.policy.media_target_sdp(sd, source), source)
+            out = await operation(msg.call_id, from_tag or "", to_tag, self.policy.media_target_sdp(sd, source), source)
         except MediaBackendError as exc:
-            log.error("media answer failed for %s: %s", msg.call_id, exc)
+            log.error("media %s failed for %s: %s", kind, msg.call_id, exc)
             return False
         msg.body = out.to_bytes()
         if call is not None:
-            call.last_answer_body, call.last_answer_out = original, msg.body
+            if kind == "offer":
+                call.media = True
+                call.media_kinds, call.codecs = sd.media_kinds(), sd.codec_names()
+            else:
+                call.last_answer_body, call.last_answer_out = original, msg.body
         return True
 
     # --- in-dialog requests -------------------------------------------------------------------

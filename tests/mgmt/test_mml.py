@@ -1,32 +1,13 @@
-"""MML grammar and the authenticated HTTP API, against a real running server."""
+"""The MML HTTP API and CLI against a real running server (grammar and executor unit tests are in
+test_mml_grammar.py / test_mml_executor.py)."""
 import json
 import urllib.error
 import urllib.request
 
 import pytest
-from hypothesis import given, strategies as st
 
 from sipcore.mml.cli import main as mml_cli
-from sipcore.mml.grammar import MMLSyntaxError, parse_command
 from tests.stack import ServerProcess
-
-
-def test_grammar():
-    c = parse_command('ADD USER USERNAME=admin2 PASSWORD="a b" NAME=Bob;')
-    assert (c.verb, c.obj, c.params) == ("ADD", "USER", {"USERNAME": "admin2", "PASSWORD": "a b", "NAME": "Bob"})
-    c = parse_command("dsp cdr stat")
-    assert (c.verb, c.obj, c.sub) == ("DSP", "CDR", "STAT")
-    for bad in ("", "FOO USER", "DSP USER A=1 extra", 'DSP USER A="unterminated'):
-        with pytest.raises(MMLSyntaxError):
-            parse_command(bad)
-
-
-@given(st.text(max_size=200))
-def test_grammar_never_raises_anything_else(text):
-    try:
-        parse_command(text)
-    except MMLSyntaxError:
-        pass
 
 
 @pytest.fixture(scope="module")
