@@ -268,3 +268,13 @@ def test_sigkill_leftovers_are_removed_by_prune(slot):
     assert [n for n in list_namespaces() if n.startswith(lab_id)], "SIGKILL cannot run cleanup"
     prune(lab_id)
     assert not [n for n in list_namespaces() if n.startswith(lab_id)]
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/setpriv"), reason="needs setpriv (util-linux) to drop root")
+def test_without_root_a_clear_message_not_a_traceback():
+    env = dict(os.environ, HOME="/tmp", PYTHONDONTWRITEBYTECODE="1")
+    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PY, "-m", "harness",
+                          "lab", "up", "--standard", "cone,cone"], capture_output=True, text=True, timeout=60,
+                         env=env, cwd="/tmp")
+    assert out.returncode == 2
+    assert "need root" in out.stderr and "sudo" in out.stderr and "Traceback" not in out.stderr
