@@ -45,7 +45,7 @@ def encode_token(value: str) -> str:
     out = []
     for b in value.encode("utf-8"):
         ch = chr(b)
-        if ch.isalnum() or ch in "-._~@":
+        if ch.isascii() and (ch.isalnum() or ch in "-._~@"):
             out.append(ch)
         else:
             out.append(f"%{b:02X}")
@@ -98,16 +98,17 @@ def _ul(letter, call_id, ip, port, from_tag, to_tag, media_index, modifiers) -> 
 
 
 def delete(call_id: str, from_tag: str, to_tag: str | None = None) -> Command:
+    """Deletes every stream of the call (rtpproxy matches the tags without medianum)."""
     parts = ["D", encode_token(call_id), encode_token(from_tag)]
     if to_tag:
         parts.append(encode_token(to_tag))
     return Command(" ".join(parts), "D")
 
 
-def query(call_id: str, from_tag: str, to_tag: str | None = None) -> Command:
-    parts = ["Q", encode_token(call_id), encode_token(from_tag)]
+def query(call_id: str, from_tag: str, to_tag: str | None = None, media_index: int | None = None) -> Command:
+    parts = ["Q", encode_token(call_id), _tag(from_tag, media_index)]
     if to_tag:
-        parts.append(encode_token(to_tag))
+        parts.append(_tag(to_tag, media_index))
     return Command(" ".join(parts), "Q")
 
 

@@ -1,19 +1,48 @@
 #!/usr/bin/env bash
-# Build the lab image without any registry: debootstrap a minimal Debian bookworm rootfs with the
-# tools a lab host needs, then `docker import` it. Usage: build_offline.sh TAG [CACHE_DIR]
+# Base of the lab image without any container registry: debootstrap a minimal Debian bookworm
+# rootfs (from the host's apt mirror) with the tools a lab host needs, then `docker import` it.
+#
+#   build_offline.sh ROOTFS_DIR                 # rootfs only (netlab/image.py imports it via the SDK)
+#   build_offline.sh ROOTFS_DIR TAG             # rootfs, then `tar | docker import` as TAG
+#
+# The rootfs is kept in ROOTFS_DIR as a cache: a second run reuses it. The full image (project
+# and its Python dependencies on top) is built by `python -m netlab.image`.
+# Environment: IMS_DEBIAN_MIRROR (default: the host's first apt URI, else deb.debian.org).
 set -euo pipefail
-TAG=${1:?image tag}
-CACHE=${2:-/var/cache/ims-migrate}
-MIRROR=${IMS_DEBIAN_MIRROR:-$(grep -hoE '^(URIs:|deb) +https?://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null | head -1 | awk '{print $2}' || true)}
+ROOTFS=${1:?usage: build_offline.sh ROOTFS_DIR [TAG]}
+TAG=${2:-}
+SUITE=bookworm
+# Keep this list in sync with netlab/images/Dockerfile (the registry path).
+PKGS=python3,python3-venv,iproute2,iptables,nftables,conntrack,tcpdump,procps,iputils-ping
+
+first_apt_uri() {
+  grep -hoE '^(URIs:|deb) +https?://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null \
+    | awk '{print $2}' | grep -E '/debian/?$' | head -1 || true
+}
+MIRROR=${IMS_DEBIAN_MIRROR:-$(first_apt_uri)}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
-ROOTFS="$CACHE/rootfs-bookworm"
-PKGS=python3,iproute2,iptables,nftables,conntrack,tcpdump,procps,kmod,ca-certificates
-mkdir -p "$CACHE"
+
+if [ "$(id -u)" -ne 0 ]; then echo "build_offline.sh: debootstrap needs root" >&2; exit 1; fi
+command -v debootstrap >/dev/null || { echo "build_offline.sh: apt-get install debootstrap" >&2; exit 1; }
+
 if [ ! -x "$ROOTFS/usr/bin/python3" ]; then
+  mkdir -p "$(dirname "$ROOTFS")"
   rm -rf "$ROOTFS.tmp"
-  debootstrap --variant=minbase --include="$PKGS" bookworm "$ROOTFS.tmp" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
-    || { tail -20 "$CACHE/debootstrap.log" >&2; exit 1; }
+  trap 'rm -rf "$ROOTFS.tmp"' EXIT
+  if ! debootstrap --variant=minbase --include="$PKGS" "$SUITE" "$ROOTFS.tmp" "$MIRROR" \
+      >"$ROOTFS.log" 2>&1; then
+    echo "build_offline.sh: debootstrap $SUITE from $MIRROR failed; last lines of $ROOTFS.log:" >&2
+    tail -20 "$ROOTFS.log" >&2
+    exit 1
+  fi
+  # smaller image: no apt lists, caches, docs
+  rm -rf "$ROOTFS.tmp"/var/cache/apt/archives/*.deb "$ROOTFS.tmp"/var/lib/apt/lists/* \
+         "$ROOTFS.tmp"/usr/share/doc/* "$ROOTFS.tmp"/usr/share/man/*
   rm -rf "$ROOTFS" && mv "$ROOTFS.tmp" "$ROOTFS"
+  trap - EXIT
 fi
-tar -C "$ROOTFS" -c . | docker import -c 'CMD ["sleep", "infinity"]' -m "ims-migrate lab image (debootstrap bookworm)" - "$TAG" >/dev/null
-echo "$TAG"
+if [ -n "$TAG" ]; then
+  tar -C "$ROOTFS" --numeric-owner -c . \
+    | docker import -c 'CMD ["sleep", "infinity"]' -m "ims-migrate lab base (debootstrap $SUITE)" - "$TAG" >/dev/null
+  echo "$TAG"
+fi
