@@ -209,7 +209,7 @@ def ensure_base(client, inputs: ImageInputs) -> str:
         return tag
     rootfs = os.path.join(cache_dir(), f"rootfs-{inputs.base_hash}")
     t0 = time.monotonic()
-    proc = subprocess.run(["bash", BUILD_SCRIPT, rootfs], capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(["bash", BUILD_SCRIPT, "--rootfs", rootfs], capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise ImageBuildError(f"debootstrap of the lab rootfs failed: {proc.stderr.strip()[-1500:]}")
     log.info("rootfs %s ready in %.1fs", rootfs, time.monotonic() - t0)
@@ -294,22 +294,28 @@ def ensure_image(tag: str | None = None, *, client=None) -> str:
             except docker.errors.APIError as exc:
                 raise ImageBuildError(f"docker build of {tag} failed: {exc}") from None
         log.info("built %s in %.1fs", tag, time.monotonic() - t0)
-        _remove_stale_images(client, keep=tag)
+        _remove_stale(client, inputs, keep=tag)
     return tag
 
 
-def _remove_stale_images(client, keep: str) -> None:
-    """Drop older project layers (never forced: an image a running lab uses stays)."""
+def _remove_stale(client, inputs: ImageInputs, keep: str) -> None:
+    """Drop older images and caches of this builder (never forced: an image in use stays)."""
     import docker.errors
-    for image in client.images.list(name=REPO, filters={"label": f"{IMAGE_LABEL}=lab"}):
-        if keep in image.tags:
-            continue
-        for t in image.tags:
-            try:
-                client.images.remove(t, noprune=False)
-                log.info("removed stale lab image %s", t)
-            except docker.errors.APIError:
-                pass
+    for repo, kind, current in ((REPO, "lab", keep), (BASE_REPO, "base", inputs.base_tag)):
+        for image in client.images.list(name=repo, filters={"label": f"{IMAGE_LABEL}={kind}"}):
+            for t in image.tags:
+                if t == current:
+                    continue
+                try:
+                    client.images.remove(t)
+                    log.info("removed stale image %s", t)
+                except docker.errors.APIError:
+                    pass
+    current_dirs = {f"rootfs-{inputs.base_hash}", f"wheelhouse-{inputs.deps_hash}"}
+    for name in os.listdir(cache_dir()):
+        if re.fullmatch(r"(rootfs|wheelhouse)-[0-9a-f]{12}", name) and name not in current_dirs:
+            shutil.rmtree(os.path.join(cache_dir(), name), ignore_errors=True)
+            log.info("removed stale cache %s", name)
 
 
 def main() -> int:

@@ -2,15 +2,22 @@
 # Base of the lab image without any container registry: debootstrap a minimal Debian bookworm
 # rootfs (from the host's apt mirror) with the tools a lab host needs, then `docker import` it.
 #
-#   build_offline.sh ROOTFS_DIR                 # rootfs only (netlab/image.py imports it via the SDK)
-#   build_offline.sh ROOTFS_DIR TAG             # rootfs, then `tar | docker import` as TAG
+#   build_offline.sh --rootfs ROOTFS_DIR        # rootfs only (netlab/image.py imports it via the SDK)
+#   build_offline.sh TAG [CACHE_DIR]            # rootfs in CACHE_DIR/rootfs-bookworm, then
+#                                               # `tar | docker import` as TAG
 #
-# The rootfs is kept in ROOTFS_DIR as a cache: a second run reuses it. The full image (project
-# and its Python dependencies on top) is built by `python -m netlab.image`.
+# The rootfs is kept as a cache: a second run reuses it. The full image (the project and its
+# Python dependencies on top of this base) is built by `python -m netlab.image`.
 # Environment: IMS_DEBIAN_MIRROR (default: the host's first apt URI, else deb.debian.org).
 set -euo pipefail
-ROOTFS=${1:?usage: build_offline.sh ROOTFS_DIR [TAG]}
-TAG=${2:-}
+USAGE="usage: build_offline.sh --rootfs ROOTFS_DIR | build_offline.sh TAG [CACHE_DIR]"
+if [ "${1:-}" = "--rootfs" ]; then
+  ROOTFS=${2:?$USAGE}
+  TAG=
+else
+  TAG=${1:?$USAGE}
+  ROOTFS=${2:-/var/cache/ims-migrate}/rootfs-bookworm
+fi
 SUITE=bookworm
 # Keep this list in sync with netlab/images/Dockerfile (the registry path).
 PKGS=python3,python3-venv,iproute2,iptables,nftables,conntrack,tcpdump,procps,iputils-ping
