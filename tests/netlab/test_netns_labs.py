@@ -278,3 +278,25 @@ def test_without_root_a_clear_message_not_a_traceback():
                          env=env, cwd="/tmp")
     assert out.returncode == 2
     assert "need root" in out.stderr and "sudo" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_parallel_labs_are_isolated():
+    """Two labs at once (as two xdist workers would run them): different slots, no overlapping
+    subnets, and one lab's hosts cannot reach the other lab's server at all."""
+    import ipaddress
+    s1, s2 = claim_slot(), claim_slot()
+    try:
+        with open_lab(standard("cone", "cone", slot=s1)) as a, open_lab(standard("cone", "cone", slot=s2)) as b:
+            nets_a = [ipaddress.ip_network(s.subnet) for s in a.topology.segments]
+            nets_b = [ipaddress.ip_network(s.subnet) for s in b.topology.segments]
+            assert not any(x.overlaps(y) for x in nets_a for y in nets_b)
+            rx = receive(b, [5060], 1, wait=1.5)
+            time.sleep(0.3)
+            code = ("import socket;s=socket.socket(2,2)\n"
+                    f"try: s.sendto(b'x',('{b.address('server')}',5060)); print('sent')\n"
+                    "except OSError as e: print('unreachable', e.errno)")
+            a.run("alice", [PY, "-c", code])
+            assert results(rx) == []
+    finally:
+        release_slot(s1)
+        release_slot(s2)
