@@ -28,6 +28,8 @@ import time
 
 import click
 
+from harness.rtp_stream import free_udp_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY = {0: "run.py", 1: "run_refactored.py", 2: "run_sippy.py"}
 
@@ -48,14 +50,6 @@ def _sipp_version() -> str | None:
         return None
     out = subprocess.run(["sipp", "-v"], capture_output=True, text=True).stdout
     return next((l.strip() for l in out.splitlines() if "SIPp" in l), "sipp")
-
-
-def _free_port() -> int:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 class BenchServer:
@@ -97,7 +91,7 @@ def _register(port: int, user: str, local_port: int) -> None:
     a = spawn_local(sys.executable, "bench-reg")
     try:
         a.request("config", user=user, password="1234", server=["127.0.0.1", port], sip_port=local_port,
-                  rtp_port=_free_port())
+                  rtp_port=free_udp_port())
         code = a.request("register", expires=3600)["code"]
         if code != 200:
             raise RuntimeError(f"registration for the SIPp UAS failed: {code}")
@@ -296,7 +290,7 @@ async def _backend(kind: str, workdir: str):
     from refactored.rtpproxy_launcher import LocalRTPProxy
     from refactored.rtpproxy_client import RTPProxyPool
     from refactored.rtpproxy_media import RTPProxyBackend
-    control = f"udp:127.0.0.1:{_free_port()}"
+    control = f"udp:127.0.0.1:{free_udp_port()}"
     local = LocalRTPProxy("127.0.0.1", control, 20000, 43998, workdir=workdir)
     local.start()
     pool = RTPProxyPool([(control, 1)])

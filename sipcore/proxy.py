@@ -307,21 +307,24 @@ class Proxy:
         if not tx.branches:
             self._final_to_caller(tx, self._respond_obj(tx, 487))
 
-    def _send_cancel(self, b: Branch) -> None:
-        b.cancelled = True
+    def _hop_request(self, b: Branch, method: str, to_value: str | None = None) -> SIPRequest:
+        """CANCEL or non-2xx ACK for a forwarded branch (RFC 3261 §9.1, §17.1.1.3): same Via
+        (branch), Route, From, Call-ID and CSeq number as the request it refers to."""
         fwd = b.request
         headers = Headers()
         headers.add("Via", fwd.headers.get_raw("Via")[0])
-        for name in ("Route",):
-            for v in fwd.headers.get_raw(name):
-                headers.add(name, v)
+        for v in fwd.headers.get_raw("Route"):
+            headers.add("Route", v)
         for name in ("Max-Forwards", "From", "To", "Call-ID"):
-            v = fwd.headers.get(name)
+            v = to_value if name == "To" and to_value else fwd.headers.get(name)
             if v is not None:
                 headers.add(name, v)
-        headers.add("CSeq", f"{fwd.cseq[0]} CANCEL")
-        cancel = SIPRequest("CANCEL", fwd.uri.copy(), headers)
-        self.send(cancel, b.dest, b.transport)
+        headers.add("CSeq", f"{fwd.cseq[0]} {method}")
+        return SIPRequest(method, fwd.uri.copy(), headers)
+
+    def _send_cancel(self, b: Branch) -> None:
+        b.cancelled = True
+        self.send(self._hop_request(b, "CANCEL"), b.dest, b.transport)
 
     def _forward(self, b: Branch, method: str) -> None:
         """Send a branch and, over UDP, retransmit it like an RFC 3261 client transaction:
@@ -681,19 +684,7 @@ class Proxy:
         self.send(resp, tx.source, tx.transport)
 
     def _ack_non2xx(self, b: Branch, resp: SIPResponse) -> None:
-        fwd = b.request
-        headers = Headers()
-        headers.add("Via", fwd.headers.get_raw("Via")[0])
-        for name in ("Route",):
-            for v in fwd.headers.get_raw(name):
-                headers.add(name, v)
-        for name in ("Max-Forwards", "From", "Call-ID"):
-            v = fwd.headers.get(name)
-            if v is not None:
-                headers.add(name, v)
-        headers.add("To", resp.headers.get("To") or fwd.headers.get("To") or "")
-        headers.add("CSeq", f"{fwd.cseq[0]} ACK")
-        self.send(SIPRequest("ACK", fwd.uri.copy(), headers), b.dest, b.transport)
+        self.send(self._hop_request(b, "ACK", resp.headers.get("To")), b.dest, b.transport)
 
     async def _stray_response(self, resp: SIPResponse, source: Address) -> None:
         """A 2xx retransmission for a transaction we already forgot: relay by the next Via."""

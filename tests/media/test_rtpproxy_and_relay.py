@@ -15,15 +15,8 @@ from refactored.rtpproxy_launcher import LocalRTPProxy
 from refactored.rtpproxy_media import RTPProxyBackend
 from sipcore.errors import MediaBackendError
 from sipcore.sdp import SessionDescription
+from harness.rtp_stream import free_udp_port as free_port
 from tests.stack import worker_index
-
-
-def free_port() -> int:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def sdp(port: int, extra: str = "") -> SessionDescription:
