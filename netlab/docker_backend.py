@@ -61,13 +61,20 @@ def prune_docker() -> list[str]:
         client = _client()
     except RuntimeError:
         return []
+    import docker.errors
     removed = []
     for c in client.containers.list(all=True, filters={"label": LABEL}):
-        c.remove(force=True)
-        removed.append(c.name)
+        try:
+            c.remove(force=True)
+            removed.append(c.name)
+        except (docker.errors.NotFound, docker.errors.APIError) as exc:     # gone, or going
+            log.debug("container %s: %s", c.name, exc)
     for n in client.networks.list(filters={"label": LABEL}):
-        n.remove()
-        removed.append(n.name)
+        try:
+            n.remove()
+            removed.append(n.name)
+        except (docker.errors.NotFound, docker.errors.APIError) as exc:
+            log.debug("network %s: %s", n.name, exc)
     return removed
 
 
@@ -95,6 +102,7 @@ class DockerLab(Lab):
         image = ensure_image()
         topo = self.topology
         labels = {LABEL: self.id}
+        self._remove_stale(client)
         nets = {}
         import docker.types
         for seg in topo.segments:
@@ -122,6 +130,19 @@ class DockerLab(Lab):
         log.info("docker lab %s up in %.1fs", self.id, self.up_seconds)
         return self
 
+    def _remove_stale(self, client) -> None:
+        """Our subnet slot is claimed by this process, so a project-labelled network still
+        holding one of our subnets is a leftover of a dead run: remove it (and its containers)."""
+        wanted = [ipaddress.ip_network(s.subnet) for s in self.topology.segments]
+        for net in client.networks.list(filters={"label": LABEL}):
+            net.reload()
+            configs = (net.attrs.get("IPAM") or {}).get("Config") or []
+            if any(ipaddress.ip_network(c["Subnet"]).overlaps(w) for c in configs if c.get("Subnet") for w in wanted):
+                for c in client.containers.list(all=True, filters={"label": f"{LABEL}={net.attrs['Labels'][LABEL]}"}):
+                    c.remove(force=True)
+                log.warning("removing leftover lab network %s", net.name)
+                net.remove()
+
     def _configure(self, h) -> None:
         out = self._exec(h.name, ["ip", "-o", "-4", "addr", "show"]).stdout
         for line in out.splitlines():
@@ -130,7 +151,9 @@ class DockerLab(Lab):
             for seg, a in h.addresses.items():
                 if a == addr:
                     self._ifnames[(h.name, seg)] = ifname
-        script = []
+        # Docker gives every container a default route via the bridge gateway, i.e. the host:
+        # remove it, so lab traffic can only follow the lab's own routes (network safety).
+        script = ["while ip route del default 2>/dev/null; do :; done"]
         for dest, via in profiles.lab_routes(self.topology, h):
             script.append(f"ip route replace {dest} via {via}")
         if h.role == "router":
