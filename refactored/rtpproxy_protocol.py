@@ -40,7 +40,7 @@ def encode_token(value: str) -> str:
     """Make a Call-ID/tag safe for the command line: unchanged when safe, else percent-encoded."""
     if value is None or value == "":
         raise ValueError("empty token")
-    if _SAFE.match(value) and "%" not in value and ";" not in value:
+    if _SAFE.fullmatch(value) and "%" not in value and ";" not in value:   # fullmatch: "$" would allow a final \n
         return value
     out = []
     for b in value.encode("utf-8"):
