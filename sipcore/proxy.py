@@ -4,13 +4,14 @@ The proxy receives parsed messages with their source and transport and sends thr
 ``send(message, address, transport)`` callable, so it has no sockets of its own. Media backends
 are awaited for SDP rewriting, which is why the handlers are coroutines.
 
-Transactions: each incoming request is tracked by its top Via branch (RFC 3261 §17.2.3); a
-retransmission is answered from the transaction (last response, or 100 Trying). Each forwarded
-branch is retransmitted by the proxy itself over UDP (Timer A for INVITE until a provisional
-answer, Timer E for the others), because once we answered 100 Trying the caller stops
-retransmitting and a request lost on the second leg would otherwise be lost for good. Requests
-the proxy originates itself (BYE from MML, keepalive OPTIONS) are retransmitted by
-``originate()`` with RFC 3261 Timer E/F.
+Transactions (RFC 3261 §17, RFC 6026) come from sipcore.transaction, run on the loop by
+sipcore.transaction_runner: each incoming request gets a server transaction keyed by its top Via
+branch (retransmissions answered or absorbed, non-2xx finals retransmitted until ACKed over UDP),
+each forwarded branch a client transaction (Timer A/E retransmissions, B/F timeouts, the ACK of a
+non-2xx final), and each CANCEL its own client transaction, sent once the branch has a provisional
+answer (§9.1). The proxy adds what is a proxy's job: forking, best-response choice, Timer C for
+branches that only ring, and forwarding of 2xx. Requests the proxy originates itself (BYE from MML,
+keepalive OPTIONS) use the same client transactions through ``originate()``.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from sipcore.message import (Headers, SIPMessage, SIPRequest, SIPResponse, Via, 
 from sipcore.registrar import Binding, Registrar, aor_user
 from sipcore.sdp import SessionDescription
 from sipcore.stage_policy import StagePolicy
-from sipcore.transaction import ClientTransaction, PassUp, Send, Timeout
+from sipcore.transaction import ClientTransaction, ServerTransaction
+from sipcore.transaction_runner import RunningTransaction
 from sipcore.uri import NameAddr, SipURI
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,6 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, PRACK, UPDATE, REFER, NOTIFY, SUBSCR
 RELAYED_METHODS = frozenset(("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "MESSAGE", "UPDATE", "PRACK",
                              "INFO", "REFER", "NOTIFY", "SUBSCRIBE"))
 T1 = 0.5
-T2 = 4.0
 TX_LINGER = 32.0          # 64*T1: how long finished transactions answer retransmissions
 TIMER_C = 180.0           # an INVITE branch that only rings gives up after this
 
@@ -71,10 +72,10 @@ class Branch:
     binding: Binding | None = None
     provisional: bool = False
     final: int | None = None
-    to_tag: str | None = None
-    cancelled: bool = False
+    cancelled: bool = False        # CANCEL wanted (sent as soon as the branch has a provisional)
     started: float = 0.0
-    retransmit: "asyncio.Task | None" = None
+    client: RunningTransaction | None = None
+    cancel_client: RunningTransaction | None = None
 
 
 @dataclass
@@ -91,6 +92,7 @@ class ServerTx:
     cancelled: bool = False
     best: SIPResponse | None = None
     call: "Call | None" = None
+    server: RunningTransaction | None = None    # None for ACK (no transaction of its own)
 
 
 @dataclass
@@ -154,7 +156,7 @@ class Proxy:
         self.server_txs: dict[tuple[str, str], ServerTx] = {}
         self.branches: dict[str, tuple[ServerTx, Branch]] = {}
         self.calls: dict[str, Call] = {}
-        self._originated: dict[str, asyncio.Queue] = {}
+        self._originated: dict[str, tuple[RunningTransaction, asyncio.Future]] = {}
         self.stats = {"requests": 0, "responses": 0, "calls": 0, "dropped": 0}
 
     # ==========================================================================================
@@ -185,13 +187,27 @@ class Proxy:
                               extra_headers=list(extra) + [("Server", self.server_header)])
         if status in (405, 200) and req.method in ("OPTIONS",) or status == 405:
             resp.headers.add("Allow", ALLOW)
-        self.send(resp, source, transport)
         if isinstance(tx_or_req, ServerTx):
-            tx_or_req.last_response = resp
-            if status >= 200:
-                tx_or_req.final_sent = True
-                tx_or_req.finished_at = self.clock()
+            self.reply(tx_or_req, resp)
+        else:
+            self.send(resp, source, transport)
         return resp
+
+    def reply(self, tx: ServerTx, resp: SIPResponse) -> bool:
+        """Answer through the request's server transaction; False when its state machine dropped
+        the response (e.g. a second final). 2xx to INVITE always pass (RFC 3261 §16.7 step 10)."""
+        if tx.server is not None:
+            sent = tx.server.respond(resp)
+        else:
+            sent = False
+        if not sent and (tx.server is None or resp.status // 100 == 2 and tx.request.method == "INVITE"):
+            self.send(resp, tx.source, tx.transport)
+            sent = True
+        if sent:
+            tx.last_response = resp
+            if resp.status >= 200 and not tx.final_sent:
+                tx.final_sent, tx.finished_at = True, self.clock()
+        return sent
 
     def _stamp_via(self, request: SIPRequest, source: Address) -> None:
         """Stage 2 (force_rport): received + rport written into the top Via (RFC 3261 §18.2.1,
@@ -228,15 +244,16 @@ class Proxy:
         # retransmission / ACK / CANCEL matching
         if method == "ACK":
             tx = self.server_txs.get((branch, "INVITE"))
-            if tx is not None and tx.last_response is not None and tx.last_response.status >= 300:
-                return   # ACK for our non-2xx final: absorbed (hop by hop)
+            if tx is not None and tx.server is not None and tx.server.state in ("completed", "confirmed"):
+                tx.server.request(req)     # ACK for our non-2xx final: ends Timer G (hop by hop)
+                return
         elif method == "CANCEL":
             await self._on_cancel(req, branch, source, transport)
             return
         else:
             tx = self.server_txs.get((branch, method))
             if tx is not None:
-                await self._on_retransmission(tx)
+                self._on_retransmission(tx, req)
                 return
         if method not in RELAYED_METHODS and method != "REGISTER":
             self._respond(req, 405, source=source, transport=transport)
@@ -257,6 +274,10 @@ class Proxy:
         self._stamp_via(req, source)
         tx = ServerTx((branch, method), req, source, transport, self.clock())
         if method != "ACK":
+            tx.server = RunningTransaction(ServerTransaction(req, reliable=transport != "udp",
+                                                             auto_trying_after=None),
+                                           self.send, source, transport)
+            tx.server.start()
             self.server_txs[tx.key] = tx
         if method == "REGISTER":
             await self.on_register(tx)
@@ -264,8 +285,7 @@ class Proxy:
         if self.authorizer is not None and method in ("INVITE", "MESSAGE") and req.to_tag is None:
             denial = self.authorizer.check(req, source, "Proxy-Authorization")
             if denial is not None:
-                self.send(denial, source, transport)
-                tx.last_response, tx.final_sent, tx.finished_at = denial, True, self.clock()
+                self.reply(tx, denial)
                 return
         if req.to_tag is not None or method == "ACK":
             await self._in_dialog(tx)
@@ -280,15 +300,13 @@ class Proxy:
     async def on_register(self, tx: ServerTx) -> None:
         raise NotImplementedError   # provided by the server (needs auth + CDR); see SIPServer
 
-    async def _on_retransmission(self, tx: ServerTx) -> None:
-        if tx.last_response is not None and (tx.final_sent or any(b.provisional for b in tx.branches)):
-            self.send(tx.last_response, tx.source, tx.transport)
-            return
+    def _on_retransmission(self, tx: ServerTx, req: SIPRequest) -> None:
+        """The server transaction re-sends its last response or absorbs the retransmission; an
+        INVITE still waiting for its media offer gets its 100 Trying now."""
+        if tx.server is not None:
+            tx.server.request(req)
         if tx.request.method == "INVITE" and tx.last_response is None:
             self._respond(tx, 100)
-        for b in tx.branches:
-            if b.final is None and not b.provisional and b.transport != "udp":
-                self.send(b.request, b.dest, b.transport)      # reliable hop: no timers of ours
 
     async def _on_cancel(self, req: SIPRequest, branch: str, source: Address, transport: str) -> None:
         tx = self.server_txs.get((branch, "INVITE"))
@@ -304,51 +322,60 @@ class Proxy:
         for b in tx.branches:
             if b.final is None:
                 self._send_cancel(b)
-        if not tx.branches:
-            self._final_to_caller(tx, self._respond_obj(tx, 487))
-
-    def _hop_request(self, b: Branch, method: str, to_value: str | None = None) -> SIPRequest:
-        """CANCEL or non-2xx ACK for a forwarded branch (RFC 3261 §9.1, §17.1.1.3): same Via
-        (branch), Route, From, Call-ID and CSeq number as the request it refers to."""
-        fwd = b.request
-        headers = Headers()
-        headers.add("Via", fwd.headers.get_raw("Via")[0])
-        for v in fwd.headers.get_raw("Route"):
-            headers.add("Route", v)
-        for name in ("Max-Forwards", "From", "To", "Call-ID"):
-            v = to_value if name == "To" and to_value else fwd.headers.get(name)
-            if v is not None:
-                headers.add(name, v)
-        headers.add("CSeq", f"{fwd.cseq[0]} {method}")
-        return SIPRequest(method, fwd.uri.copy(), headers)
+        if not tx.branches:      # still waiting for the media offer: nothing forwarded yet
+            await self._final_failure(tx, self._respond_obj(tx, 487), tx.call)
+        else:
+            await self._conclude(tx)    # done if no branch had a provisional to CANCEL
 
     def _send_cancel(self, b: Branch) -> None:
+        """CANCEL a pending INVITE branch. RFC 3261 §9.1 allows the CANCEL only once the branch
+        has a provisional answer; a branch without one stops retransmitting and counts as 487 at
+        once (Kamailio's default), and gets its CANCEL if a provisional still turns up."""
+        if b.cancelled:
+            return
         b.cancelled = True
-        self.send(self._hop_request(b, "CANCEL"), b.dest, b.transport)
+        if b.provisional:
+            self._start_cancel(b)
+        else:
+            if b.client is not None:
+                b.client.stop()
+            if b.final is None:
+                b.final = 487
 
-    def _forward(self, b: Branch, method: str) -> None:
-        """Send a branch and, over UDP, retransmit it like an RFC 3261 client transaction:
-        Timer A (INVITE, until a provisional or final answer) or Timer E (others, until a final
-        answer, interval capped at T2), giving up after 64*T1 (Timer B/F)."""
-        self.send(b.request, b.dest, b.transport)
-        if b.transport != "udp":
+    def _start_cancel(self, b: Branch) -> None:
+        if b.cancel_client is not None or b.client is None:
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        b.retransmit = loop.create_task(self._retransmit(b, method))
+        cancel = b.client.txn.build_cancel()
+        b.cancel_client = RunningTransaction(ClientTransaction(cancel, reliable=b.transport != "udp"),
+                                             self.send, b.dest, b.transport)
+        b.cancel_client.start()
 
-    async def _retransmit(self, b: Branch, method: str) -> None:
-        interval, waited = T1, 0.0
-        while waited < TX_LINGER:
-            await asyncio.sleep(interval)
-            waited += interval
-            if b.final is not None or (method == "INVITE" and b.provisional) or b.cancelled and method == "INVITE":
-                return
-            log.debug("retransmitting %s to %s:%s", method, *b.dest)
-            self.send(b.request, b.dest, b.transport)
-            interval = interval * 2 if method == "INVITE" else min(interval * 2, T2)
+    def _forward(self, tx: ServerTx, b: Branch) -> None:
+        """Send a branch through its own client transaction (retransmissions, timeout, ACK)."""
+        b.client = RunningTransaction(ClientTransaction(b.request, reliable=b.transport != "udp"),
+                                      self.send, b.dest, b.transport,
+                                      on_timeout=lambda: self._branch_timed_out(tx, b))
+        b.client.start()
+
+    def _branch_timed_out(self, tx: ServerTx, b: Branch) -> None:
+        """Timer B/F: the branch never answered."""
+        if b.final is not None:
+            return
+        log.info("%s %s: no answer from %s:%s (timeout)", tx.request.method, tx.request.call_id, *b.dest)
+        b.final = 408
+        asyncio.get_running_loop().create_task(self._conclude(tx))
+
+    async def _conclude(self, tx: ServerTx) -> None:
+        """All branches are final and none succeeded: send the best answer (408 when none)."""
+        if tx.final_sent or any(b.final is None for b in tx.branches):
+            return
+        if any(b.final < 300 for b in tx.branches if b.final is not None):
+            return
+        best = tx.best or self._respond_obj(tx, 487 if tx.cancelled else 408)
+        if tx.request.method == "INVITE":
+            await self._final_failure(tx, best, tx.call)
+        else:
+            self.reply(tx, best)
 
     def _respond_obj(self, tx: ServerTx, status: int) -> SIPResponse:
         return build_response(tx.request, status, to_tag=new_tag(),
@@ -386,6 +413,10 @@ class Proxy:
                     self.events.call_failed(call, 488, "Not Acceptable Here")
                     self.calls.pop(call.call_id, None)
                     return
+                if tx.final_sent:        # CANCELled while the media backend answered
+                    call.media = True
+                    await self._delete_media(call)
+                    return
             elif self.policy.nat is not None:
                 self.policy.on_request(req, tx.source)
         else:
@@ -407,7 +438,7 @@ class Proxy:
             tx.branches.append(b)
             self.branches[branch] = (tx, b)
             log.info("%s %s -> %s at %s:%s", req.method, req.call_id, uri, *dest)
-            self._forward(b, req.method)
+            self._forward(tx, b)
 
     def _new_call(self, tx: ServerTx) -> Call:
         req = tx.request
@@ -520,7 +551,7 @@ class Proxy:
             call.state = "ended"
             self.events.call_ended(call, "Normal", req)
             await self._delete_media(call)
-        self._forward(b, req.method)
+        self._forward(tx, b)
 
     def _in_dialog_target(self, req: SIPRequest, call: Call | None, source: Address) -> tuple[Address | None, str]:
         if call is not None:
@@ -571,9 +602,12 @@ class Proxy:
             return
         if via is None or via.branch is None:
             return
-        queue = self._originated.get(via.branch)
-        if queue is not None:
-            queue.put_nowait(resp)
+        originated = self._originated.get(via.branch)
+        if originated is not None:
+            run, answer = originated
+            for passed in run.response(resp):
+                if passed.status >= 200 and not answer.done():
+                    answer.set_result(passed)
             return
         entry = self.branches.get(via.branch)
         if entry is None:
@@ -585,18 +619,21 @@ class Proxy:
             return
         tx, b = entry
         method = resp.cseq[1]
-        if method == "CANCEL" or (method != tx.request.method and method != "ACK"):
-            return     # the answer to our own hop-by-hop CANCEL shares the INVITE's branch
+        if method == "CANCEL":
+            if b.cancel_client is not None:
+                b.cancel_client.response(resp)   # our hop-by-hop CANCEL shares the INVITE's branch
+            return
+        if method != tx.request.method:
+            return
+        if b.client is not None and not b.client.response(resp):
+            return     # absorbed by the client transaction (retransmitted final: re-ACKed there)
         resp.headers.remove_first("Via")
         if resp.status < 200:
             b.provisional = True
+            if b.cancelled:
+                self._start_cancel(b)
             if resp.status == 100:
                 return    # hop by hop
-        elif b.final is not None and not (200 <= resp.status < 300):
-            # retransmitted non-2xx final: ACK again (absorbed otherwise)
-            if method == "INVITE":
-                self._ack_non2xx(b, resp)
-            return
         call = tx.call if tx.call is not None else self.calls.get(resp.call_id or "")
         if method == "INVITE":
             await self._invite_response(tx, b, resp, source, call)
@@ -606,7 +643,7 @@ class Proxy:
                 await self._media_answer(resp, source, call, tx.request.from_tag, tx.request.to_tag)
             if resp.status >= 200:
                 b.final = resp.status
-            self._relay_response(tx, resp)
+            self.reply(tx, resp)
             if resp.status >= 200 and method == "MESSAGE" and tx.request.to_tag is None:
                 self.events.message(tx.request, tx.source, resp.status, resp.reason, b.binding)
 
@@ -635,7 +672,7 @@ class Proxy:
                 call.ringing_at = self.wall()
                 call.state = "early"
                 self.events.call_ringing(call, resp)
-            self._relay_response(tx, resp)
+            self.reply(tx, resp)
             return
         b.final = status
         if status < 300:
@@ -643,13 +680,12 @@ class Proxy:
                 call.state = "confirmed"
                 call.answered_at = self.wall()
                 self.events.call_answered(call, resp)
-            self._relay_response(tx, resp, final=True)
+            self.reply(tx, resp)
             # a 2xx ends the other forks
             for other in tx.branches:
                 if other is not b and other.final is None:
                     self._send_cancel(other)
             return
-        self._ack_non2xx(b, resp)
         pending = [o for o in tx.branches if o.final is None]
         if tx.best is None or _better(resp, tx.best):
             tx.best = resp
@@ -660,7 +696,7 @@ class Proxy:
         await self._final_failure(tx, tx.best or resp, call)
 
     async def _final_failure(self, tx: ServerTx, resp: SIPResponse, call: Call | None) -> None:
-        self._final_to_caller(tx, resp)
+        self.reply(tx, resp)
         if call is not None and tx.request.to_tag is None and call.state != "ended":
             call.state = "ended"
             if tx.cancelled or call.cancel_requested:
@@ -668,23 +704,6 @@ class Proxy:
             else:
                 self.events.call_failed(call, resp.status, resp.reason)
             await self._delete_media(call)
-
-    def _final_to_caller(self, tx: ServerTx, resp: SIPResponse) -> None:
-        self._relay_response(tx, resp, final=True)
-
-    def _relay_response(self, tx: ServerTx, resp: SIPResponse, final: bool | None = None) -> None:
-        if final is None:
-            final = resp.status >= 200
-        if tx.final_sent and not (200 <= resp.status < 300 and tx.request.method == "INVITE"):
-            return   # only 2xx retransmissions pass a completed INVITE transaction
-        tx.last_response = resp
-        if final:
-            tx.final_sent = True
-            tx.finished_at = self.clock()
-        self.send(resp, tx.source, tx.transport)
-
-    def _ack_non2xx(self, b: Branch, resp: SIPResponse) -> None:
-        self.send(self._hop_request(b, "ACK", resp.headers.get("To")), b.dest, b.transport)
 
     async def _stray_response(self, resp: SIPResponse, source: Address) -> None:
         """A 2xx retransmission for a transaction we already forgot: relay by the next Via."""
@@ -708,31 +727,19 @@ class Proxy:
                         timeout: float = 32 * T1) -> SIPResponse | None:
         """Send a request we originate through an RFC 3261 client transaction (sipcore.transaction)
         and return its final response, or None on Timer B/F (or ``timeout``)."""
-        tx = ClientTransaction(request, reliable=transport != "udp")
-        loop = asyncio.get_running_loop()
-        responses: asyncio.Queue = asyncio.Queue()
-        branch = tx.key[0]
-        self._originated[branch] = responses
-        give_up = loop.time() + timeout
-        actions = tx.start(loop.time())
+        answer: asyncio.Future = asyncio.get_running_loop().create_future()
+        txn = ClientTransaction(request, reliable=transport != "udp")
+        run = RunningTransaction(txn, self.send, dest, transport,
+                                 on_timeout=lambda: answer.done() or answer.set_result(None))
+        branch = txn.key[0]
+        self._originated[branch] = (run, answer)
         try:
-            while True:
-                for action in actions:
-                    if isinstance(action, Send):
-                        self.send(action.message, dest, transport)
-                    elif isinstance(action, PassUp) and action.message.status >= 200:
-                        return action.message
-                    elif isinstance(action, Timeout):
-                        return None
-                if tx.state == "terminated" or loop.time() >= give_up:
-                    return None
-                deadline = min(d for d in (tx.next_deadline(), give_up) if d is not None)
-                try:
-                    resp = await asyncio.wait_for(responses.get(), max(0.0, deadline - loop.time()))
-                    actions = tx.on_response(resp, loop.time())
-                except asyncio.TimeoutError:
-                    actions = tx.on_timer(loop.time())
+            run.start()
+            return await asyncio.wait_for(answer, timeout)
+        except asyncio.TimeoutError:
+            return None
         finally:
+            run.stop()
             self._originated.pop(branch, None)
 
     def build_bye(self, call: Call, to_leg: str) -> tuple[SIPRequest, Address, str]:
@@ -787,7 +794,8 @@ class Proxy:
     # housekeeping
     # ==========================================================================================
     async def sweep(self) -> None:
-        """Expire finished transactions; time out branches that never answered."""
+        """Forget finished transactions; Timer C for INVITE branches that only ring (the client
+        transactions time out branches that never answered themselves)."""
         now = self.clock()
         for key, tx in list(self.server_txs.items()):
             if tx.finished_at is not None and now - tx.finished_at > TX_LINGER:
@@ -797,33 +805,27 @@ class Proxy:
                 if not tx.final_sent and now - tx.created > TX_LINGER:
                     self._forget(key, tx)
                 continue
-            for b in tx.branches:
-                if b.final is not None:
-                    continue
-                limit = TIMER_C if b.provisional and tx.request.method == "INVITE" else TX_LINGER
-                if now - b.started > limit:
-                    b.final = 408
-                    if b.provisional:
-                        self._send_cancel(b)
-            if all(b.final is not None for b in tx.branches) and not tx.final_sent:
-                best = tx.best or self._respond_obj(tx, 408)
-                if tx.request.method == "INVITE":
-                    call = tx.call
-                    if tx.best is None:
-                        best = self._respond_obj(tx, 408)
-                    await self._final_failure(tx, best, call)
-                else:
-                    self._relay_response(tx, best if tx.best else self._respond_obj(tx, 408), final=True)
+            if tx.request.method != "INVITE":
+                continue
+            ringing_too_long = [b for b in tx.branches
+                                if b.final is None and b.provisional and now - b.started > TIMER_C]
+            for b in ringing_too_long:
+                log.info("INVITE %s: Timer C for %s:%s, cancelling", tx.request.call_id, *b.dest)
+                b.final = 408
+                self._send_cancel(b)
+            if ringing_too_long:
+                await self._conclude(tx)
         for call_id, call in list(self.calls.items()):
             if call.state == "ended" and self.wall() - call.started > TX_LINGER:
                 del self.calls[call_id]
 
     def _forget(self, key, tx: ServerTx) -> None:
         self.server_txs.pop(key, None)
+        for run in (tx.server, *(r for b in tx.branches for r in (b.client, b.cancel_client))):
+            if run is not None:
+                run.stop()
         for b in tx.branches:
             self.branches.pop(b.branch, None)
-            if b.retransmit is not None:
-                b.retransmit.cancel()
 
     def active_calls(self) -> list[Call]:
         return [c for c in self.calls.values() if c.state != "ended"]

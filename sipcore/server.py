@@ -157,8 +157,7 @@ class SIPServer:
         req, source = tx.request, tx.source
         decision = self.authorizer.decide(req, source, "Authorization")
         if decision.response is not None:
-            self.proxy.send(decision.response, source, tx.transport)
-            tx.last_response, tx.final_sent, tx.finished_at = decision.response, True, self.proxy.clock()
+            self.proxy.reply(tx, decision.response)
             if decision.failed:
                 self.events.register_failed(req, source, decision.response.status, decision.reason)
             return
@@ -166,15 +165,13 @@ class SIPServer:
         if decision.username and to_user and decision.username != to_user:
             resp = build_response(req, 403, "Forbidden", to_tag="auth",
                                   extra_headers=[("Warning", '399 - "credentials do not match the AOR"')])
-            self.proxy.send(resp, source, tx.transport)
-            tx.last_response, tx.final_sent, tx.finished_at = resp, True, self.proxy.clock()
+            self.proxy.reply(tx, resp)
             self.events.register_failed(req, source, 403, "credentials do not match the AOR")
             return
         outcome = self.registrar.handle_register(req, source, tx.transport, time.time())
         resp: SIPResponse = outcome.response
         resp.headers.add("Server", self.server_header)
-        self.proxy.send(resp, source, tx.transport)
-        tx.last_response, tx.final_sent, tx.finished_at = resp, True, self.proxy.clock()
+        self.proxy.reply(tx, resp)
         if resp.status == 200 and outcome.expires is not None:
             if outcome.unregistered and not outcome.added and not outcome.refreshed:
                 self.events.register_unregistered(req, source, outcome.contact or "")

@@ -7,7 +7,10 @@
     tx.next_deadline()                   # when on_timer must be called next (None: never)
 
 Timers: A/B/D (INVITE client), E/F/K (non-INVITE client), G/H/I (INVITE server), J (non-INVITE
-server). ``TransactionTable`` matches messages to transactions (§17.1.3, §17.2.3).
+server). INVITE transactions follow RFC 6026 for 2xx: both sides enter "accepted" (Timer M on the
+client, L on the server) so 2xx retransmissions still pass while retransmitted INVITEs are absorbed.
+Timer B only runs in "calling": once a provisional arrived, giving up is the proxy's Timer C.
+``TransactionTable`` matches messages to transactions (§17.1.3, §17.2.3).
 """
 from __future__ import annotations
 
@@ -99,10 +102,13 @@ class ClientTransaction(_Base):
             if self.state in ("calling", "proceeding"):
                 if resp.status < 200:
                     self.state = "proceeding"
-                    self._clear("A")
+                    self._clear("A", "B")
                     return [PassUp(resp)]
-                if resp.status < 300:
-                    return [PassUp(resp)] + self._terminate()     # the TU ACKs 2xx end to end
+                if resp.status < 300:                               # the TU ACKs 2xx end to end
+                    self.state = "accepted"
+                    self._clear("A", "B")
+                    self._set("M", now + 64 * t.T1)
+                    return [PassUp(resp)]
                 self.state = "completed"
                 self._clear("A", "B")
                 self.ack = self._build_ack(resp)
@@ -110,6 +116,8 @@ class ClientTransaction(_Base):
                 return [Send(self.ack), PassUp(resp)]
             if self.state == "completed" and resp.status >= 300:
                 return [Send(self.ack)]                            # retransmitted final: ACK again
+            if self.state == "accepted" and 200 <= resp.status < 300:
+                return [PassUp(resp)]                              # 2xx retransmission or another fork
             return []
         if self.state in ("trying", "proceeding"):
             if resp.status < 200:
@@ -135,23 +143,32 @@ class ClientTransaction(_Base):
                 out.append(Send(self.request))
             elif name in ("B", "F"):
                 return out + [Timeout()] + self._terminate()
-            elif name in ("D", "K"):
+            elif name in ("D", "K", "M"):
                 return out + self._terminate()
         return out
 
+    def build_cancel(self) -> SIPRequest:
+        """CANCEL for this INVITE (§9.1): same Request-URI, top Via (branch), Route, From, To,
+        Call-ID and CSeq number. It is sent in its own non-INVITE client transaction."""
+        return self._hop_request("CANCEL", self.request.headers.get("To"))
+
     def _build_ack(self, resp: SIPResponse) -> SIPRequest:
         """ACK for a non-2xx final response (§17.1.1.3): same branch, To from the response."""
+        return self._hop_request("ACK", resp.headers.get("To"))
+
+    def _hop_request(self, method: str, to_value: str | None) -> SIPRequest:
         req = self.request
         h = Headers()
         h.add("Via", req.headers.get_raw("Via")[0])
         for v in req.headers.get_raw("Route"):
             h.add("Route", v)
-        h.add("Max-Forwards", "70")
+        h.add("Max-Forwards", req.headers.get("Max-Forwards") or "70")
         h.add("From", req.headers.get("From"))
-        h.add("To", resp.headers.get("To"))
+        if to_value is not None:
+            h.add("To", to_value)
         h.add("Call-ID", req.call_id)
-        h.add("CSeq", f"{req.cseq[0]} ACK")
-        return SIPRequest("ACK", req.uri.copy(), h)
+        h.add("CSeq", f"{req.cseq[0]} {method}")
+        return SIPRequest(method, req.uri.copy(), h)
 
 
 class ServerTransaction(_Base):
@@ -176,6 +193,8 @@ class ServerTransaction(_Base):
 
     def on_request(self, request: SIPRequest, now: float) -> list:
         """A retransmission (or, for INVITE, the ACK of a non-2xx final) for this transaction."""
+        if self.state == "accepted":
+            return []                                   # RFC 6026: INVITE retransmissions absorbed
         if request.method == "ACK" and self.invite:
             if self.state == "completed":
                 self.state = "confirmed"
@@ -188,7 +207,9 @@ class ServerTransaction(_Base):
 
     def respond(self, resp: SIPResponse, now: float) -> list:
         t = self.timers
-        if self.state in ("completed", "confirmed", "terminated"):
+        if self.state == "accepted" and 200 <= resp.status < 300:
+            return [Send(resp)]                         # the TU's 2xx retransmissions pass
+        if self.state in ("completed", "confirmed", "accepted", "terminated"):
             return []
         self._clear("trying")
         self.last_response = resp
@@ -196,7 +217,9 @@ class ServerTransaction(_Base):
             self.state = "proceeding"
             return [Send(resp)]
         if self.invite and resp.status < 300:
-            return [Send(resp)] + self._terminate()       # 2xx retransmission is the TU's job
+            self.state = "accepted"                     # 2xx retransmission is the TU's job
+            self._set("L", now + 64 * t.T1)
+            return [Send(resp)]
         self.state = "completed"
         if self.invite:
             if not self.reliable:
@@ -219,7 +242,7 @@ class ServerTransaction(_Base):
                 out.append(Send(self.last_response))
             elif name == "H":
                 return out + [Timeout()] + self._terminate()
-            elif name in ("I", "J"):
+            elif name in ("I", "J", "L"):
                 return out + self._terminate()
         return out
 

@@ -68,6 +68,9 @@ def results(proc):
     return [eval(line) for line in out.splitlines() if line.startswith("(")]
 
 
+# Compares the root namespace's links and routes before and after: Docker tests change both
+# (bridges, veths), so this one runs in their xdist group, never beside them.
+@pytest.mark.xdist_group("docker")
 def test_lab_up_is_fast_and_leaves_nothing(slot):
     before_links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     before_routes = subprocess.run(["ip", "route"], capture_output=True, text=True).stdout

@@ -169,3 +169,92 @@ def test_stage0_relay_target_is_signalling_source():
     assert media.calls[0][4] == ALICE[0]
     fwd = [m for m, a in wire.take() if getattr(m, "method", None) == "INVITE"][0]
     assert fwd.vias()[1].received is None        # legacy never wrote received/rport
+
+
+def _cancel_for(inv):
+    cancel = inv.copy()
+    cancel.method = "CANCEL"
+    cancel.headers.set("CSeq", "1 CANCEL")
+    cancel.headers.remove("Content-Type")
+    cancel.body = b""
+    return cancel
+
+
+def _kinds(sent):
+    return [(getattr(m, "status", None) or m.method, a) for m, a in sent]
+
+
+def test_busy_to_the_caller_is_retransmitted_until_acked(setup):
+    """Timer G: the caller stopped retransmitting after 100 Trying, so a lost 486 must be resent
+    by the proxy's server transaction until the caller's ACK arrives."""
+    proxy, wire, *_ = setup
+
+    async def scenario():
+        await proxy.on_request(invite(), ALICE, "udp")
+        fwd = [m for m, a in wire.take() if getattr(m, "method", None) == "INVITE"][0]
+        await proxy.on_response(response_to(fwd, 486, "Busy Here"), BOB, "udp")
+        wire.take()
+        await asyncio.sleep(0.6)                       # T1
+        assert _kinds(wire.take()) == [(486, ALICE)]
+        await proxy.on_request(in_dialog("ACK", "z9hG4bKinv1", cseq=1), ALICE, "udp")
+        await asyncio.sleep(1.1)                       # the next Timer G (1 s) would have fired
+        assert wire.take() == []
+    run(scenario())
+
+
+def test_cancel_waits_for_a_provisional_and_counts_as_487_meanwhile(setup):
+    """RFC 3261 §9.1: no CANCEL on a branch that has not answered; the caller gets 487 at once,
+    the callee gets its CANCEL when its 180 finally arrives."""
+    proxy, wire, events, *_ = setup
+
+    async def scenario():
+        inv = invite()
+        await proxy.on_request(inv, ALICE, "udp")
+        fwd = [m for m, a in wire.take() if getattr(m, "method", None) == "INVITE"][0]
+        await proxy.on_request(_cancel_for(inv), ALICE, "udp")
+        assert sorted(_kinds(wire.take()), key=str) == [(200, ALICE), (487, ALICE)]
+        assert events.names()[-1] == "call_cancelled"
+        await asyncio.sleep(0.6)                       # the INVITE is no longer retransmitted
+        assert _kinds(wire.take()) == [(487, ALICE)]   # (the 487 is, until the caller ACKs)
+        await proxy.on_response(response_to(fwd, 180, "Ringing"), BOB, "udp")
+        sent = wire.take()
+        assert _kinds(sent) == [("CANCEL", BOB)] and sent[0][0].vias()[0].branch == fwd.vias()[0].branch
+    run(scenario())
+
+
+def test_lost_cancel_is_retransmitted_until_answered(setup):
+    proxy, wire, *_ = setup
+
+    async def scenario():
+        inv = invite()
+        await proxy.on_request(inv, ALICE, "udp")
+        fwd = [m for m, a in wire.take() if getattr(m, "method", None) == "INVITE"][0]
+        await proxy.on_response(response_to(fwd, 180, "Ringing"), BOB, "udp")
+        wire.take()
+        await proxy.on_request(_cancel_for(inv), ALICE, "udp")
+        [(cancel, _)] = [(m, a) for m, a in wire.take() if getattr(m, "method", None) == "CANCEL"]
+        await asyncio.sleep(0.6)
+        assert _kinds(wire.take()) == [("CANCEL", BOB)]   # Timer E
+        ok = response_to(cancel, 200, "OK")
+        await proxy.on_response(ok, BOB, "udp")
+        await asyncio.sleep(1.1)
+        assert wire.take() == []
+    run(scenario())
+
+
+def test_after_2xx_invite_retransmissions_are_absorbed_and_2xx_retransmissions_relayed(setup):
+    """RFC 6026 'Accepted' on both sides of the proxy."""
+    proxy, wire, *_ = setup
+
+    async def scenario():
+        inv = invite()
+        await proxy.on_request(inv, ALICE, "udp")
+        fwd = [m for m, a in wire.take() if getattr(m, "method", None) == "INVITE"][0]
+        ok = response_to(fwd, 200, "OK", body=SDP_B)
+        await proxy.on_response(ok, BOB, "udp")
+        assert _kinds(wire.take()) == [(200, ALICE)]
+        await proxy.on_request(invite(), ALICE, "udp")     # late INVITE retransmission
+        assert wire.take() == []
+        await proxy.on_response(response_to(fwd, 200, "OK", body=SDP_B), BOB, "udp")
+        assert _kinds(wire.take()) == [(200, ALICE)]
+    run(scenario())

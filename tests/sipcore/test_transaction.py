@@ -111,3 +111,39 @@ def test_table_matches_ack_to_invite_and_responses_by_branch_and_method():
     assert table.match_response(build_response(req("INVITE", branch="z9hG4bKc"), 200)) is None
     fired = table.tick(0.6)
     assert fired and sends(fired[0][1])
+
+
+def test_ringing_invite_client_has_no_timer_b_and_2xx_retransmissions_pass_until_timer_m():
+    r = req()
+    tx = ClientTransaction(r)
+    tx.start(0)
+    tx.on_response(build_response(r, 180, to_tag="x"), 0.1)
+    assert drive(tx, 100) == [] and tx.state == "proceeding"        # ringing: Timer C is the proxy's
+    ok = build_response(r, 200, to_tag="x")
+    assert [type(a) for a in tx.on_response(ok, 101)] == [PassUp] and tx.state == "accepted"
+    assert [type(a) for a in tx.on_response(ok, 102)] == [PassUp]   # retransmitted 2xx still passes
+    assert tx.on_response(build_response(r, 486, to_tag="y"), 102) == []
+    assert drive(tx, 200) == [("end", 133.0, ["Terminated"])]       # Timer M = 64*T1
+
+
+def test_invite_server_accepted_absorbs_retransmitted_invite_and_sends_2xx_retransmissions():
+    r = req()
+    tx = ServerTransaction(r, auto_trying_after=None)
+    tx.start(0)
+    ok = build_response(r, 200, to_tag="t")
+    assert sends(tx.respond(ok, 1.0)) == [ok] and tx.state == "accepted"
+    assert tx.on_request(r, 1.5) == []                              # RFC 6026: absorbed, not re-answered
+    assert sends(tx.respond(ok, 2.0)) == [ok]                       # the TU's 2xx retransmission
+    assert tx.respond(build_response(r, 500, to_tag="t"), 2.5) == []
+    assert drive(tx, 100) == [("end", 33.0, ["Terminated"])]        # Timer L = 64*T1
+
+
+def test_cancel_copies_the_invite_hop_fields():
+    r = req()
+    r.headers.add("Route", "<sip:proxy.example;lr>")
+    cancel = ClientTransaction(r).build_cancel()
+    assert cancel.method == "CANCEL" and str(cancel.uri) == str(r.uri)
+    assert cancel.headers.get_raw("Via") == r.headers.get_raw("Via")[:1]
+    for name in ("From", "To", "Call-ID", "Route", "Max-Forwards"):
+        assert cancel.headers.get(name) == r.headers.get(name), name
+    assert cancel.cseq == (1, "CANCEL")
