@@ -181,7 +181,7 @@ def prune(lab_id: str | None = None) -> list[str]:
     removed = list(names)
     try:
         from netlab.docker_backend import prune_docker
-        removed += prune_docker()
+        removed += prune_docker(lab_id)
     except Exception:   # noqa: BLE001 - docker is optional
         pass
     return removed

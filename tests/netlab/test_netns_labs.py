@@ -68,12 +68,28 @@ def results(proc):
     return [eval(line) for line in out.splitlines() if line.startswith("(")]
 
 
-# Compares the root namespace's links and routes before and after: Docker tests change both
-# (bridges, veths), so this one runs in their xdist group, never beside them.
-@pytest.mark.xdist_group("docker")
+def _root_link_names() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+
+
+def _root_routes_into(subnets) -> list[str]:
+    import ipaddress
+    nets = [ipaddress.ip_network(s) for s in subnets]
+    out = subprocess.run(["ip", "-o", "route"], capture_output=True, text=True).stdout
+    hits = []
+    for line in out.splitlines():
+        dst = line.split()[0]
+        if dst != "default" and any(ipaddress.ip_network(dst, strict=False).overlaps(n) for n in nets):
+            hits.append(line)
+    return hits
+
+
 def test_lab_up_is_fast_and_leaves_nothing(slot):
-    before_links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    before_routes = subprocess.run(["ip", "route"], capture_output=True, text=True).stdout
+    """Judged by what this lab owns (its link names, its subnets), so Docker tests changing the
+    root namespace on another worker at the same time cannot disturb it."""
+    from netlab.netns_backend import ifname
+    root_links = _root_link_names()
     with open_lab(standard("cone", "cone", slot=slot)) as lab:
         assert lab.up_seconds < 1.0, f"3 hosts + 2 NATs took {lab.up_seconds:.3f}s"
         ours = [n for n in list_namespaces() if n.startswith(lab.id)]
@@ -82,13 +98,17 @@ def test_lab_up_is_fast_and_leaves_nothing(slot):
         for host in ("nat_a", "nat_b", "server", "alice"):
             routes = lab.run(host, ["ip", "route"]).stdout
             rules = lab.run(host, ["iptables-save"]).stdout
-            for line in before_links.splitlines():
-                name = line.split(":")[1].strip().split("@")[0]
+            for name in root_links:
                 assert f"dev {name} " not in routes and f"-o {name} " not in rules
-        assert subprocess.run(["ip", "route"], capture_output=True, text=True).stdout == before_routes
+        lab_links = {ifname(seg.name) for seg in lab.topology.segments} | \
+                    {("p-" + h.name)[:15] for h in lab.topology.hosts}
+        subnets = [seg.subnet for seg in lab.topology.segments]
+        assert not lab_links & _root_link_names()          # both veth ends live inside the lab
+        assert _root_routes_into(subnets) == []             # the host has no way into the lab
         lab_id = lab.id
     assert not [n for n in list_namespaces() if n.startswith(lab_id)]
-    assert subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout == before_links
+    assert not lab_links & _root_link_names()
+    assert _root_routes_into(subnets) == []
 
 
 def test_cone_preserves_the_source_port(slot):
@@ -269,8 +289,15 @@ def test_sigkill_leftovers_are_removed_by_prune(slot):
     proc.kill()
     proc.wait(10)
     assert [n for n in list_namespaces() if n.startswith(lab_id)], "SIGKILL cannot run cleanup"
-    prune(lab_id)
-    assert not [n for n in list_namespaces() if n.startswith(lab_id)]
+    other = claim_slot()
+    try:
+        with open_lab(standard("none", "none", slot=other)) as bystander:
+            mine = [n for n in list_namespaces() if n.startswith(bystander.id)]
+            prune(lab_id)                  # one lab's prune leaves a running lab alone
+            assert not [n for n in list_namespaces() if n.startswith(lab_id)]
+            assert [n for n in list_namespaces() if n.startswith(bystander.id)] == mine
+    finally:
+        release_slot(other)
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/setpriv"), reason="needs setpriv (util-linux) to drop root")
