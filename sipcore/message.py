@@ -280,6 +280,13 @@ def new_tag() -> str:
     return secrets.token_hex(6)
 
 
+@functools.lru_cache(maxsize=4096)
+def _tag_of(name_addr: str) -> str | None:
+    """The tag of a From/To value; cached because the proxy asks for tags many times per message
+    and a NameAddr (mutable) cannot be shared, while the tag string can."""
+    return NameAddr.parse(name_addr).tag
+
+
 class SIPMessage:
     """Common part of requests and responses."""
 
@@ -316,11 +323,17 @@ class SIPMessage:
 
     @property
     def from_tag(self) -> str | None:
-        return self.from_addr().tag
+        v = self.headers.get("From")
+        if v is None:
+            raise SIPParseError("missing From")
+        return _tag_of(v)
 
     @property
     def to_tag(self) -> str | None:
-        return self.to_addr().tag
+        v = self.headers.get("To")
+        if v is None:
+            raise SIPParseError("missing To")
+        return _tag_of(v)
 
     def vias(self) -> list[Via]:
         return [Via.parse(v) for v in self.headers.get_all("Via")]

@@ -1,0 +1,120 @@
+"""Complete call flows per second through the sipcore proxy, in one process, without sockets.
+
+Each call is INVITE/100/180/200/ACK/BYE/200 between two registered users, every message parsed
+from bytes as the transport would hand it over, through the proxy with its transaction layer and
+a pass-through media backend. This isolates the signalling path's CPU cost from SIPp and the
+kernel (``harness bench`` measures the whole thing over UDP).
+
+    .venv/bin/python benchmarks/bench_proxy.py [--calls 3000] [--repeat 3]
+"""
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from sipcore.message import parse_message  # noqa: E402
+from sipcore.proxy import Proxy  # noqa: E402
+from sipcore.registrar import Registrar  # noqa: E402
+from sipcore.stage_policy import StagePolicy  # noqa: E402
+
+SERVER = ("198.51.100.1", 5060)
+ALICE = ("203.0.113.10", 40000)
+BOB = ("203.0.113.20", 41000)
+SDP = ("v=0\r\no=a 1 1 IN IP4 203.0.113.10\r\ns=-\r\nc=IN IP4 203.0.113.10\r\nt=0 0\r\n"
+       "m=audio 4000 RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\n")
+
+
+class PassThroughMedia:
+    name = "pass-through"
+
+    async def offer(self, call_id, from_tag, to_tag, sdp, source):
+        return sdp
+
+    async def answer(self, call_id, from_tag, to_tag, sdp, source):
+        return sdp
+
+    async def delete(self, call_id, from_tag=None, to_tag=None):
+        pass
+
+
+class NoEvents:
+    def __getattr__(self, name):
+        return lambda *args: None
+
+
+class Wire:
+    """Serialises what the proxy sends (as the transport would) and keeps the last request."""
+    def __init__(self):
+        self.last_request = None
+
+    def __call__(self, msg, addr, transport):
+        data = msg.to_bytes()
+        if data[:4] != b"SIP/":
+            self.last_request = data
+
+
+def _request(method, i, branch, cseq, body="", to_tag=""):
+    to = f"<sip:1002@sip.local>{';tag=' + to_tag if to_tag else ''}"
+    uri = "sip:1002@sip.local" if not to_tag else "sip:1002@203.0.113.20:41000"
+    route = f"Route: <sip:{SERVER[0]}:{SERVER[1]};lr>\r\n" if to_tag else ""
+    ctype = "Content-Type: application/sdp\r\n" if body else ""
+    return (f"{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.10:40000;branch={branch};rport\r\n"
+            f"Max-Forwards: 70\r\n{route}From: \"Alice\" <sip:1001@sip.local>;tag=a{i}\r\nTo: {to}\r\n"
+            f"Call-ID: bench-{i}\r\nCSeq: {cseq} {method}\r\nContact: <sip:1001@203.0.113.10:40000>\r\n"
+            f"{ctype}Content-Length: {len(body)}\r\n\r\n{body}").encode()
+
+
+def _response(forwarded: bytes, status: int, reason: str, body: str = "") -> bytes:
+    fwd = parse_message(forwarded)
+    vias = "".join(f"Via: {v}\r\n" for v in fwd.headers.get_raw("Via"))
+    rr = "".join(f"Record-Route: {v}\r\n" for v in fwd.headers.get_raw("Record-Route"))
+    tag = ";tag=b" if status > 100 else ""
+    ctype = "Content-Type: application/sdp\r\n" if body else ""
+    return (f"SIP/2.0 {status} {reason}\r\n{vias}{rr}From: {fwd.headers.get('From')}\r\n"
+            f"To: {fwd.headers.get('To')}{tag}\r\nCall-ID: {fwd.call_id}\r\nCSeq: {fwd.headers.get('CSeq')}\r\n"
+            f"Contact: <sip:1002@203.0.113.20:41000>\r\n{ctype}Content-Length: {len(body)}\r\n\r\n{body}").encode()
+
+
+async def run_calls(calls: int) -> float:
+    wire = Wire()
+    policy = StagePolicy(1, None)
+    registrar = Registrar(contact_policy=policy.register_contact)
+    registrar.handle_register(parse_message((
+        "REGISTER sip:sip.local SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.20:41000;branch=z9hG4bKr\r\n"
+        "From: <sip:1002@sip.local>;tag=r\r\nTo: <sip:1002@sip.local>\r\nCall-ID: reg\r\nCSeq: 1 REGISTER\r\n"
+        "Contact: <sip:1002@203.0.113.20:41000>\r\nExpires: 3600\r\nContent-Length: 0\r\n\r\n").encode()),
+        BOB, "udp", time.time())
+    proxy = Proxy(host=SERVER[0], port=SERVER[1], policy=policy, registrar=registrar,
+                  media=PassThroughMedia(), events=NoEvents(), send=wire)
+    t0 = time.perf_counter()
+    for i in range(calls):
+        await proxy.on_request(parse_message(_request("INVITE", i, f"z9hG4bKi{i}", 1, SDP)), ALICE, "udp")
+        fwd_invite = wire.last_request
+        await proxy.on_response(parse_message(_response(fwd_invite, 180, "Ringing")), BOB, "udp")
+        await proxy.on_response(parse_message(_response(fwd_invite, 200, "OK", SDP)), BOB, "udp")
+        await proxy.on_request(parse_message(_request("ACK", i, f"z9hG4bKa{i}", 1, to_tag="b")), ALICE, "udp")
+        await proxy.on_request(parse_message(_request("BYE", i, f"z9hG4bKb{i}", 2, to_tag="b")), ALICE, "udp")
+        await proxy.on_response(parse_message(_response(wire.last_request, 200, "OK")), BOB, "udp")
+    elapsed = time.perf_counter() - t0
+    assert proxy.stats["calls"] == calls
+    return calls / elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=3000)
+    ap.add_argument("--repeat", type=int, default=3)
+    a = ap.parse_args()
+    rates = [asyncio.run(run_calls(a.calls)) for _ in range(a.repeat)]
+    print(json.dumps({"call flows per second (best of runs)": round(max(rates)),
+                      "runs": [round(r) for r in rates], "calls per run": a.calls,
+                      "python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
+                     indent=2))
+
+
+if __name__ == "__main__":
+    main()
