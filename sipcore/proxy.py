@@ -28,7 +28,7 @@ from sipcore.message import (Headers, SIPMessage, SIPRequest, SIPResponse, Via, 
 from sipcore.registrar import Binding, Registrar, aor_user
 from sipcore.sdp import SessionDescription
 from sipcore.stage_policy import StagePolicy
-from sipcore.transaction import ClientTransaction, ServerTransaction
+from sipcore.transaction import ClientTransaction, ServerTransaction, server_key
 from sipcore.transaction_runner import RunningTransaction
 from sipcore.uri import NameAddr, SipURI
 
@@ -80,7 +80,7 @@ class Branch:
 
 @dataclass
 class ServerTx:
-    key: tuple[str, str]           # (incoming branch, method)
+    key: tuple                     # sipcore.transaction.server_key: (branch, host, port, method)
     request: SIPRequest            # as received
     source: Address
     transport: str
@@ -239,19 +239,19 @@ class Proxy:
             log.warning("loop detected for %s %s from %s:%s", req.method, req.call_id, *source)
             self._respond(req, 482, source=source, transport=transport)
             return
-        branch = (top.branch if top and top.branch else "") or f"rfc2543-{req.call_id}-{req.cseq[0]}"
+        key = server_key(req)
         method = req.method
         # retransmission / ACK / CANCEL matching
         if method == "ACK":
-            tx = self.server_txs.get((branch, "INVITE"))
+            tx = self.server_txs.get(key)
             if tx is not None and tx.server is not None and tx.server.state in ("completed", "confirmed"):
                 tx.server.request(req)     # ACK for our non-2xx final: ends Timer G (hop by hop)
                 return
         elif method == "CANCEL":
-            await self._on_cancel(req, branch, source, transport)
+            await self._on_cancel(req, source, transport)
             return
         else:
-            tx = self.server_txs.get((branch, method))
+            tx = self.server_txs.get(key)
             if tx is not None:
                 self._on_retransmission(tx, req)
                 return
@@ -272,7 +272,7 @@ class Proxy:
         if method != "REGISTER":
             req.headers.set("Max-Forwards", str(max(0, hops - 1)))
         self._stamp_via(req, source)
-        tx = ServerTx((branch, method), req, source, transport, self.clock())
+        tx = ServerTx(key, req, source, transport, self.clock())
         if method != "ACK":
             tx.server = RunningTransaction(ServerTransaction(req, reliable=transport != "udp",
                                                              auto_trying_after=None),
@@ -308,8 +308,8 @@ class Proxy:
         if tx.request.method == "INVITE" and tx.last_response is None:
             self._respond(tx, 100)
 
-    async def _on_cancel(self, req: SIPRequest, branch: str, source: Address, transport: str) -> None:
-        tx = self.server_txs.get((branch, "INVITE"))
+    async def _on_cancel(self, req: SIPRequest, source: Address, transport: str) -> None:
+        tx = self.server_txs.get(server_key(req, "INVITE"))
         if tx is None:
             self._respond(req, 481, source=source, transport=transport)
             return

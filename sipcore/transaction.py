@@ -10,7 +10,8 @@ Timers: A/B/D (INVITE client), E/F/K (non-INVITE client), G/H/I (INVITE server),
 server). INVITE transactions follow RFC 6026 for 2xx: both sides enter "accepted" (Timer M on the
 client, L on the server) so 2xx retransmissions still pass while retransmitted INVITEs are absorbed.
 Timer B only runs in "calling": once a provisional arrived, giving up is the proxy's Timer C.
-``TransactionTable`` matches messages to transactions (§17.1.3, §17.2.3).
+``server_key`` gives the §17.2.3 matching key; client transactions are matched by the branch the
+sender chose plus the CSeq method (§17.1.3).
 """
 from __future__ import annotations
 
@@ -247,49 +248,14 @@ class ServerTransaction(_Base):
         return out
 
 
-class TransactionTable:
-    """Matching per §17.1.3 (client: branch + CSeq method) and §17.2.3 (server: branch + sent-by +
-    method, ACK matched to its INVITE)."""
-
-    def __init__(self):
-        self.clients: dict[tuple, ClientTransaction] = {}
-        self.servers: dict[tuple, ServerTransaction] = {}
-
-    @staticmethod
-    def server_key(request: SIPRequest) -> tuple:
-        via = request.top_via()
+def server_key(request: SIPRequest, method: str | None = None) -> tuple:
+    """Server transaction matching (§17.2.3): top Via branch + sent-by + method. An ACK matches
+    its INVITE; a CANCEL looks its INVITE up with ``method="INVITE"``. Requests without a branch
+    (RFC 2543 peers) fall back to Call-ID and CSeq number."""
+    via = request.top_via()
+    branch = (via.branch if via is not None and via.branch else "") or \
+        f"rfc2543-{request.call_id}-{request.cseq[0]}"
+    sent_by = (via.host.lower(), via.port or 5060) if via is not None else ("", 0)
+    if method is None:
         method = "INVITE" if request.method == "ACK" else request.method
-        return (via.branch, via.host, via.port or 5060, method)
-
-    def add_client(self, tx: ClientTransaction) -> None:
-        self.clients[tx.key] = tx
-
-    def add_server(self, tx: ServerTransaction) -> None:
-        self.servers[self.server_key(tx.request)] = tx
-
-    def match_response(self, resp: SIPResponse) -> ClientTransaction | None:
-        via = resp.top_via()
-        if via is None or via.branch is None:
-            return None
-        return self.clients.get((via.branch, resp.cseq[1]))
-
-    def match_request(self, request: SIPRequest) -> ServerTransaction | None:
-        return self.servers.get(self.server_key(request))
-
-    def tick(self, now: float) -> list[tuple[object, list]]:
-        """Fire due timers; returns (transaction, actions) and forgets terminated ones."""
-        fired = []
-        for table in (self.clients, self.servers):
-            for key, tx in list(table.items()):
-                d = tx.next_deadline()
-                if d is not None and d <= now:
-                    actions = tx.on_timer(now)
-                    if actions:
-                        fired.append((tx, actions))
-                if tx.state == "terminated":
-                    del table[key]
-        return fired
-
-    def next_deadline(self) -> float | None:
-        ds = [d for t in (*self.clients.values(), *self.servers.values()) if (d := t.next_deadline()) is not None]
-        return min(ds) if ds else None
+    return (branch, *sent_by, method)

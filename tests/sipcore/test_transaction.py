@@ -2,7 +2,7 @@
 absorption of retransmissions, ACK generation."""
 from sipcore.message import build_response, parse_message
 from sipcore.transaction import (ClientTransaction, PassUp, Send, ServerTransaction, Terminated, Timeout,
-                                 TransactionTable)
+                                 server_key)
 
 
 def req(method="INVITE", branch="z9hG4bKt1"):
@@ -97,20 +97,16 @@ def test_non_invite_server_answers_retransmissions_then_timer_j():
     assert drive(tx, 40)[-1][0] == "end"
 
 
-def test_table_matches_ack_to_invite_and_responses_by_branch_and_method():
-    table = TransactionTable()
+def test_server_key_matches_ack_and_cancel_to_their_invite_by_branch_and_sent_by():
     inv = req()
-    stx = ServerTransaction(inv)
-    table.add_server(stx)
-    assert table.match_request(req("ACK")) is stx
-    assert table.match_request(req("INVITE", branch="z9hG4bKother")) is None
-    ctx = ClientTransaction(req("OPTIONS", branch="z9hG4bKc"))
-    table.add_client(ctx)
-    ctx.start(0)
-    assert table.match_response(build_response(req("OPTIONS", branch="z9hG4bKc"), 200)) is ctx
-    assert table.match_response(build_response(req("INVITE", branch="z9hG4bKc"), 200)) is None
-    fired = table.tick(0.6)
-    assert fired and sends(fired[0][1])
+    assert server_key(req("ACK")) == server_key(inv)
+    cancel = req("CANCEL")
+    assert server_key(cancel) != server_key(inv) and server_key(cancel, "INVITE") == server_key(inv)
+    assert server_key(req("INVITE", branch="z9hG4bKother")) != server_key(inv)
+    other_host = parse_message(inv.to_bytes().replace(b"10.0.0.1:5060", b"10.0.0.9:5060"))
+    assert server_key(other_host) != server_key(inv)            # same branch, another sent-by
+    no_branch = parse_message(inv.to_bytes().replace(b";branch=z9hG4bKt1", b""))
+    assert server_key(no_branch)[0] == "rfc2543-c-1"
 
 
 def test_ringing_invite_client_has_no_timer_b_and_2xx_retransmissions_pass_until_timer_m():
