@@ -7,10 +7,9 @@ import sys
 
 import click
 
-from netlab.lifecycle import STATE_DIR, NotRoot, prune, require_root, unregister_cleanup
+from netlab.lifecycle import LAB_DIR, NotRoot, prune, release_lab, require_root
 from netlab.topology import Topology, TopologyError, standard
 
-LAB_DIR = os.path.join(STATE_DIR, "labs")
 
 
 def _root() -> None:
@@ -47,7 +46,9 @@ def lab_up(topology, std, backend) -> None:
     from netlab import open_lab
     lab = open_lab(topo, backend)
     lab.up()
-    unregister_cleanup(lab._cleanup_key)      # the user owns it now: `harness lab down ID`
+    # the user owns it now (`harness lab down ID`): no cleanup at our exit, no owner record, so a
+    # later run does not take it for the leftover of a killed process
+    release_lab(lab.id, lab._cleanup_key)
     lab._cleanup_key = None
     os.makedirs(LAB_DIR, exist_ok=True)
     with open(os.path.join(LAB_DIR, f"{lab.id}.json"), "w") as fh:

@@ -45,7 +45,7 @@ import netlab
 from netlab import profiles
 from netlab.base import Capture, Lab
 from netlab.image import VENV_PYTHON, docker_client, ensure_image
-from netlab.lifecycle import new_lab_id, register_cleanup, require_root, unregister_cleanup
+from netlab.lifecycle import claim_lab, new_lab_id, release_lab, require_root
 from netlab.topology import Topology, TopologyError
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ class DockerLab(Lab):
     def up(self) -> "DockerLab":
         require_root()
         self._check_addresses()
-        self._cleanup_key = register_cleanup(self.down)      # before anything exists
+        self._cleanup_key = claim_lab(self.id, self.down)    # before anything exists
         t0 = time.monotonic()
         client = _client()
         image = self.image or ensure_image(client=client)
@@ -257,9 +257,8 @@ class DockerLab(Lab):
         self._procs.clear()
         prune_docker(self.id)
         self._bridges.clear()
-        if self._cleanup_key is not None:
-            unregister_cleanup(self._cleanup_key)
-            self._cleanup_key = None
+        release_lab(self.id, self._cleanup_key)
+        self._cleanup_key = None
 
     # --- processes ----------------------------------------------------------------------------
     def _translate(self, argv: list[str]) -> list[str]:

@@ -2,7 +2,10 @@
 
 Every object a lab creates is named ``imsl<6 hex>-...`` (namespaces) or labelled
 ``ims-migrate.lab`` (Docker). ``prune`` touches only such objects. Cleanup is registered before
-the first object is created and runs on normal exit, exceptions, SIGINT and SIGTERM.
+the first object is created and runs on normal exit, exceptions, SIGINT and SIGTERM. A process
+killed outright (SIGKILL, a machine or container restart) runs no cleanup, so each lab also
+leaves a record with its owner's pid (``claim_lab``); the next lab brought up on the machine
+removes the labs whose owner is dead.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ PREFIX = "imsl"
 NAME_RE = re.compile(rf"^{PREFIX}[0-9a-f]{{6}}-")
 STATE_DIR = os.environ.get("IMS_NETLAB_STATE", "/run/ims-netlab")
 SLOT_DIR = os.path.join(STATE_DIR, "slots")
+LAB_DIR = os.path.join(STATE_DIR, "labs")
 
 _cleanups: dict[int, callable] = {}
 _lock = threading.Lock()
@@ -87,6 +91,68 @@ def _install() -> None:
             signal.signal(sig, handler)
 
 
+# --- lab records: who owns a lab, so labs of killed processes are removed by the next run -------
+def claim_lab(lab_id: str, down) -> int:
+    """Call before a lab creates anything: removes labs whose owner died, records this one and
+    registers ``down`` as its cleanup. Returns the cleanup key for ``release_lab``."""
+    reap_dead_labs()
+    os.makedirs(LAB_DIR, exist_ok=True)
+    with open(os.path.join(LAB_DIR, lab_id), "w") as fh:
+        fh.write(str(os.getpid()))
+    return register_cleanup(down)
+
+
+def release_lab(lab_id: str, cleanup_key: int | None) -> None:
+    """After a lab's objects are gone."""
+    if cleanup_key is not None:
+        unregister_cleanup(cleanup_key)
+    _forget_lab(lab_id)
+
+
+def _forget_lab(lab_id: str) -> None:
+    try:
+        os.unlink(os.path.join(LAB_DIR, lab_id))
+    except FileNotFoundError:
+        pass
+
+
+def _lab_records() -> list[str]:
+    """Lab ids with an owner record (``harness lab up`` keeps its ``<id>.json`` beside them)."""
+    try:
+        return [n for n in os.listdir(LAB_DIR) if re.fullmatch(rf"{PREFIX}[0-9a-f]{{6}}", n)]
+    except FileNotFoundError:
+        return []
+
+
+def reap_dead_labs() -> list[str]:
+    """Prune every recorded lab whose owner process is gone; returns what was removed."""
+    removed: list[str] = []
+    for lab_id in _lab_records():
+        pid = _read_pid(os.path.join(LAB_DIR, lab_id))
+        if pid is not None and _dead(pid):
+            log.warning("removing lab %s left behind by a process that was killed", lab_id)
+            removed += prune(lab_id)
+    return removed
+
+
+def _read_pid(pid_file: str) -> int | None:
+    try:
+        with open(pid_file) as fh:
+            return int(fh.read().strip() or 0)
+    except (OSError, ValueError):
+        return None
+
+
+def _dead(pid: int) -> bool:
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.ESRCH
+    return False
+
+
 # --- subnet slots: one per live lab on this machine, so parallel labs never overlap ------------
 def claim_slot(preferred: int | None = None, slots: int = 32) -> int:
     os.makedirs(SLOT_DIR, exist_ok=True)
@@ -114,21 +180,13 @@ def claim_slot(preferred: int | None = None, slots: int = 32) -> int:
 def _slot_stale(path: str) -> bool:
     """A slot is stale when its owner is dead; a slot being claimed (no pid yet) is not."""
     import time as _time
-    try:
-        with open(os.path.join(path, "pid")) as fh:
-            pid = int(fh.read().strip() or 0)
-    except (OSError, ValueError):
+    pid = _read_pid(os.path.join(path, "pid"))
+    if pid is None:
         try:
             return _time.time() - os.stat(path).st_mtime > 10
         except OSError:
             return False
-    if pid <= 0:
-        return True
-    try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        return exc.errno == errno.ESRCH
-    return False
+    return _dead(pid)
 
 
 def _release_dir(path: str) -> None:
@@ -184,4 +242,6 @@ def prune(lab_id: str | None = None) -> list[str]:
         removed += prune_docker(lab_id)
     except Exception:   # noqa: BLE001 - docker is optional
         pass
+    for record in [lab_id] if lab_id is not None else _lab_records():
+        _forget_lab(record)
     return removed

@@ -15,8 +15,7 @@ import time
 
 from netlab import profiles
 from netlab.base import Capture, Lab
-from netlab.lifecycle import (delete_namespaces, new_lab_id, register_cleanup, release_slot,
-                              require_root, unregister_cleanup)
+from netlab.lifecycle import claim_lab, delete_namespaces, new_lab_id, release_lab, release_slot, require_root
 from netlab.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -53,8 +52,8 @@ class NetnsLab(Lab):
     # --- lifecycle ----------------------------------------------------------------------------
     def up(self) -> "NetnsLab":
         require_root()
+        self._cleanup_key = claim_lab(self.id, self.down)    # before anything exists
         t0 = time.monotonic()
-        self._cleanup_key = register_cleanup(self.down)      # before anything exists
         topo = self.topology
         namespaces = [self.ns(h.name) for h in topo.hosts] + [self._switch(s.name) for s in topo.segments]
         self._created = list(namespaces)
@@ -122,9 +121,8 @@ class NetnsLab(Lab):
         if self._slot_claimed is not None:
             release_slot(self._slot_claimed)
             self._slot_claimed = None
-        if self._cleanup_key is not None:
-            unregister_cleanup(self._cleanup_key)
-            self._cleanup_key = None
+        release_lab(self.id, self._cleanup_key)
+        self._cleanup_key = None
 
     # --- processes ----------------------------------------------------------------------------
     def _argv(self, host: str, argv: list[str]) -> list[str]:

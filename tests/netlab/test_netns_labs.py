@@ -9,7 +9,7 @@ import time
 import pytest
 
 from netlab import open_lab, standard
-from netlab.lifecycle import claim_slot, list_namespaces, prune, release_slot
+from netlab.lifecycle import LAB_DIR, claim_slot, list_namespaces, prune, release_slot, unregister_cleanup
 from netlab.topology import Topology, TopologyError
 
 pytestmark = [pytest.mark.privileged,
@@ -278,7 +278,9 @@ def test_interrupted_setup_leaves_nothing(slot, sig):
     assert not [n for n in list_namespaces() if n.startswith(lab_id)]
 
 
-def test_sigkill_leftovers_are_removed_by_prune(slot):
+def test_sigkilled_lab_is_removed_by_the_next_lab_up(slot):
+    """SIGKILL (or a machine restart) runs no cleanup; the owner record lets the next lab brought
+    up anywhere on the machine remove what the dead process left."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.Popen([PY, "-c", BUILDER.format(root=root, slot=slot).replace("time.sleep(0.3)", "")],
                             stdout=subprocess.PIPE, text=True)
@@ -286,17 +288,32 @@ def test_sigkill_leftovers_are_removed_by_prune(slot):
     for _ in range(20):
         if proc.stdout.readline().strip() == "up":
             break
+    else:
+        pytest.fail("the builder never brought its lab up")
     proc.kill()
-    proc.wait(10)
-    assert [n for n in list_namespaces() if n.startswith(lab_id)], "SIGKILL cannot run cleanup"
+    assert proc.wait(10) == -signal.SIGKILL
     other = claim_slot()
     try:
+        with open_lab(standard("none", "none", slot=other)):
+            assert not [n for n in list_namespaces() if n.startswith(lab_id)]
+            assert not os.path.exists(os.path.join(LAB_DIR, lab_id))
+    finally:
+        release_slot(other)
+
+
+def test_prune_of_one_lab_leaves_a_running_lab_alone(slot):
+    abandoned = open_lab(standard("none", "none", slot=slot)).up()
+    unregister_cleanup(abandoned._cleanup_key)      # left behind by a process that is still alive
+    other = claim_slot()
+    try:
+        assert [n for n in list_namespaces() if n.startswith(abandoned.id)]
         with open_lab(standard("none", "none", slot=other)) as bystander:
             mine = [n for n in list_namespaces() if n.startswith(bystander.id)]
-            prune(lab_id)                  # one lab's prune leaves a running lab alone
-            assert not [n for n in list_namespaces() if n.startswith(lab_id)]
+            prune(abandoned.id)
+            assert not [n for n in list_namespaces() if n.startswith(abandoned.id)]
             assert [n for n in list_namespaces() if n.startswith(bystander.id)] == mine
     finally:
+        prune(abandoned.id)
         release_slot(other)
 
 
