@@ -15,12 +15,16 @@ class Capture:
     def __init__(self, proc: subprocess.Popen, path: str):
         self.proc, self.path = proc, path
 
+    def _interrupt(self) -> None:
+        """SIGINT lets the capture tool flush its pcap."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        except OSError:
+            self.proc.send_signal(signal.SIGINT)
+
     def stop(self, timeout: float = 5.0) -> str:
         if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGINT)
-            except OSError:
-                self.proc.send_signal(signal.SIGINT)
+            self._interrupt()
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -34,6 +38,7 @@ class Lab(abc.ABC):
 
     def __init__(self, topology: Topology):
         self.topology = topology
+        self._procs: list[subprocess.Popen] = []     # what spawn() started, ended by down()
 
     def __enter__(self) -> "Lab":
         try:
@@ -44,6 +49,21 @@ class Lab(abc.ABC):
 
     def __exit__(self, *exc) -> None:
         self.down()
+
+    def _kill_process(self, proc: subprocess.Popen) -> None:
+        proc.kill()
+
+    def _stop_processes(self) -> None:
+        """Part of down(): kill what spawn() started and reap it (bounded)."""
+        for p in self._procs:
+            if p.poll() is None:
+                self._kill_process(p)
+        for p in self._procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        self._procs.clear()
 
     @abc.abstractmethod
     def up(self) -> "Lab": ...

@@ -155,7 +155,6 @@ class DockerLab(Lab):
         self._cleanup_key: int | None = None
         self.up_seconds: float | None = None
         self._ifnames: dict[tuple[str, str], str] = {}
-        self._procs: list[subprocess.Popen] = []
         self._bridges: list[str] = []
         self._rw_mounts = _work_mounts()
         self._spawn_seq = 0
@@ -246,21 +245,16 @@ class DockerLab(Lab):
 
     def down(self) -> None:
         """Idempotent; safe on a partly built lab."""
-        for p in self._procs:
-            if p.poll() is None:
-                subprocess.Popen.kill(p)
-        for p in self._procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-        self._procs.clear()
+        self._stop_processes()
         prune_docker(self.id)
         self._bridges.clear()
         release_lab(self.id, self._cleanup_key)
         self._cleanup_key = None
 
     # --- processes ----------------------------------------------------------------------------
+    def _kill_process(self, proc: subprocess.Popen) -> None:
+        subprocess.Popen.kill(proc)   # the local `docker exec`; the container goes with the lab
+
     def _translate(self, argv: list[str]) -> list[str]:
         exe = argv[0] if argv else ""
         if exe == sys.executable or (os.path.dirname(exe) == os.path.join(sys.prefix, "bin")
@@ -380,14 +374,11 @@ class _DockerCapture(Capture):
         super().__init__(proc, path)
         self.lab, self.host, self.inside = lab, host, inside
 
+    def _interrupt(self) -> None:
+        self.proc.send_signal(signal.SIGINT)           # delivered inside the container
+
     def stop(self, timeout: float = 5.0) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
+        super().stop(timeout)
         if self.inside:
             self.lab.copy_out(self.host, self.inside, self.path)
             self.inside = None

@@ -39,7 +39,6 @@ class NetnsLab(Lab):
         self.id = lab_id or new_lab_id()
         self._cleanup_key: int | None = None
         self._created: list[str] = []
-        self._procs: list[subprocess.Popen] = []
         self._slot_claimed: int | None = None
         self.up_seconds: float | None = None
 
@@ -102,19 +101,14 @@ class NetnsLab(Lab):
             if proc.returncode != 0:
                 raise RuntimeError(f"configuring {h.name} failed: {proc.stderr.strip()[:500]}")
 
+    def _kill_process(self, proc: subprocess.Popen) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)       # the whole group spawn() started in the netns
+        except OSError:
+            proc.kill()
+
     def down(self) -> None:
-        for p in self._procs:
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except OSError:
-                    p.kill()
-        for p in self._procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-        self._procs.clear()
+        self._stop_processes()
         if self._created:
             delete_namespaces(self._created)
             self._created = []
