@@ -365,15 +365,16 @@ class Proxy:
         b.final = 408
         asyncio.get_running_loop().create_task(self._conclude(tx))
 
-    async def _conclude(self, tx: ServerTx) -> None:
-        """All branches are final and none succeeded: send the best answer (408 when none)."""
+    async def _conclude(self, tx: ServerTx, call: Call | None = None) -> None:
+        """Once every branch is final and none succeeded: send the best answer (487 or 408 when
+        no branch answered at all)."""
         if tx.final_sent or any(b.final is None for b in tx.branches):
             return
         if any(b.final < 300 for b in tx.branches if b.final is not None):
             return
         best = tx.best or self._respond_obj(tx, 487 if tx.cancelled else 408)
         if tx.request.method == "INVITE":
-            await self._final_failure(tx, best, tx.call)
+            await self._final_failure(tx, best, call or tx.call)
         else:
             self.reply(tx, best)
 
@@ -686,14 +687,9 @@ class Proxy:
                 if other is not b and other.final is None:
                     self._send_cancel(other)
             return
-        pending = [o for o in tx.branches if o.final is None]
         if tx.best is None or _better(resp, tx.best):
             tx.best = resp
-        if pending:
-            return
-        if any(o.final is not None and o.final < 300 for o in tx.branches):
-            return
-        await self._final_failure(tx, tx.best or resp, call)
+        await self._conclude(tx, call)
 
     async def _final_failure(self, tx: ServerTx, resp: SIPResponse, call: Call | None) -> None:
         self.reply(tx, resp)

@@ -45,11 +45,9 @@ class RunningTransaction:
 
     def respond(self, resp: SIPResponse) -> bool:
         """Send a response through a server transaction; False when the state machine dropped it."""
-        sent = [a for a in self.txn.respond(resp, self._now()) if isinstance(a, Send)]
-        for action in sent:
-            self.send(action.message, self.dest, self.transport)
-        self._arm()
-        return bool(sent)
+        actions = self.txn.respond(resp, self._now())
+        self._feed(actions)
+        return any(isinstance(a, Send) for a in actions)
 
     def stop(self) -> None:
         if self._handle is not None:
