@@ -33,6 +33,9 @@ def build_rtp(sender: str, leg: int, seq: int, ssrc: int, timestamp: int, pt: in
                      sourcesync=ssrc) / payload)
 
 
+RTCP_EVERY = 25                  # RTP packets between sender reports
+
+
 def build_rtcp_sr(ssrc: int, packets: int, octets: int) -> bytes:
     # RTCP sender report (RFC 3550 §6.4.1), no report blocks
     now = time.time() + 2208988800
@@ -151,7 +154,10 @@ class RtpStream:
                 except OSError:
                     pass
                 seq += 1
-                if seq % 50 == 0 and self.remote_rtcp:
+                # RTCP with the first packet, then every 0.5 s at 50 pps: behind NAT the first report
+                # of whichever side sends first is lost (the peer's RTCP mapping does not exist yet),
+                # so one report per second made "RTCP crosses" depend on who sent first.
+                if (seq == 1 or seq % RTCP_EVERY == 0) and self.remote_rtcp:
                     try:
                         self._t_rtcp.sendto(build_rtcp_sr(self.ssrc, self.sent, self.sent * PAYLOAD_SIZE), self.remote_rtcp)
                         self.rtcp_sent += 1

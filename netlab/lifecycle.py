@@ -97,8 +97,10 @@ def claim_lab(lab_id: str, down) -> int:
     registers ``down`` as its cleanup. Returns the cleanup key for ``release_lab``."""
     reap_dead_labs()
     os.makedirs(LAB_DIR, exist_ok=True)
-    with open(os.path.join(LAB_DIR, lab_id), "w") as fh:
+    partial = os.path.join(LAB_DIR, f".{lab_id}.{os.getpid()}")
+    with open(partial, "w") as fh:
         fh.write(str(os.getpid()))
+    os.replace(partial, os.path.join(LAB_DIR, lab_id))   # never seen half-written (empty = pid 0)
     return register_cleanup(down)
 
 

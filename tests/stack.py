@@ -19,13 +19,15 @@ def worker_index() -> int:
 
 
 class Ports:
-    """A block of 1000 ports per worker and per use: sip, mml, rtpproxy control, RTP ranges."""
+    """A block of 1000 ports per worker and per use: sip, mml, rtpproxy control, RTP ranges.
+    All below 32768, outside Linux's ephemeral range (32768-60999), so no client socket of another
+    test can hold one of them by chance (a server once failed to bind 36000 that way)."""
 
     _uses = 0
 
     def __init__(self):
         Ports._uses += 1
-        base = 33000 + worker_index() * 4000 + (Ports._uses % 4) * 1000
+        base = 12000 + (worker_index() % 4) * 4000 + (Ports._uses % 4) * 1000
         self.sip, self.mml, self.rtpproxy = base, base + 1, base + 2
         self.ua = [base + 10, base + 20, base + 30]
         self.rtp_ua = [base + 100, base + 120, base + 140]
