@@ -15,6 +15,8 @@ from sipcore.errors import SDPParseError, SIPParseError
 from sipcore.message import (Headers, SIPRequest, SIPResponse, build_response, new_branch, new_tag,
                              parse_message)
 from sipcore.sdp import SessionDescription
+from sipcore.transaction import ClientTransaction
+from sipcore.transaction_runner import RunningTransaction
 from sipcore.uri import NameAddr, SipURI
 
 log = logging.getLogger(__name__)
@@ -67,8 +69,8 @@ class UserAgent:
         self.cfg = cfg
         self.emit = emit                       # callback(dict) for events
         self.transport: asyncio.DatagramTransport | None = None
-        self.pending: dict[str, asyncio.Future] = {}    # branch -> future(final response)
-        self.provisional: dict[str, asyncio.Event] = {}
+        # (branch, method) -> the client transaction and the future of its final response
+        self.pending: dict[tuple, tuple[RunningTransaction, asyncio.Future]] = {}
         self.calls: dict[str, Call] = {}
         self.answered: dict[tuple, SIPResponse] = {}   # (call-id, cseq, method) -> response sent
         self.transcript: list[str] = []
@@ -139,45 +141,45 @@ class UserAgent:
             if call is not None and call.state in ("confirmed", "ended") and call.remote_tag == resp.to_tag:
                 self._ack_2xx(call, resp)      # retransmitted 2xx: ACK again
                 return
-        fut = self.pending.get(key)
-        if fut is None:
+        entry = self.pending.get(key)
+        if entry is None:
             return
-        if resp.status < 200:
-            ev = self.provisional.get(key)
-            if ev is not None:
-                ev.set()
-            self._on_provisional(resp)
-            return
-        if not fut.done():
-            fut.set_result(resp)
+        run, fut = entry
+        for passed in run.response(resp):      # the transaction ACKs a non-2xx final itself
+            if passed.status < 200:
+                self._on_provisional(passed)
+            elif not fut.done():
+                fut.set_result(passed)
 
     async def transact(self, req: SIPRequest, dest=None) -> SIPResponse | None:
-        """Send with Timer A/E retransmissions; return the final response (None on timeout)."""
+        """Send through an RFC 3261 client transaction (sipcore.transaction: Timer A/E
+        retransmissions, ACK of non-2xx finals); return the final response, or None after
+        ``timer_b`` seconds (at most 64*T1, the transaction's own Timer B/F)."""
         dest = dest or self.cfg.server
-        branch = (req.top_via().branch, req.method)      # CANCEL shares the INVITE's branch
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self.pending[branch] = fut
-        prov = self.provisional[branch] = asyncio.Event()
-        deadline = loop.time() + self.cfg.timer_b
-        interval = T1
+        key = (req.top_via().branch, req.method)      # CANCEL shares the INVITE's branch
+        fut = asyncio.get_running_loop().create_future()
+        run = RunningTransaction(ClientTransaction(req), lambda msg, addr, _tr: self.send(msg, addr), dest, "udp",
+                                 on_timeout=lambda: fut.done() or fut.set_result(None))
+        self.pending[key] = (run, fut)
         try:
-            while loop.time() < deadline:
-                if not prov.is_set() or req.method != "INVITE":
-                    self.send(req, dest)
-                try:
-                    resp = await asyncio.wait_for(asyncio.shield(fut), min(interval, deadline - loop.time()))
-                    self.observed["codes"].append({"method": req.method, "status": resp.status})
-                    return resp
-                except asyncio.TimeoutError:
-                    interval = min(interval * 2, T2) if req.method != "INVITE" else interval * 2
-                    if prov.is_set() and req.method == "INVITE":
-                        interval = deadline - loop.time()
-            self.observed["codes"].append({"method": req.method, "status": 408})
-            return None
+            run.start()
+            resp = await asyncio.wait_for(fut, self.cfg.timer_b)
+        except asyncio.TimeoutError:
+            resp = None
         finally:
-            self.pending.pop(branch, None)
-            self.provisional.pop(branch, None)
+            if run.state == "completed":
+                # a non-2xx final: the transaction stays to ACK its retransmissions until Timer D/K
+                asyncio.get_running_loop().call_later(64 * T1, self._forget_transaction, key, run)
+            else:
+                run.stop()
+                self.pending.pop(key, None)
+        self.observed["codes"].append({"method": req.method, "status": resp.status if resp else 408})
+        return resp
+
+    def _forget_transaction(self, key: tuple, run: RunningTransaction) -> None:
+        run.stop()
+        if self.pending.get(key, (None,))[0] is run:
+            del self.pending[key]
 
     def _authorize(self, req: SIPRequest, resp: SIPResponse) -> bool:
         header = "WWW-Authenticate" if resp.status == 401 else "Proxy-Authenticate"
