@@ -33,6 +33,15 @@ from harness.rtp_stream import free_udp_port
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY = {0: "run.py", 1: "run_refactored.py", 2: "run_sippy.py"}
 
+# Port plan, all in 10000-32766: below Linux's ephemeral range (32768-60999), where any client
+# socket on the machine could already hold a port (a media round once failed to bind 52xxx), and
+# clear of well-known service ports. It overlaps the test suite's ports: do not run both at once
+# (the figures would be wrong anyway).
+CALL_SETUP_BASE = 10000                  # + 2000 per stage: SIP, MML, rtpproxy control, RTP range
+MEDIA_ENDPOINT_BASE = 16000              # 4 ports per stream (two RTP/RTCP endpoints)
+RELAY_PORTS = (23000, 32766)             # the relay's own ports, 4 per stream
+MAX_MEDIA_STREAMS = (RELAY_PORTS[0] - MEDIA_ENDPOINT_BASE) // 4
+
 
 def machine() -> dict:
     cpu = platform.processor()
@@ -102,7 +111,7 @@ def _register(port: int, user: str, local_port: int) -> None:
 def call_setup(stage: int, rates: list[int], seconds: float, workdir: str) -> dict:
     if not shutil.which("sipp"):
         raise click.ClickException("SIPp is not installed (apt-get install sip-tester)")
-    base = 56000 + stage * 2000      # away from the ports the test suite uses
+    base = CALL_SETUP_BASE + stage * 2000
     results = []
     with BenchServer(stage, workdir, base) as srv:
         uas_port = base + 20
@@ -259,13 +268,13 @@ def media_capacity(kind: str, counts: list[int], seconds: float, workdir: str) -
     code = f"""
 import asyncio, json, sys
 sys.path.insert(0, {ROOT!r})
-from harness.bench import _media_round, _backend
+from harness.bench import MEDIA_ENDPOINT_BASE, _media_round, _backend
 async def main():
     backend, cleanup = await _backend({kind!r}, {workdir!r})
     out = []
     try:
         for n in {counts!r}:
-            out.append(await _media_round(backend, n, {seconds!r}, 52000))
+            out.append(await _media_round(backend, n, {seconds!r}, MEDIA_ENDPOINT_BASE))
     finally:
         await cleanup()
     print(json.dumps(out))
@@ -284,14 +293,14 @@ asyncio.run(main())
 async def _backend(kind: str, workdir: str):
     if kind == "legacy-relay":
         from legacy.rtp_relay import LegacyRelay
-        b = LegacyRelay("127.0.0.1", "127.0.0.1", 20000, 43998)
+        b = LegacyRelay("127.0.0.1", "127.0.0.1", *RELAY_PORTS)
         await b.start()
         return b, b.stop
     from refactored.rtpproxy_launcher import LocalRTPProxy
     from refactored.rtpproxy_client import RTPProxyPool
     from refactored.rtpproxy_media import RTPProxyBackend
     control = f"udp:127.0.0.1:{free_udp_port()}"
-    local = LocalRTPProxy("127.0.0.1", control, 20000, 43998, workdir=workdir)
+    local = LocalRTPProxy("127.0.0.1", control, *RELAY_PORTS, workdir=workdir)
     local.start()
     pool = RTPProxyPool([(control, 1)])
     for _ in range(50):
@@ -345,6 +354,9 @@ def bench(stages, rates, seconds, streams, media_seconds, skip_calls, skip_media
                 data["call_setup"].append(call_setup(st, [int(r) for r in rates.split(",")], seconds, wd))
         if not skip_media:
             counts = [int(n) for n in streams.split(",")]
+            if max(counts) > MAX_MEDIA_STREAMS:
+                raise click.BadParameter(f"at most {MAX_MEDIA_STREAMS} streams fit the bench's port plan",
+                                         param_hint="--streams")
             for kind in ("legacy-relay", "rtpproxy"):
                 click.echo(f"media relay, {kind} ...", err=True)
                 data["media"].append(media_capacity(kind, counts, media_seconds, tmp))
