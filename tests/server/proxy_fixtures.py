@@ -72,6 +72,10 @@ class Wire:
         out, self.sent = self.sent, []
         return out
 
+    def take_request(self, method="INVITE"):
+        """Take everything sent; return the (first) request of ``method`` among it."""
+        return [m for m, _ in self.take() if getattr(m, "method", None) == method][0]
+
 
 def make_proxy(stage=1, nat=None):
     wire, events, media = Wire(), EventLog(), RelayAt()

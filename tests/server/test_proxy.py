@@ -73,7 +73,7 @@ def test_proxy_retransmits_a_lost_invite_until_the_callee_answers(setup):
 
     async def scenario():
         await proxy.on_request(invite(), ALICE, "udp")
-        first = [m for m, a in wire.take() if getattr(m, "method", None) == "INVITE"][0]
+        first = wire.take_request("INVITE")
         await asyncio.sleep(0.6)                        # T1 = 0.5 s
         again = [m for m, a in wire.take() if getattr(m, "method", None) == "INVITE"]
         assert len(again) == 1 and again[0].vias()[0].branch == first.vias()[0].branch
@@ -155,7 +155,7 @@ def test_stage2_force_rport_and_nat_fixed_sdp_reaches_the_backend():
     proxy, wire, events, media, reg = make_proxy(stage=2, nat=NATHelper(SERVER[0], []))
     register(reg, "1002", BOB, "192.168.2.20")
     run(proxy.on_request(invite(), ALICE, "udp"))
-    fwd = [m for m, a in wire.take() if getattr(m, "method", None) == "INVITE"][0]
+    fwd = wire.take_request("INVITE")
     client_via = fwd.vias()[1]
     assert client_via.received == ALICE[0] and client_via.rport == ALICE[1]
     assert media.calls[0][4] == ALICE[0]         # relay's initial target fixed to the NAT address
@@ -167,7 +167,7 @@ def test_stage0_relay_target_is_signalling_source():
     register(reg, "1002", BOB, "192.168.2.20")
     run(proxy.on_request(invite(), ALICE, "udp"))
     assert media.calls[0][4] == ALICE[0]
-    fwd = [m for m, a in wire.take() if getattr(m, "method", None) == "INVITE"][0]
+    fwd = wire.take_request("INVITE")
     assert fwd.vias()[1].received is None        # legacy never wrote received/rport
 
 
@@ -191,7 +191,7 @@ def test_busy_to_the_caller_is_retransmitted_until_acked(setup):
 
     async def scenario():
         await proxy.on_request(invite(), ALICE, "udp")
-        fwd = [m for m, a in wire.take() if getattr(m, "method", None) == "INVITE"][0]
+        fwd = wire.take_request("INVITE")
         await proxy.on_response(response_to(fwd, 486, "Busy Here"), BOB, "udp")
         wire.take()
         await asyncio.sleep(0.6)                       # T1
@@ -210,7 +210,7 @@ def test_cancel_waits_for_a_provisional_and_counts_as_487_meanwhile(setup):
     async def scenario():
         inv = invite()
         await proxy.on_request(inv, ALICE, "udp")
-        fwd = [m for m, a in wire.take() if getattr(m, "method", None) == "INVITE"][0]
+        fwd = wire.take_request("INVITE")
         await proxy.on_request(_cancel_for(inv), ALICE, "udp")
         assert sorted(_kinds(wire.take()), key=str) == [(200, ALICE), (487, ALICE)]
         assert events.names()[-1] == "call_cancelled"
@@ -228,11 +228,11 @@ def test_lost_cancel_is_retransmitted_until_answered(setup):
     async def scenario():
         inv = invite()
         await proxy.on_request(inv, ALICE, "udp")
-        fwd = [m for m, a in wire.take() if getattr(m, "method", None) == "INVITE"][0]
+        fwd = wire.take_request("INVITE")
         await proxy.on_response(response_to(fwd, 180, "Ringing"), BOB, "udp")
         wire.take()
         await proxy.on_request(_cancel_for(inv), ALICE, "udp")
-        [(cancel, _)] = [(m, a) for m, a in wire.take() if getattr(m, "method", None) == "CANCEL"]
+        cancel = wire.take_request("CANCEL")
         await asyncio.sleep(0.6)
         assert _kinds(wire.take()) == [("CANCEL", BOB)]   # Timer E
         ok = response_to(cancel, 200, "OK")
@@ -249,7 +249,7 @@ def test_after_2xx_invite_retransmissions_are_absorbed_and_2xx_retransmissions_r
     async def scenario():
         inv = invite()
         await proxy.on_request(inv, ALICE, "udp")
-        fwd = [m for m, a in wire.take() if getattr(m, "method", None) == "INVITE"][0]
+        fwd = wire.take_request("INVITE")
         ok = response_to(fwd, 200, "OK", body=SDP_B)
         await proxy.on_response(ok, BOB, "udp")
         assert _kinds(wire.take()) == [(200, ALICE)]
