@@ -36,6 +36,15 @@ ENV_HELP = """environment (original names and defaults):
   SIP_REALM, AUTH_INVITE, AUTH_ALGORITHMS, NONCE_TTL, MIN_EXPIRES, MAX_EXPIRES
   NAT_KEEPALIVE_INTERVAL, NAT_KEEPALIVE_METHOD (OPTIONS|CRLF), NAT_KEEPALIVE_FAILURES (stage 2)
   MML_HOST (127.0.0.1), MML_PORT (8888), MML_TOKEN       SIGNALLING (sipcore|sippy, stage 2)
+edge policy (see MIGRATION.md "Edge policy"):
+  CALLER_IDENTITY      1 = a From naming a local user must authenticate as that user (default:
+                       on in stages 1 and 2, off in stage 0; AUTH_INVITE=0 alone turns it off)
+  FOREIGN_CALLERS      challenge (default) | reject | allow: callers from other domains
+  OUTBOUND_ROUTE       sip:IP[:PORT][;transport=udp|tcp]: where requests to other domains go
+                       (authenticated local users only); unset = refused with 403
+  LOCAL_DOMAINS        extra domains served here besides SIP_REALM and the server address
+  RR_SECRET / RR_SECRET_FILE  route-token secret (default file rr_secret.key next to USERS_FILE,
+                       created at the first start; keep it so calls survive restarts)
 """
 
 

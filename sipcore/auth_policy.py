@@ -32,14 +32,16 @@ class SipAuthorizer:
         self.server_header = server_header
         self.clock = clock
 
-    def decide(self, request: SIPRequest, source: tuple[str, int], header: str) -> AuthDecision:
-        """``header`` is 'Authorization' (REGISTER, 401) or 'Proxy-Authorization' (INVITE, 407)."""
+    def decide(self, request: SIPRequest, source: tuple[str, int], header: str,
+               force: bool = False) -> AuthDecision:
+        """``header`` is 'Authorization' (REGISTER, 401) or 'Proxy-Authorization' (INVITE, 407).
+        Without ``force`` a request without credentials whose From is no local user passes."""
         status = 401 if header == "Authorization" else 407
         challenge_header = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
         now = self.clock()
         values = request.headers.get_raw(header)
         if not values:
-            if header == "Proxy-Authorization":
+            if header == "Proxy-Authorization" and not force:
                 # only requests from our own users are challenged (the original's local users)
                 try:
                     from_user = request.from_addr().uri.user

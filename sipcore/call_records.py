@@ -56,6 +56,8 @@ class CDREvents:
             "bye_time": fmt_ms(end) if state == "ENDED" else "", "call_type": _call_type(call.media_kinds),
             "codec": ", ".join(call.codecs), "user_agent": call.user_agent, "server_ip": self.server_ip,
             "server_port": self.server_port, "cseq": call.invite_cseq,
+            # who really authenticated the INVITE (sipcore.admission), whatever the From says
+            "extra_info": f"auth_user={call.auth_user}" if getattr(call, "auth_user", None) else "",
         }
 
     def call_started(self, call, request: SIPRequest) -> None:

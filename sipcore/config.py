@@ -29,6 +29,7 @@ DEFAULT_CONFIG_FILE = "config/config.json"
 DIGEST_ALGORITHMS = ("MD5", "SHA-256")
 MEDIA_BACKENDS = ("auto", "builtin", "rtpproxy")
 SIGNALLING_MODES = ("sipcore", "sippy")
+FOREIGN_CALLER_POLICIES = ("challenge", "reject", "allow")
 RTPPROXY_SPEC_KINDS = ("udp", "udp6", "tcp", "unix")
 TEST_NET_PROBE = ("192.0.2.1", 9)          # RFC 5737 TEST-NET-1; only used for a route lookup
 
@@ -99,6 +100,13 @@ class Config:
     mml_token: str | None
     signalling: str
     server_ip_auto: bool = False
+    # edge policy (sipcore.admission / sipcore.record_route)
+    caller_identity: bool | None = None      # None: the stage's default (StagePolicy)
+    foreign_callers: str = "challenge"
+    outbound_route: str | None = None
+    local_domains: tuple[str, ...] = ()
+    rr_secret: str | None = None
+    rr_secret_file: str = "data/rr_secret.key"
     config_file: str | None = None
 
     @classmethod
@@ -158,7 +166,28 @@ class Config:
         if token is not None and (len(token) < 8 or any(c.isspace() for c in token)):
             raise ConfigError("MML_TOKEN", "must be at least 8 characters without spaces")
 
-        for name in ("USERS_FILE", "CDR_DIR", "LOG_DIR", "BLACKLIST_FILE"):
+        identity_text = get("CALLER_IDENTITY", "").strip()
+        caller_identity = _bool("CALLER_IDENTITY", identity_text) if identity_text else None
+        foreign = get("FOREIGN_CALLERS", "challenge").strip().lower()
+        if foreign not in FOREIGN_CALLER_POLICIES:
+            raise ConfigError("FOREIGN_CALLERS", f"must be one of {', '.join(FOREIGN_CALLER_POLICIES)}, got {foreign!r}")
+        outbound = get("OUTBOUND_ROUTE", "").strip() or None
+        if outbound:
+            from sipcore.admission import parse_outbound_route
+            try:
+                parse_outbound_route(outbound)
+            except ValueError as exc:
+                raise ConfigError("OUTBOUND_ROUTE", f"{exc}; got {outbound!r}") from None
+        domains = tuple(d.strip().lower() for d in get("LOCAL_DOMAINS", "").split(",") if d.strip())
+        for d in domains:
+            _host("LOCAL_DOMAINS", d)
+        rr_secret = get("RR_SECRET", None)
+        if rr_secret is not None and len(rr_secret) < 16:
+            raise ConfigError("RR_SECRET", "must be at least 16 characters")
+        users_file = get("USERS_FILE", "data/users.json")
+        rr_secret_file = get("RR_SECRET_FILE", os.path.join(os.path.dirname(users_file) or ".", "rr_secret.key"))
+
+        for name in ("USERS_FILE", "CDR_DIR", "LOG_DIR", "BLACKLIST_FILE", "RR_SECRET_FILE"):
             if "\x00" in get(name, "x"):
                 raise ConfigError(name, "path contains a NUL character")
 
@@ -172,7 +201,7 @@ class Config:
             rtp_port_min=rtp_min, rtp_port_max=rtp_max,
             rtp_inactivity_timeout=_float("RTP_INACTIVITY_TIMEOUT", get("RTP_INACTIVITY_TIMEOUT", "60")),
             media_relay_backend=backend,
-            users_file=get("USERS_FILE", "data/users.json"), cdr_dir=get("CDR_DIR", "CDR"),
+            users_file=users_file, cdr_dir=get("CDR_DIR", "CDR"),
             log_dir=get("LOG_DIR", "logs"), log_level=level,
             blacklist_file=get("BLACKLIST_FILE", "config/ip_blacklist.txt"),
             realm=realm, auth_invite=_bool("AUTH_INVITE", get("AUTH_INVITE", "1")),
@@ -186,6 +215,8 @@ class Config:
             mml_host=mml_host, mml_port=_port("MML_PORT", get("MML_PORT", "8888")),
             mml_token=token, signalling=signalling, server_ip_auto=auto,
             config_file=path if file_values else None,
+            caller_identity=caller_identity, foreign_callers=foreign, outbound_route=outbound,
+            local_domains=domains, rr_secret=rr_secret, rr_secret_file=rr_secret_file,
         )
 
     def describe(self) -> dict:
@@ -198,6 +229,8 @@ class Config:
             out[FIELD_VARIABLES.get(f.name, f.name.upper())] = value
         if self.mml_token:
             out["MML_TOKEN"] = "***"
+        if self.rr_secret:
+            out["RR_SECRET"] = "***"
         return out
 
 

@@ -18,13 +18,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from sipcore.admission import Admission
 from sipcore.errors import MediaBackendError, SDPParseError, SIPParseError
 from sipcore.message import (Headers, SIPMessage, SIPRequest, SIPResponse, Via, build_response,
                              new_branch, new_tag)
+from sipcore.record_route import Flow, RouteTokens
 from sipcore.registrar import Binding, Registrar, aor_user
 from sipcore.sdp import SessionDescription
 from sipcore.stage_policy import StagePolicy
@@ -93,6 +96,8 @@ class ServerTx:
     best: SIPResponse | None = None
     call: "Call | None" = None
     server: RunningTransaction | None = None    # None for ACK (no transaction of its own)
+    auth_user: str | None = None   # who authenticated the request (sipcore.admission)
+    outbound: Flow | None = None   # the operator's OUTBOUND_ROUTE for a foreign destination
 
 
 @dataclass
@@ -123,6 +128,7 @@ class Call:
     last_answer_out: bytes | None = None
     cancel_requested: bool = False
     route_caller: list[str] = field(default_factory=list)   # Record-Route seen by the callee side
+    auth_user: str | None = None   # who authenticated the INVITE (CDR), None: nobody
 
     def leg_of(self, from_tag: str | None) -> str:
         return "caller" if from_tag == self.caller_tag else "callee"
@@ -140,7 +146,8 @@ class Proxy:
     def __init__(self, *, host: str, port: int, policy: StagePolicy, registrar: Registrar,
                  media, events: CallEvents, send: SendFn, authorizer: Authorizer | None = None,
                  user_exists: Callable[[str], bool] = lambda u: False,
-                 server_header: str = "ims-migrate", clock: Callable[[], float] = time.monotonic):
+                 server_header: str = "ims-migrate", clock: Callable[[], float] = time.monotonic,
+                 admission: Admission | None = None):
         self.host = host
         self.port = port
         self.policy = policy
@@ -148,10 +155,13 @@ class Proxy:
         self.media = media
         self.events = events
         self.send = send
-        self.authorizer = authorizer
         self.user_exists = user_exists
         self.server_header = server_header
         self.clock = clock
+        self.admission = admission or Admission(
+            tokens=RouteTokens(os.urandom(32), host, port), local_domains=(host, "sip.local"),
+            realm="sip.local", user_exists=user_exists, authorizer=authorizer,
+            auth_invite=authorizer is not None, server_header=server_header)
         self.wall = time.time
         self.server_txs: dict[tuple[str, str], ServerTx] = {}
         self.branches: dict[str, tuple[ServerTx, Branch]] = {}
@@ -162,15 +172,18 @@ class Proxy:
     # ==========================================================================================
     # helpers
     # ==========================================================================================
-    def our_uri(self) -> str:
-        return f"sip:{self.host}:{self.port};lr"
-
     def is_us(self, uri: SipURI) -> bool:
         return uri.host == self.host and (uri.port or 5060) == self.port
 
     def _branch_for(self, incoming: str, call_id: str, seq: int, index: int) -> str:
         h = hashlib.sha1(f"{incoming}|{call_id}|{seq}|{index}".encode()).hexdigest()[:20]
         return "z9hG4bK" + h
+
+    def _record_route(self, tx: ServerTx) -> str:
+        """Our Record-Route with the route token (sipcore.record_route) naming the caller's flow."""
+        req = tx.request
+        return self.admission.tokens.record_route(req.call_id or "", req.from_tag or "",
+                                                  Flow(tx.source[0], tx.source[1], tx.transport))
 
     def _via(self, branch: str, transport: str) -> str:
         return f"SIP/2.0/{transport.upper()} {self.host}:{self.port};branch={branch};rport"
@@ -282,11 +295,13 @@ class Proxy:
         if method == "REGISTER":
             await self.on_register(tx)
             return
-        if self.authorizer is not None and method in ("INVITE", "MESSAGE") and req.to_tag is None:
-            denial = self.authorizer.check(req, source, "Proxy-Authorization")
-            if denial is not None:
-                self.reply(tx, denial)
+        if req.to_tag is None and method != "ACK":
+            decision = self.admission.initial(req, source)    # destination + caller identity
+            if decision.response is not None:
+                self.reply(tx, decision.response)
                 return
+            tx.auth_user, tx.outbound = decision.auth_user, decision.outbound
+        self.admission.strip_credentials(req)
         if req.to_tag is not None or method == "ACK":
             await self._in_dialog(tx)
         elif method == "OPTIONS" and (req.uri.user is None or self.is_us(req.uri)
@@ -388,6 +403,10 @@ class Proxy:
         user = req.uri.user
         now = self.wall()
         bindings = self.registrar.lookup(user, now) if user else []
+        if tx.outbound is not None:
+            bindings = [Binding(aor="", contact=str(req.uri), original_contact=str(req.uri),
+                                source=tx.outbound.address, transport=tx.outbound.transport,
+                                expires_at=float("inf"), call_id="", cseq=0)]
         # never route back to the sender's own binding (original behaviour) unless it is the only one
         if len(bindings) > 1:
             bindings = [b for b in bindings if b.source != tx.source] or bindings
@@ -432,7 +451,7 @@ class Proxy:
             fwd.uri = uri
             fwd.headers.remove("Route")
             if req.method in ("INVITE", "SUBSCRIBE", "REFER", "MESSAGE"):
-                fwd.headers.add("Record-Route", f"<{self.our_uri()}>", top=True)
+                fwd.headers.add("Record-Route", self._record_route(tx), top=True)
             branch = self._branch_for(tx.key[0], req.call_id or "", req.cseq[0], index)
             fwd.headers.add("Via", self._via(branch, binding.transport), top=True)
             b = Branch(branch, fwd, dest, binding.transport, binding, started=self.clock())
@@ -452,6 +471,7 @@ class Proxy:
         old = self.calls.get(call.call_id)
         if old is not None and old.state != "ended":
             return old
+        call.auth_user = tx.auth_user
         self.calls[call.call_id] = call
         tx.call = call
         self.stats["calls"] += 1
@@ -502,19 +522,17 @@ class Proxy:
     async def _in_dialog(self, tx: ServerTx) -> None:
         req = tx.request
         call = self.calls.get(req.call_id or "")
-        # pop our own Route entries (loose routing)
-        routes = req.headers.get_all("Route")
-        while routes:
-            try:
-                r = NameAddr.parse(routes[0])
-            except SIPParseError:
-                break
-            if r.uri is not None and r.uri.is_sip and self.is_us(r.uri):
-                req.headers.remove_first("Route")
-                routes = routes[1:]
-            else:
-                break
-        dest, transport = self._in_dialog_target(req, call, tx.source)
+        parties = (call.caller_flow, call.callee_flow) if call is not None and call.state != "ended" else ()
+        check = self.admission.in_dialog(req, tx.source, parties)     # loose_route + route token
+        if check.status is not None:
+            if req.method != "ACK":
+                self._respond(tx, check.status, check.reason)
+            return
+        if call is None and check.route is not None:
+            flow = check.route.target_for(req.from_tag)       # no state (restart): the token says
+            dest, transport = (flow.address, flow.transport) if flow else (None, "udp")
+        else:
+            dest, transport = self._in_dialog_target(req, call, tx.source)
         if dest is None:
             if req.method != "ACK":
                 self._respond(tx, 481 if call is None else 408)
@@ -538,7 +556,7 @@ class Proxy:
             self.policy.on_request(req, tx.source)
         fwd = req.copy()
         if req.method == "INVITE":
-            fwd.headers.add("Record-Route", f"<{self.our_uri()}>", top=True)
+            fwd.headers.add("Record-Route", self._record_route(tx), top=True)
         branch = self._branch_for(tx.key[0], req.call_id or "", req.cseq[0],
                                   100 if req.method == "ACK" else 0)
         fwd.headers.add("Via", self._via(branch, transport), top=True)
@@ -561,25 +579,12 @@ class Proxy:
                     return call.callee_flow, call.callee_transport
             else:
                 return call.caller_flow, call.caller_transport
-        # unknown dialog: a remaining Route, else the R-URI (with ;alias when present)
-        routes = req.headers.get_all("Route")
+        # a dialog admitted by its route token but not in memory: only a registered contact
         target = req.uri
-        if routes:
-            try:
-                target = NameAddr.parse(routes[0]).uri or target
-            except SIPParseError:
-                pass
-        alias = target.params.get("alias")
-        if alias:
-            parts = alias.split("~")
-            if len(parts) >= 2 and parts[1].isdigit():
-                return (parts[0], int(parts[1])), "udp"
         if target.is_sip and not self.is_us(target):
-            # a registered user's R-URI resolves through its binding flow
             for b in self.registrar.all_bindings(self.wall()):
                 if b.contact == str(target) or b.original_contact == str(target):
                     return b.source, b.transport
-            return (target.host, target.port or 5060), target.params.get("transport", "udp")
         return None, "udp"
 
     async def _delete_media(self, call: Call) -> None:
@@ -629,6 +634,11 @@ class Proxy:
         if b.client is not None and not b.client.response(resp):
             return     # absorbed by the client transaction (retransmitted final: re-ACKed there)
         resp.headers.remove_first("Via")
+        if tx.request.to_tag is None and 100 < resp.status < 300 and resp.to_tag:
+            # the caller's copy of our Record-Route also names the callee's flow (restart-safe)
+            self.admission.tokens.rewrite_response(
+                resp, resp.call_id or "", tx.request.from_tag or "",
+                Flow(tx.source[0], tx.source[1], tx.transport), Flow(source[0], source[1], b.transport))
         if resp.status < 200:
             b.provisional = True
             if b.cancelled:

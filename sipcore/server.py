@@ -9,6 +9,7 @@ import asyncio
 import logging
 import time
 
+from sipcore.admission import Admission, parse_outbound_route
 from sipcore.auth_policy import SipAuthorizer
 from sipcore.call_records import CDREvents
 from sipcore.digest import DigestAuthenticator
@@ -17,6 +18,7 @@ from sipcore.message import SIPRequest, SIPResponse, build_response
 from sipcore.nat_helper import init_nat_helper
 from sipcore.nat_keepalive import NATKeepalive
 from sipcore.proxy import Proxy, ServerTx
+from sipcore.record_route import RouteTokens, load_secret
 from sipcore.registrar import Registrar
 from sipcore.security import Blacklist, FailureLimiter
 from sipcore.stage_policy import STAGE_NAMES, StagePolicy
@@ -25,6 +27,19 @@ from sipcore.transport import SIPTransport
 log = logging.getLogger(__name__)
 
 SERVER_HEADER = "ims-migrate/{stage}"
+
+
+def build_admission(config, policy: StagePolicy, authorizer, user_exists, server_header: str) -> Admission:
+    """The edge policy from the configuration (route secret loaded or created here, at start)."""
+    secret = load_secret(config.rr_secret, config.rr_secret_file)
+    domains = {config.realm, config.advertised_host, config.server_ip, *config.local_domains}
+    if config.bind_ip not in ("0.0.0.0", "::"):
+        domains.add(config.bind_ip)
+    return Admission(tokens=RouteTokens(secret, config.advertised_host, config.advertised_port),
+                     local_domains=domains, realm=config.realm, user_exists=user_exists,
+                     authorizer=authorizer, auth_invite=config.auth_invite,
+                     identity=policy.caller_identity, foreign=config.foreign_callers,
+                     outbound=parse_outbound_route(config.outbound_route), server_header=server_header)
 
 
 class SIPServer:
@@ -39,7 +54,10 @@ class SIPServer:
         nat = None
         if stage >= 2:
             nat = init_nat_helper(server_ip=config.advertised_host, local_networks=config.local_networks)
-        self.policy = StagePolicy(stage, nat)
+        # CALLER_IDENTITY overrides the stage's default; AUTH_INVITE=0 alone turns the rule off
+        identity = config.caller_identity if config.caller_identity is not None else \
+            (None if config.auth_invite else False)
+        self.policy = StagePolicy(stage, nat, identity_override=identity)
         self.registrar = Registrar(min_expires=config.min_expires, max_expires=config.max_expires,
                                    default_expires=config.default_expires,
                                    contact_policy=self.policy.register_contact)
@@ -53,10 +71,11 @@ class SIPServer:
         self.events = CDREvents(cdr, server_ip=config.advertised_host, server_port=config.advertised_port)
         self.transport = SIPTransport(self._on_message, max_size=65535,
                                       bad_request_host=config.advertised_host)
+        self.admission = build_admission(config, self.policy, self.authorizer, self._user_exists,
+                                         self.server_header)
         self.proxy = Proxy(host=config.advertised_host, port=config.advertised_port, policy=self.policy,
                            registrar=self.registrar, media=media, events=self.events,
-                           send=self.transport.send,
-                           authorizer=self.authorizer if config.auth_invite else None,
+                           send=self.transport.send, admission=self.admission,
                            user_exists=self._user_exists, server_header=self.server_header)
         self.proxy.on_register = self._on_register   # type: ignore[method-assign]
         self.keepalive = None

@@ -7,6 +7,11 @@ stage 1 (refactored)  REGISTER Contact rewritten to the source (as stage 0); SDP
 stage 2 (sippy)       NAT helper: nat_uac_test detection, fix_contact keeping URI params,
                       fix_nated_sdp (c=, o=, a=rtcp), force_rport (received/rport written into the
                       top Via) and NAT keepalive for NATed bindings.
+
+Edge policy per stage (sipcore.admission): the caller-identity rule (a request whose From names a
+local user must authenticate as that user) is on by default in stages 1 and 2 and off in stage 0,
+which by default answers as the original; ``CALLER_IDENTITY=1|0`` overrides it in any stage. The
+open-relay protection (route tokens, local destinations only) applies to every stage.
 """
 from __future__ import annotations
 
@@ -18,12 +23,20 @@ from sipcore.sdp import SessionDescription
 from sipcore.uri import NameAddr
 
 STAGE_NAMES = {0: "legacy", 1: "refactored", 2: "sippy"}
+CALLER_IDENTITY_DEFAULT = {0: False, 1: True, 2: True}
 
 
 @dataclass
 class StagePolicy:
     stage: int
     nat: NATHelper | None = None
+    identity_override: bool | None = None     # CALLER_IDENTITY; None: the stage's default
+
+    @property
+    def caller_identity(self) -> bool:
+        if self.identity_override is not None:
+            return self.identity_override
+        return CALLER_IDENTITY_DEFAULT[self.stage]
 
     @property
     def name(self) -> str:

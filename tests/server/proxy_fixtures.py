@@ -115,9 +115,12 @@ def response_to(forwarded, status, reason, to_tag="ttag", body="", contact="<sip
 
 
 def in_dialog(method, branch, from_tag="ftag", to_tag="ttag", cseq=2, call_id="call1",
-              from_user="1001", to_user="1002"):
+              from_user="1001", to_user="1002", route=f"<sip:{SERVER[0]}:{SERVER[1]};lr>", body=""):
+    """An in-dialog request; ``route`` is its Route value (None: no Route header)."""
+    route_line = f"Route: {route}\r\n" if route else ""
+    ctype = "Content-Type: application/sdp\r\n" if body else ""
     return parse_message((
         f"{method} sip:{to_user}@192.168.2.20:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.168.1.10:5060;branch={branch};rport\r\n"
-        f"Max-Forwards: 70\r\nRoute: <sip:{SERVER[0]}:{SERVER[1]};lr>\r\n"
+        f"Max-Forwards: 70\r\n{route_line}"
         f"From: <sip:{from_user}@sip.local>;tag={from_tag}\r\nTo: <sip:{to_user}@sip.local>;tag={to_tag}\r\n"
-        f"Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n").encode())
+        f"Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n{ctype}Content-Length: {len(body)}\r\n\r\n{body}").encode())

@@ -37,7 +37,8 @@ def test_invite_is_relayed_to_the_binding_flow_with_via_rr_and_relay_sdp(setup):
     assert addr == BOB
     assert str(msg.uri) == "sip:1002@203.0.113.20:41000"       # stage 1: Contact rewritten to source
     assert msg.vias()[0].host == SERVER[0] and msg.vias()[0].branch.startswith("z9hG4bK")
-    assert msg.headers.get("Record-Route") == f"<sip:{SERVER[0]}:{SERVER[1]};lr>"
+    rr = msg.headers.get("Record-Route")
+    assert rr.startswith(f"<sip:{SERVER[0]}:{SERVER[1]};lr;rt=")    # with the route token
     assert msg.headers.get("Max-Forwards") == "69"
     assert SessionDescription.parse(msg.body).media[0].port == 30000
     assert media.calls[0][:4] == ("offer", "call1", "ftag", None)
@@ -59,9 +60,10 @@ def test_full_call_with_answer_and_bye(setup):
     run(proxy.on_request(in_dialog("ACK", "z9hG4bKack", cseq=1), ALICE, "udp"))
     [(ack, addr)] = wire.take()
     assert ack.method == "ACK" and addr == BOB and not ack.headers.get("Route")
-    run(proxy.on_request(in_dialog("BYE", "z9hG4bKbye"), ALICE, "udp"))
+    # the BYE carries the route set the caller learnt from the 200 (our token included)
+    run(proxy.on_request(in_dialog("BYE", "z9hG4bKbye", route=ok.headers.get("Record-Route")), ALICE, "udp"))
     [(bye, addr)] = wire.take()
-    assert bye.method == "BYE" and addr == BOB
+    assert bye.method == "BYE" and addr == BOB and not bye.headers.get("Route")
     assert ("delete", "call1") in media.calls
     assert events.names() == ["call_started", "call_ringing", "call_answered", "call_ended"]
 
