@@ -5,6 +5,9 @@
 #     docker.io + debootstrap (Docker lab backend), python3-venv
 #   - the project virtualenv in .venv with the project installed editable (+ test, sippy extras)
 #   - a Docker engine (dockerd) when none answers (skip with IMS_SKIP_DOCKER=1)
+#   - the MML management token config/mml.token (random, mode 0600, owner root; kept if present)
+#   - pm2 (npm) into .venv/pm2, only for the test that runs ecosystem.config.js under a real pm2
+#     (skip with IMS_SKIP_PM2=1); production installs pm2 their own way
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -38,6 +41,21 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/pip install -q -e ".[test,sippy]"
   echo "$WANT" > "$STAMP"
+fi
+
+# the MML token the server and ims-mml read by default (never committed: .gitignore)
+.venv/bin/ims-mml --create-token-file config/mml.token >/dev/null
+
+PM2_VERSION=7.0.4
+if [ "${IMS_SKIP_PM2:-0}" != 1 ] && [ ! -x .venv/pm2/node_modules/.bin/pm2 ]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "[setup] installing nodejs + npm (for the pm2 test)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  fi
+  echo "[setup] installing pm2 $PM2_VERSION into .venv/pm2 (test of ecosystem.config.js)"
+  npm install --silent --no-audit --no-fund --prefix .venv/pm2 "pm2@$PM2_VERSION" >/dev/null
 fi
 
 # kernel modules used by the NAT labs (SIP ALG profile); harmless when built in or absent

@@ -32,10 +32,15 @@ ENV_HELP = """environment (original names and defaults):
   RTPPROXY_NODES       several relays: spec=weight,spec=weight
   RTPPROXY_AUTO_START  1 = start ims-rtpproxy when nothing answers (default 1)
   RTP_PORT_MIN/RTP_PORT_MAX  media ports, default 20000-29999
+  UDP_BIND_IP          address SIP listens on; default SERVER_IP when it is an address of
+                       this host, else 0.0.0.0
   USERS_FILE, CDR_DIR, LOG_DIR, LOG_LEVEL, BLACKLIST_FILE, CONFIG_FILE
+                       (a missing USERS_FILE is created empty: no users, no default passwords)
   SIP_REALM, AUTH_INVITE, AUTH_ALGORITHMS, NONCE_TTL, MIN_EXPIRES, MAX_EXPIRES
   NAT_KEEPALIVE_INTERVAL, NAT_KEEPALIVE_METHOD (OPTIONS|CRLF), NAT_KEEPALIVE_FAILURES (stage 2)
-  MML_HOST (127.0.0.1), MML_PORT (8888), MML_TOKEN       SIGNALLING (sipcore|sippy, stage 2)
+  MML_HOST (127.0.0.1), MML_PORT (8888), MML_TOKEN, or MML_TOKEN_FILE (default config/mml.token,
+                       read when it exists; scripts/setup.sh creates it, mode 0600)
+  SIGNALLING           sipcore|sippy (stage 2)
 edge policy (see MIGRATION.md "Edge policy"):
   CALLER_IDENTITY      1 = a From naming a local user must authenticate as that user (default:
                        on in stages 1 and 2, off in stage 0; AUTH_INVITE=0 alone turns it off)
@@ -54,7 +59,9 @@ def parse_args(stage: int, argv: list[str]) -> argparse.Namespace:
         description=f"ims-migrate SIP server, {STAGE_DOC[stage]}.",
         epilog=ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check-config", action="store_true",
-                        help="validate the configuration and the media backend, then exit")
+                        help="check what a start needs, then exit (1 if something fails): configuration, users "
+                             "file, CDR/log directories, SIP and MML ports, MML token, media relay (answers or "
+                             "can be auto-started)")
     return parser.parse_args(argv)
 
 
@@ -129,8 +136,15 @@ def main(stage: int, argv: list[str] | None = None) -> int:
         return 2
     setup_logging(config.log_level, config.log_dir)
     if args.check_config:
-        print(f"configuration ok for {STAGE_DOC[stage]}")
-        return 0
+        from sipcore.preflight import run_checks
+        checks = asyncio.run(run_checks(stage, config))
+        for check in checks:
+            print(check.line())
+        if all(c.ok for c in checks):
+            print(f"configuration ok for {STAGE_DOC[stage]}")
+            return 0
+        print(f"configuration NOT ok for {STAGE_DOC[stage]}: fix the FAIL lines above", file=sys.stderr)
+        return 1
     try:
         return asyncio.run(serve(stage, config))
     except KeyboardInterrupt:

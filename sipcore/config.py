@@ -1,6 +1,7 @@
 """Server configuration from the original environment variable names, plus an optional JSON file.
 
-Precedence: environment variable (non-empty) > config file (``CONFIG_FILE``, default
+Precedence: environment variable (non-empty) > ``ims.env`` in the working directory (or
+``IMS_ENV_FILE``) > config file (``CONFIG_FILE``, default
 ``config/config.json``, the original's keys such as ``SERVER_ADDR``, ``SERVER_PUBLIC_PORT``,
 ``LOG_LEVEL``; env-style names are accepted there too) > default. Every value is validated at
 start; an invalid one raises ``ConfigError(key, message)`` naming the variable.
@@ -19,7 +20,9 @@ import socket
 from dataclasses import dataclass, fields
 from typing import Callable, Mapping
 
+from sipcore.envfile import read_env_file
 from sipcore.errors import ConfigError
+from sipcore.mml.token_file import DEFAULT_TOKEN_FILE, read_token, valid_token
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,23 @@ def detect_local_ip(probe: tuple[str, int] = TEST_NET_PROBE) -> str:
         return "127.0.0.1"
     finally:
         s.close()
+
+
+def is_host_address(ip: str) -> bool:
+    """True when ``ip`` is an address of this host (a socket can bind it); nothing is sent."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if addr.is_unspecified:
+        return False
+    family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.bind((ip, 0))
+        return True
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -111,8 +131,16 @@ class Config:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, config_file: str | None = None, *,
-                 detect_ip: Callable[[], str] = detect_local_ip) -> "Config":
+                 detect_ip: Callable[[], str] = detect_local_ip,
+                 is_local: Callable[[str], bool] | None = None) -> "Config":
         env = dict(os.environ if environ is None else environ)
+        is_local = is_local or is_host_address
+        # ims.env (the installation's KEY=VALUE file, also read by the pm2 file and ims-mml) sits
+        # between the environment and the config file, so `run.py --check-config` run by hand in
+        # the installation directory sees the settings pm2/systemd give the server.
+        for key, value in read_env_file(env.get("IMS_ENV_FILE") or None).items():
+            if not env.get(key):
+                env[key] = value
         path = config_file or env.get("CONFIG_FILE") or DEFAULT_CONFIG_FILE
         file_values = _read_config_file(path, explicit=bool(config_file or env.get("CONFIG_FILE")))
         get = _Getter(env, file_values)
@@ -125,7 +153,11 @@ class Config:
         public_host = get("SERVER_PUBLIC_HOST", server_ip).strip()
         _host("SERVER_PUBLIC_HOST", public_host)
         public_port = _port("SERVER_PUBLIC_PORT", get("SERVER_PUBLIC_PORT", str(port)))
-        bind_ip = get("UDP_BIND_IP", "0.0.0.0").strip()
+        # SIP (and the stage-0 relay) listen on SERVER_IP when it is one of this host's addresses,
+        # so replies leave from the address the UAs know; 0.0.0.0 for AUTO_DETECT or a NATed/public
+        # SERVER_IP the host does not own. UDP_BIND_IP overrides both.
+        default_bind = server_ip if not auto and is_local(server_ip) else "0.0.0.0"
+        bind_ip = get("UDP_BIND_IP", default_bind).strip()
         _ip("UDP_BIND_IP", bind_ip)
 
         rtp_min = _int("RTP_PORT_MIN", get("RTP_PORT_MIN", "20000"), 1024, 65534)
@@ -163,8 +195,11 @@ class Config:
         mml_host = get("MML_HOST", "127.0.0.1").strip()
         _host("MML_HOST", mml_host)
         token = get("MML_TOKEN", None)
-        if token is not None and (len(token) < 8 or any(c.isspace() for c in token)):
+        if token is not None and not valid_token(token):
             raise ConfigError("MML_TOKEN", "must be at least 8 characters without spaces")
+        token_file = get("MML_TOKEN_FILE", None)
+        if token is None and (token_file or os.path.exists(DEFAULT_TOKEN_FILE)):
+            token = read_token(token_file or DEFAULT_TOKEN_FILE)
 
         identity_text = get("CALLER_IDENTITY", "").strip()
         caller_identity = _bool("CALLER_IDENTITY", identity_text) if identity_text else None

@@ -4,7 +4,9 @@ Format: ``YYYY-MM-DD HH:MM:SS.mmm [LEVEL   ] [module:func:line] message`` where 
 logger name (``logging.getLogger(__name__)``, e.g. ``sipcore.proxy``) - the original printed its
 own wrapper (``[logger.py:info:237]``) on every line. The file is
 ``<log_dir>/<YYYY-MM-DD>/ims-sip-server.log`` (the original's layout) and follows the date.
-The level applies to both handlers and can be changed at run time with ``set_level``.
+The level applies to every handler and can be changed at run time with ``set_level``.
+On the console, records below WARNING go to stdout and WARNING and above to stderr, so pm2's
+out log holds the INFO trail and its error log only what needs attention.
 """
 from __future__ import annotations
 
@@ -77,6 +79,20 @@ class DatedFileHandler(logging.Handler):
 _state_lock = threading.Lock()
 
 
+class _BelowWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING
+
+
+def console_handlers() -> list[logging.Handler]:
+    """stdout for DEBUG/INFO, stderr for WARNING and above."""
+    out = logging.StreamHandler(sys.stdout)
+    out.addFilter(_BelowWarning())
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.WARNING)
+    return [out, err]
+
+
 def normalise_level(level: str) -> str:
     if not isinstance(level, str):
         raise ConfigError("LOG_LEVEL", f"must be one of {', '.join(LEVELS)}")
@@ -104,7 +120,7 @@ def setup_logging(level: str = "INFO", log_dir: str | None = "logs", *, console:
         fmt = logging.Formatter(FORMAT, DATEFMT)
         installed: list[logging.Handler] = []
         if console:
-            installed.append(logging.StreamHandler(sys.stderr))
+            installed.extend(console_handlers())
         if log_dir:
             installed.append(DatedFileHandler(log_dir, clock))
         for handler in installed:

@@ -8,7 +8,8 @@ carry ``ha1`` (MD5 of ``user:realm:password``) and/or ``ha1_sha256`` instead of 
 Only ACTIVE users authenticate. The file is re-read when it changes on disk (inode, size or
 mtime), changes are written atomically (temp file + fsync + rename) under an advisory lock
 (``<file>.lock``) so two processes editing it do not lose each other's changes. If the file is
-missing, users 1001 and 1002 (password 1234) are created as the original did, with a warning.
+missing it is created empty (mode 0600), with a warning saying how to add a user: unlike the
+original, a first start never creates users with a well-known password.
 """
 from __future__ import annotations
 
@@ -45,13 +46,6 @@ def _now() -> str:
     return datetime.now().isoformat(timespec="seconds")
 
 
-def _default_users() -> dict[str, dict]:
-    now = _now()
-    return {u: {"username": u, "password": "1234", "display_name": f"User {u}", "phone": "",
-                "email": "", "status": "ACTIVE", "service_type": "BASIC", "create_time": now,
-                "update_time": now} for u in ("1001", "1002")}
-
-
 def validate_username(username: str) -> str:
     if not isinstance(username, str) or not _USERNAME_RE.match(username):
         raise UserError(f"invalid username {username!r} (1-64 characters, no spaces, '@', ':' or ';')")
@@ -86,11 +80,13 @@ class UserStore:
         if not os.path.exists(path):
             if not create_defaults:
                 raise ConfigError("USERS_FILE", f"{path} does not exist")
-            log.warning("%s missing: creating default users 1001 and 1002 with password 1234 - "
-                        "change or remove them", path)
+            # no well-known passwords: start with nobody, and say how to add someone
+            log.warning("%s missing: created it empty (no users, every REGISTER is refused); add one with "
+                        "`.venv/bin/ims-mml \"ADD USER USERNAME=1001 PASSWORD=<secret>\"` or edit the file",
+                        path)
             with self._file_lock():
                 if not os.path.exists(path):
-                    self._users = _default_users()
+                    self._users = {}
                     self._save()
         if not self._load():
             raise ConfigError("USERS_FILE", f"cannot use {path}: see the error above")

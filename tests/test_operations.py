@@ -14,7 +14,7 @@ import time
 import pytest
 
 from harness.cli import cli
-from tests.stack import PYTHON, ROOT, ServerProcess
+from tests.stack import PYTHON, ROOT, Ports, ServerProcess
 
 MIGRATION = open(os.path.join(ROOT, "MIGRATION.md"), encoding="utf-8").read()
 COMMANDS = [line.strip() for block in re.findall(r"```sh\n(.*?)```", MIGRATION, re.S)
@@ -31,12 +31,13 @@ def test_pm2_file_names_existing_files_and_read_variables():
     assert 'name: "ims-server"' in text and 'path.join(root, "run.py")' in text
     assert os.path.exists(os.path.join(ROOT, "run.py"))
     assert "ims-rtpproxy" in text and shutil.which("ims-rtpproxy", path=os.path.dirname(PYTHON))
-    env_block = re.search(r"env: \{(.*?)\}", text, re.S).group(1)
+    env_block = re.search(r"const DEFAULTS = \{(.*?)\};", text, re.S).group(1)
     names = re.findall(r"^\s*([A-Z_]+):", env_block, re.M)
     assert len(names) > 8
-    src = config_source()
+    src = config_source() + open(os.path.join(ROOT, "sipcore", "mml", "token_file.py")).read()
     for name in names:
-        assert f'"{name}"' in src, f"{name} in ecosystem.config.js is not read by sipcore/config.py"
+        used_here = f"env.{name}" in text      # e.g. RTPPROXY_LISTEN: the ims-rtpproxy app's -l
+        assert used_here or f'"{name}"' in src, f"{name} in ecosystem.config.js is read by nobody"
 
 
 def test_migration_harness_commands_parse():
@@ -53,9 +54,10 @@ def test_migration_mml_commands_run_against_stage2(tmp_path):
     mml_lines = [c for c in COMMANDS if c.startswith(".venv/bin/ims-mml")]
     assert len(mml_lines) >= 4
     with ServerProcess(2, str(tmp_path)) as srv:
+        env = dict(os.environ, MML_TOKEN=srv.token, MML_PORT=str(srv.ports.mml))
         for line in mml_lines:
-            args = shlex.split(line.replace('"$MML_TOKEN"', srv.token))[1:]
-            out = subprocess.run([PYTHON, "-m", "sipcore.mml.cli", "--url", f"http://127.0.0.1:{srv.ports.mml}", *args],
+            args = shlex.split(line)[1:]
+            out = subprocess.run([PYTHON, "-m", "sipcore.mml.cli", *args], cwd=tmp_path, env=env,
                                  capture_output=True, text=True, timeout=30)
             assert out.returncode == 0, (line, out.stdout, out.stderr)
         assert "sippy" in srv.mml("DSP SYSINFO")["output"]
@@ -64,7 +66,10 @@ def test_migration_mml_commands_run_against_stage2(tmp_path):
 def test_migration_cutover_and_rollback_copies(tmp_path):
     for name in ("run.py", "run_refactored.py", "run_sippy.py"):
         shutil.copy(os.path.join(ROOT, name), tmp_path / name)
-    env = dict(os.environ, SERVER_IP="127.0.0.1", CONFIG_FILE="/nonexistent")
+    ports = Ports()
+    env = dict(os.environ, SERVER_IP="127.0.0.1", CONFIG_FILE="/nonexistent", SERVER_PORT=str(ports.sip),
+               MML_PORT=str(ports.mml), RTPPROXY_UDP_PORT=str(ports.rtpproxy), RTP_PORT_MIN=str(ports.relay_min),
+               RTP_PORT_MAX=str(ports.relay_max))
 
     def stage():
         out = subprocess.run([PYTHON, "run.py", "--check-config"], cwd=tmp_path, capture_output=True, text=True,

@@ -5,7 +5,13 @@
 Without a command it reads commands from a prompt (or from standard input when it is not a
 terminal), one per line; ``QUIT`` or end of input stops. Exit status: 0 when every command
 returned retcode 0, 1 when one did not, 2 for a login/usage problem, 3 when the API cannot be
-reached. The token may also come from ``MML_TOKEN``, the password from ``MML_PASSWORD``.
+reached. The password may also come from ``MML_PASSWORD``.
+
+Defaults, so that on the server host ``ims-mml "DSP REG"`` just works: the token is ``MML_TOKEN``,
+else the file ``MML_TOKEN_FILE``, else ``config/mml.token`` (the root-only file scripts/setup.sh
+creates); the address is ``MML_HOST``/``MML_PORT``. Each variable is taken from the environment,
+else from ``ims.env`` in the current directory (the file the pm2 process file reads), else the
+server's default. ``--create-token-file PATH`` writes a new random token file (mode 0600).
 """
 from __future__ import annotations
 
@@ -103,12 +109,44 @@ def _interactive(client: Client, raw: bool) -> int:
     return rc
 
 
+def _setting(name: str, env_file: dict[str, str], default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    if value:
+        return value
+    return env_file.get(name) or default
+
+
+def default_token(env_file: dict[str, str]) -> str | None:
+    """MML_TOKEN, else the token file (MML_TOKEN_FILE or config/mml.token) when it exists."""
+    from sipcore.mml.token_file import DEFAULT_TOKEN_FILE, read_token
+    token = _setting("MML_TOKEN", env_file)
+    if token:
+        return token
+    path = _setting("MML_TOKEN_FILE", env_file)
+    if path or os.path.exists(DEFAULT_TOKEN_FILE):
+        return read_token(path or DEFAULT_TOKEN_FILE)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    from sipcore.envfile import read_env_file
+    from sipcore.errors import ConfigError
+    try:
+        env_file = read_env_file()
+    except ConfigError as exc:
+        print(f"error: {exc.key}: {exc.message}", file=sys.stderr)
+        return 2
+    host = _setting("MML_HOST", env_file, "127.0.0.1")
+    port = _setting("MML_PORT", env_file, "8888")
     ap = argparse.ArgumentParser(prog="ims-mml", description="MML client for the ims-migrate server")
-    ap.add_argument("--url", default=os.environ.get("MML_URL")
-                    or f"http://127.0.0.1:{os.environ.get('MML_PORT', '8888')}",
-                    help="API address (default http://127.0.0.1:$MML_PORT or 8888)")
-    ap.add_argument("--token", default=os.environ.get("MML_TOKEN"), help="bearer token (MML_TOKEN)")
+    ap.add_argument("--url", default=os.environ.get("MML_URL") or f"http://{host}:{port}",
+                    help="API address (default http://$MML_HOST:$MML_PORT, from the environment or "
+                         "./ims.env, else 127.0.0.1:8888)")
+    ap.add_argument("--token", help="bearer token (default MML_TOKEN, else the file MML_TOKEN_FILE "
+                                    "or config/mml.token)")
+    ap.add_argument("--create-token-file", metavar="PATH",
+                    help="create PATH with a random token, mode 0600, unless it exists; then exit")
+    ap.add_argument("--owner", help="with --create-token-file: user to own the file (the service user)")
     ap.add_argument("--user", help="log in as an ADMIN/OPERATOR user")
     ap.add_argument("--password", help="password for --user (else MML_PASSWORD or a prompt)")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
@@ -117,7 +155,23 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.timeout <= 0:
         ap.error("--timeout must be positive")
-    client = Client(args.url, None if args.user else args.token, timeout=args.timeout)
+    if args.create_token_file:
+        from sipcore.mml.token_file import create_token_file
+        try:
+            created = create_token_file(args.create_token_file, args.owner)
+        except (OSError, KeyError) as exc:
+            print(f"error: cannot create {args.create_token_file}: {exc}", file=sys.stderr)
+            return 2
+        print(f"{'created' if created else 'kept existing'} MML token file {args.create_token_file}")
+        return 0
+    token = None
+    if not args.user:
+        try:
+            token = args.token or default_token(env_file)
+        except ConfigError as exc:
+            print(f"error: {exc.key}: {exc.message}", file=sys.stderr)
+            return 2
+    client = Client(args.url, token, timeout=args.timeout)
     try:
         if args.user:
             password = args.password if args.password is not None else os.environ.get("MML_PASSWORD")

@@ -15,7 +15,8 @@ def cfg(tmp_path, **env):
                            detect_ip=lambda: "192.0.2.44")
 
 
-def test_defaults(tmp_path):
+def test_defaults(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)              # no ims.env, no config/mml.token here
     c = cfg(tmp_path)
     assert c.server_ip == "192.0.2.44" and c.server_ip_auto      # AUTO_DETECT is the default
     assert c.server_port == 5060 and c.advertised_host == "192.0.2.44" and c.advertised_port == 5060
@@ -141,3 +142,45 @@ def test_frozen(tmp_path):
     c = cfg(tmp_path)
     with pytest.raises(Exception):
         c.server_port = 1   # type: ignore[misc]
+
+
+def test_mml_token_file(tmp_path, monkeypatch):
+    """The server reads the root-only token file setup creates when MML_TOKEN is not set."""
+    from sipcore.mml.token_file import create_token_file
+    monkeypatch.chdir(tmp_path)
+    assert cfg(tmp_path).mml_token is None
+    path = tmp_path / "config" / "mml.token"
+    assert create_token_file(str(path)) and not create_token_file(str(path))   # kept when present
+    assert path.stat().st_mode & 0o777 == 0o600
+    token = path.read_text().strip()
+    assert len(token) >= 32
+    assert cfg(tmp_path).mml_token == token                         # default path, relative to cwd
+    assert cfg(tmp_path, MML_TOKEN="explicit-token").mml_token == "explicit-token"
+    other = tmp_path / "other.token"
+    other.write_text("short\n")
+    with pytest.raises(ConfigError) as exc:
+        cfg(tmp_path, MML_TOKEN_FILE=str(other))
+    assert exc.value.key == "MML_TOKEN_FILE"
+    with pytest.raises(ConfigError) as exc:
+        cfg(tmp_path, MML_TOKEN_FILE=str(tmp_path / "missing.token"))
+    assert exc.value.key == "MML_TOKEN_FILE" and "--create-token-file" in exc.value.message
+
+
+def test_sip_binds_server_ip_when_it_is_a_host_address(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cfg(tmp_path, SERVER_IP="127.0.0.1").bind_ip == "127.0.0.1"          # a real local address
+    # 203.0.113.9 is no address of this host (the server sits behind a NAT/port forward): any
+    assert cfg(tmp_path, SERVER_IP="203.0.113.9").bind_ip == "0.0.0.0"
+    assert cfg(tmp_path).bind_ip == "0.0.0.0"                                    # AUTO_DETECT
+    assert cfg(tmp_path, SERVER_IP="127.0.0.1", UDP_BIND_IP="0.0.0.0").bind_ip == "0.0.0.0"
+
+
+def test_ims_env_file_sits_between_environment_and_defaults(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ims.env").write_text('# installation\nSERVER_PORT=5099\nexport MML_PORT="9000"\n\nLOG_LEVEL=DEBUG\n')
+    c = cfg(tmp_path, LOG_LEVEL="ERROR")
+    assert (c.server_port, c.mml_port, c.log_level) == (5099, 9000, "ERROR")
+    (tmp_path / "ims.env").write_text("SERVER_PORT 5099\n")
+    with pytest.raises(ConfigError) as exc:
+        cfg(tmp_path)
+    assert exc.value.key == "IMS_ENV_FILE" and "line 1" in exc.value.message

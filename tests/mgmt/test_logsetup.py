@@ -68,3 +68,15 @@ def test_bad_level(bad):
     with pytest.raises(ConfigError) as exc:
         set_level(bad)
     assert exc.value.key == "LOG_LEVEL"
+
+
+def test_console_info_to_stdout_warnings_to_stderr(tmp_path):
+    """pm2 keeps stdout and stderr in separate logs: INFO must not land in the error log."""
+    import subprocess
+    import sys
+    code = ("import logging; from sipcore.logsetup import setup_logging; setup_logging('INFO', None); "
+            "l = logging.getLogger('x'); l.info('info-line'); l.warning('warn-line'); l.error('err-line')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "info-line" in out.stdout and "warn-line" not in out.stdout and "err-line" not in out.stdout
+    assert "warn-line" in out.stderr and "err-line" in out.stderr and "info-line" not in out.stderr

@@ -19,6 +19,8 @@ from tests.mgmt.fakes import FakeContext
 @pytest.fixture
 def ctx(tmp_path):
     users = UserStore(str(tmp_path / "users.json"))
+    users.add("1001", "1234")
+    users.add("1002", "1234")
     users.add("admin", "pw", role="ADMIN")
     cdr = CDRWriter(str(tmp_path / "CDR"))
     return FakeContext(users, cdr, tmp_path)

@@ -23,15 +23,16 @@ def write_json(path, data):
         json.dump(data, fh)
 
 
-def test_missing_file_creates_defaults_with_warning(tmp_path, caplog):
+def test_missing_file_creates_no_users_and_says_how_to_add_one(tmp_path, caplog):
+    """No well-known passwords: the original created 1001/1002 with password 1234 on first start."""
     path = tmp_path / "data" / "users.json"
     with caplog.at_level(logging.WARNING, logger="sipcore.users"):
         store = UserStore(str(path))
-    assert {u["username"] for u in store.list()} == {"1001", "1002"}
-    assert store.authenticate("1001", "1234")
-    assert any("default users" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
-    on_disk = json.loads(path.read_text())
-    assert set(on_disk) == {"1001", "1002"} and on_disk["1001"]["status"] == "ACTIVE"
+    assert store.list() == []
+    assert not store.authenticate("1001", "1234")
+    assert any("ADD USER" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    assert json.loads(path.read_text()) == {}
+    assert os.stat(path).st_mode & 0o077 == 0
 
 
 def test_original_file_is_read_and_ha1_lookup(tmp_path):
