@@ -81,7 +81,7 @@ def build_server(stage: int, config):
     from sipcore.users import UserStore
     from refactored.sippy_signalling import require_signalling
     require_signalling(config.signalling, stage)
-    users = UserStore(config.users_file)
+    users = UserStore(config.users_file, realm=config.realm)
     cdr = CDRWriter(config.cdr_dir)
     return SIPServer(stage, config, build_media(stage, config), users=users, cdr=cdr)
 

@@ -7,6 +7,10 @@ own wrapper (``[logger.py:info:237]``) on every line. The file is
 The level applies to every handler and can be changed at run time with ``set_level``.
 On the console, records below WARNING go to stdout and WARNING and above to stderr, so pm2's
 out log holds the INFO trail and its error log only what needs attention.
+
+Every message is written on one line: control characters in it (CR, LF, NUL, ESC, Unicode line
+separators...) are escaped (a newline as backslash-n, ESC as backslash-x1b), so a value from the
+wire or an MML command cannot forge log lines. Tracebacks of exceptions keep their lines.
 """
 from __future__ import annotations
 
@@ -24,6 +28,21 @@ DATEFMT = "%Y-%m-%d %H:%M:%S"
 LOG_FILE_NAME = "ims-sip-server.log"
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _OURS = "_ims_migrate_handler"
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7f, 0x85)}
+_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def escape_controls(text: str) -> str:
+    """``text`` on one line: control and line-separator characters written as escapes."""
+    return text.translate(_ESCAPES)
+
+
+class OneLineFormatter(logging.Formatter):
+    """The message part escaped with ``escape_controls`` (exception tracebacks unchanged)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
 
 
 def log_file_path(log_dir: str, day: str | None = None) -> str:
@@ -117,7 +136,7 @@ def setup_logging(level: str = "INFO", log_dir: str | None = "logs", *, console:
             if getattr(handler, _OURS, False):
                 root.removeHandler(handler)
                 handler.close()
-        fmt = logging.Formatter(FORMAT, DATEFMT)
+        fmt = OneLineFormatter(FORMAT, DATEFMT)
         installed: list[logging.Handler] = []
         if console:
             installed.extend(console_handlers())

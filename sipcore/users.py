@@ -5,6 +5,11 @@ Fields kept from the original: username, password, display_name, phone, email, s
 carry ``ha1`` (MD5 of ``user:realm:password``) and/or ``ha1_sha256`` instead of a plaintext
 ``password``; ``ha1_realm`` (optional) names the realm those hashes were made for.
 
+Users added or given a new password (MML ``ADD USER``/``MOD USER``) are stored as ``ha1`` and
+``ha1_sha256`` for the store's realm (``SIP_REALM``) with ``ha1_realm``, never as plaintext; entries
+of the original plain-text format (``password``) are still read and used as they are. Changing
+SIP_REALM later invalidates stored hashes (the user needs a new password).
+
 Only ACTIVE users authenticate. The file is re-read when it changes on disk (inode, size or
 mtime), changes are written atomically (temp file + fsync + rename) under an advisory lock
 (``<file>.lock``) so two processes editing it do not lose each other's changes. If the file is
@@ -36,6 +41,7 @@ EDITABLE = ("password", "display_name", "phone", "email", "status", "service_typ
 _USERNAME_RE = re.compile(r"^[A-Za-z0-9._+\-!~*'()&=$,?/%]{1,64}$")   # RFC 3261 user chars, no @ : ;
 _HEX_RE = re.compile(r"^[0-9a-fA-F]+$")
 HA1_FIELDS = {"MD5": ("ha1", 32), "SHA-256": ("ha1_sha256", 64)}
+DEFAULT_REALM = "sip.local"
 
 
 class UserError(ValueError):
@@ -72,8 +78,9 @@ def _check_field(key: str, value) -> str:
 
 
 class UserStore:
-    def __init__(self, path: str, create_defaults: bool = True):
+    def __init__(self, path: str, create_defaults: bool = True, realm: str = DEFAULT_REALM):
         self.path = path
+        self.realm = realm
         self._lock = threading.RLock()
         self._users: dict[str, dict] = {}
         self._signature: tuple | None = None
@@ -219,6 +226,15 @@ class UserStore:
         return False
 
     # --- changes ------------------------------------------------------------------------------
+    def _hashed(self, username: str, fields: dict) -> dict:
+        """A plaintext ``password`` in ``fields`` becomes HA1 digests (MD5, SHA-256) for our realm."""
+        password = fields.pop("password", None)
+        if password:
+            for algorithm, (key, _) in HA1_FIELDS.items():
+                fields[key] = compute_ha1(username, self.realm, password, algorithm)
+            fields["ha1_realm"] = self.realm
+        return fields
+
     def add(self, username: str, password: str | None = None, **fields) -> dict:
         """Add an ACTIVE user; a password or an ``ha1``/``ha1_sha256`` is required."""
         validate_username(username)
@@ -230,16 +246,15 @@ class UserStore:
         clean = {k: _check_field(k, v) for k, v in fields.items() if v is not None}
         if not (clean.get("password") or clean.get("ha1") or clean.get("ha1_sha256")):
             raise UserError("a password (or ha1) is required")
+        clean = self._hashed(username, clean)
         with self._changing() as users:
             if username in users:
                 raise UserError(f"user {username} already exists")
             now = _now()
-            user = {"username": username, "password": "", "display_name": username, "phone": "",
+            user = {"username": username, "display_name": username, "phone": "",
                     "email": "", "status": "ACTIVE", "service_type": "BASIC", "create_time": now,
                     "update_time": now}
             user.update(clean)
-            if not user["password"]:
-                del user["password"]
             users[username] = user
         log.info("user %s added", username)
         return dict(user)
@@ -255,14 +270,15 @@ class UserStore:
             user = users.get(username)
             if user is None:
                 raise UserError(f"user {username} does not exist")
+            changed = sorted(clean)
+            if clean.get("password"):
+                # a new password replaces the plaintext of the original format and stale hashes
+                for key in ("password", "ha1", "ha1_sha256", "ha1_realm"):
+                    user.pop(key, None)
+                clean = self._hashed(username, clean)
             user.update(clean)
-            if "password" in clean and clean["password"]:
-                # a new plaintext password makes stored hashes stale
-                for key in ("ha1", "ha1_sha256", "ha1_realm"):
-                    if key not in clean:
-                        user.pop(key, None)
             user["update_time"] = _now()
-        log.info("user %s modified (%s)", username, ", ".join(sorted(clean)))
+        log.info("user %s modified (%s)", username, ", ".join(changed))
         return dict(user)
 
     def delete(self, username: str) -> bool:

@@ -25,7 +25,7 @@ from typing import Callable
 from tabulate import tabulate
 
 from sipcore.cdr import check_date
-from sipcore.mml.grammar import VERBS, MMLCommand, MMLSyntaxError, parse_command
+from sipcore.mml.grammar import VERBS, MMLCommand, MMLSyntaxError, parse_command, redact
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class MMLExecutor:
         except OSError as exc:
             return MMLResult(FAILED, f"{spec.name} failed: {exc.strerror or exc}")
         except Exception as exc:       # noqa: BLE001 - never a traceback to the operator
-            log.exception("MML %s failed", line)
+            log.exception("MML %s failed", redact(line))
             return MMLResult(FAILED, f"{spec.name} failed: internal error ({type(exc).__name__})")
 
     def _unknown(self, cmd: MMLCommand) -> str:

@@ -44,6 +44,16 @@ class MMLCommand:
         return " ".join(p for p in parts if p)
 
 
+SECRET_KEYS = ("PASSWORD", "PWD", "PASSWD", "TOKEN", "HA1", "SECRET")
+_SECRET_RE = re.compile(r"""\b(%s)(\s*=\s*)("(?:[^"\\]|\\.)*"?|'[^']*'?|[^\s;]*)""" % "|".join(SECRET_KEYS),
+                        re.IGNORECASE)
+
+
+def redact(line: str) -> str:
+    """The command text for logs: values of secret parameters (PASSWORD=...) replaced by ***."""
+    return _SECRET_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}***", line)
+
+
 def _quote(value: str) -> str:
     if value and not any(c.isspace() or c in "\"';=" for c in value):
         return value

@@ -26,6 +26,7 @@ from collections import OrderedDict
 from typing import Callable
 
 from sipcore.mml.executor import MMLExecutor
+from sipcore.mml.grammar import redact
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +245,8 @@ class MMLHttpServer:
         if not isinstance(command, str) or not command.strip():
             raise HTTPError(400, "JSON field 'command' (non-empty string) is required")
         result = await self.executor.execute(command)
-        log.info("MML by %s from %s: %s -> %d %s", who, req.peer, command[:200], result.retcode, result.retmsg)
+        log.info("MML by %s from %s: %s -> %d %s", who, req.peer, redact(command)[:200], result.retcode,
+                 result.retmsg)
         return 200, result.as_dict(), []
 
     def _login(self, req: Request) -> tuple[int, dict, list[str]]:

@@ -56,7 +56,8 @@ def test_users(run, ctx):
     assert run("DSP USER USERNAME=ADMIN").retcode == 5
     r = run('ADD USR USERNAME=Bob PASSWORD=Secret NAME="Bob B" SERVICE=VIP')
     assert r.retcode == 0, r.retmsg
-    assert ctx.users.get("Bob")["password"] == "Secret" and ctx.users.get("Bob")["display_name"] == "Bob B"
+    assert ctx.users.authenticate("Bob", "Secret") and "password" not in ctx.users.get("Bob")
+    assert ctx.users.get("Bob")["display_name"] == "Bob B"
     assert run("ADD USER USERNAME=Bob PASSWORD=x").retcode == 4                # duplicate
     assert run("ADD USER USERNAME=Carol").retcode == 4                         # PASSWORD missing
     assert "PASSWORD=" in run("ADD USER USERNAME=Carol").retmsg

@@ -94,8 +94,27 @@ def test_new_password_drops_stale_hashes(tmp_path):
     write_json(path, {"u": {"username": "u", "ha1": compute_ha1("u", "sip.local", "old"), "status": "ACTIVE"}})
     store = UserStore(str(path))
     store.modify("u", password="new")
-    assert "ha1" not in store.get("u")
     assert store.lookup_ha1("u", "sip.local", "MD5") == compute_ha1("u", "sip.local", "new")
+
+
+def test_new_and_changed_users_are_stored_as_ha1_and_the_plaintext_format_still_works(tmp_path):
+    path = tmp_path / "users.json"
+    write_json(path, {"1003": ORIGINAL_ENTRY})        # the original's plain-text entry
+    store = UserStore(str(path), realm="ims.test")
+    assert store.lookup_ha1("1003", "ims.test", "MD5") == compute_ha1("1003", "ims.test", "1234")
+    assert store.lookup_ha1("1003", "ims.test", "SHA-256") == compute_ha1("1003", "ims.test", "1234", "SHA-256")
+    store.add("1010", "s3cret")
+    store.modify("1003", password="n3w")
+    raw = path.read_text()
+    assert "s3cret" not in raw and "n3w" not in raw and '"password"' not in raw
+    data = json.loads(raw)
+    for name, pw in (("1010", "s3cret"), ("1003", "n3w")):
+        entry = data[name]
+        assert entry["ha1"] == compute_ha1(name, "ims.test", pw, "MD5")
+        assert entry["ha1_sha256"] == compute_ha1(name, "ims.test", pw, "SHA-256")
+        assert entry["ha1_realm"] == "ims.test"
+        assert store.authenticate(name, pw) and not store.authenticate(name, "1234")
+    assert data["1003"]["phone"] == ORIGINAL_ENTRY["phone"]      # other fields kept
 
 
 def test_external_edit_is_picked_up(tmp_path):
@@ -135,7 +154,7 @@ def test_writes_are_atomic_and_leave_no_temp_files(tmp_path):
     inode = os.stat(path).st_ino
     store.add("1010", "pw")
     assert os.stat(path).st_ino != inode             # replaced by rename, never rewritten in place
-    assert json.loads(path.read_text())["1010"]["password"] == "pw"
+    assert json.loads(path.read_text())["1010"]["ha1"] == compute_ha1("1010", "sip.local", "pw")
     leftovers = [p.name for p in tmp_path.iterdir() if p.name not in ("users.json", "users.json.lock")]
     assert leftovers == []
 
