@@ -1,24 +1,15 @@
-"""SIGNALLING=sippy: Sippy B2BUA signalling for stage 2.
+"""SIGNALLING=sipcore|sippy: which engine runs stage 2's INVITE dialogs (configuration check).
 
-Not available yet: running our registrar, CDR and NAT helper on top of the Sippy B2BUA
-(`pip install sippy`) is planned work. Selecting it fails at start with a clear message instead of
-silently falling back to sipcore signalling, so an operator never believes a stage is running
-that is not.
+``sippy`` runs INVITE dialogs on the Sippy B2BUA (``refactored.sippy_bridge``); REGISTER, OPTIONS,
+MESSAGE, auth, NAT helper, keepalive, CDR, users and MML stay sipcore's. It exists only for stage 2
+and needs the ``sippy`` package; without it the server refuses to start and names the install
+command, instead of silently running sipcore signalling.
 """
 from __future__ import annotations
-
-from importlib import metadata
 
 from sipcore.errors import ConfigError
 
 SIGNALLING_CHOICES = ("sipcore", "sippy")
-
-
-def sippy_version() -> str | None:
-    try:
-        return metadata.version("sippy")
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def require_signalling(signalling: str, stage: int) -> None:
@@ -27,9 +18,16 @@ def require_signalling(signalling: str, stage: int) -> None:
         raise ConfigError("SIGNALLING", f"must be one of {', '.join(SIGNALLING_CHOICES)}, got {signalling!r}")
     if signalling == "sipcore":
         return
-    if stage < 2:
+    if stage != 2:
         raise ConfigError("SIGNALLING", "sippy signalling exists only for stage 2 (run_sippy.py)")
-    installed = sippy_version()
-    where = f"the sippy package {installed} is installed" if installed else "the sippy package is not installed (pip install sippy)"
-    raise ConfigError("SIGNALLING", "Sippy B2BUA signalling is not available yet in ims-migrate "
-                      f"({where}); unset SIGNALLING or set SIGNALLING=sipcore to run stage 2 on sipcore signalling")
+    from refactored.sippy_bridge import INSTALL_HINT, sippy_version
+    if sippy_version() is None:
+        raise ConfigError("SIGNALLING", f"sippy signalling needs the sippy package, which is not installed: "
+                          f"{INSTALL_HINT}; or unset SIGNALLING to run stage 2 on sipcore signalling")
+
+
+def build_signalling(server) -> None:
+    """Attach the configured signalling engine to ``server`` (nothing for sipcore)."""
+    if server.config.signalling == "sippy":
+        from refactored.sippy_bridge import SippyBridge
+        server.engine = SippyBridge(server)

@@ -79,11 +79,13 @@ def build_server(stage: int, config):
     from sipcore.cdr import CDRWriter
     from sipcore.server import SIPServer
     from sipcore.users import UserStore
-    from refactored.sippy_signalling import require_signalling
+    from refactored.sippy_signalling import build_signalling, require_signalling
     require_signalling(config.signalling, stage)
     users = UserStore(config.users_file, realm=config.realm)
     cdr = CDRWriter(config.cdr_dir)
-    return SIPServer(stage, config, build_media(stage, config), users=users, cdr=cdr)
+    server = SIPServer(stage, config, build_media(stage, config), users=users, cdr=cdr)
+    build_signalling(server)
+    return server
 
 
 async def serve(stage: int, config) -> int:
@@ -95,7 +97,7 @@ async def serve(stage: int, config) -> int:
         return 2
     try:
         await server.start()
-    except MediaBackendError as exc:
+    except (MediaBackendError, ConfigError) as exc:   # ConfigError: e.g. the Sippy reactor cannot start
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         await server.stop()

@@ -20,20 +20,28 @@ class RegistrarView:
 
 
 class CallsView:
-    def __init__(self, proxy):
-        self._proxy = proxy
+    """Calls of the proxy and, with SIGNALLING=sippy, of the signalling engine (same Call records)."""
+
+    def __init__(self, proxy, engine=None):
+        self._owners = [proxy] + ([engine] if engine is not None else [])
+
+    def _active(self) -> list[tuple[object, object]]:
+        return [(owner, c) for owner in self._owners for c in owner.active_calls()]
 
     def list(self) -> list[dict]:
         now = time.time()
-        return [c.as_dict(now) for c in self._proxy.active_calls()]
+        return [c.as_dict(now) for _, c in self._active()]
 
     async def end(self, call_id: str) -> bool:
-        return await self._proxy.end_call(call_id, "FORCED_TERMINATION_BY_MML")
+        for owner in self._owners:
+            if any(c.call_id == call_id for c in owner.active_calls()):
+                return await owner.end_call(call_id, "FORCED_TERMINATION_BY_MML")
+        return False
 
     async def end_all(self) -> int:
         n = 0
-        for c in list(self._proxy.active_calls()):
-            if await self._proxy.end_call(c.call_id, "FORCED_TERMINATION_BY_MML_CLR_ALL"):
+        for owner, c in self._active():
+            if await owner.end_call(c.call_id, "FORCED_TERMINATION_BY_MML_CLR_ALL"):
                 n += 1
         return n
 
@@ -59,7 +67,7 @@ class ServerManagement:
         self.cdr = server.cdr
         self.config = server.config
         self.registrar = RegistrarView(server.registrar)
-        self.calls = CallsView(server.proxy)
+        self.calls = CallsView(server.proxy, server.engine)
         self.media = server.media
         self.blacklist = server.blacklist
         self.stage = server.stage

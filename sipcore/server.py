@@ -88,10 +88,15 @@ class SIPServer:
         self._handlers: set[asyncio.Task] = set()
         self.mml = None
         self.accepting = False
+        # Another signalling engine for INVITE dialogs (SIGNALLING=sippy: refactored.sippy_bridge):
+        # start()/stop() with the server, take(msg, source, transport) -> True for its messages.
+        self.engine = None
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         await self.media.start()
+        if self.engine is not None:
+            await self.engine.start()
         await self.transport.listen_udp(self.config.bind_ip, self.config.server_port)
         if self.config.enable_tcp:
             await self.transport.listen_tcp(self.config.bind_ip, self.config.server_port)
@@ -109,6 +114,8 @@ class SIPServer:
         """Graceful: stop accepting, end media sessions, flush CDR."""
         self.accepting = False
         self.transport.close()
+        if self.engine is not None:
+            await self.engine.stop()
         if self.keepalive is not None:
             await self.keepalive.stop()
         for t in self._tasks:
@@ -147,6 +154,8 @@ class SIPServer:
         ip = source[0]
         if ip in self.blacklist or self.limiter.blocked(ip):
             log.debug("dropping %s from blocked source %s", type(msg).__name__, ip)
+            return
+        if self.engine is not None and self.engine.take(msg, source, transport):
             return
         task = asyncio.get_running_loop().create_task(self._dispatch(msg, source, transport))
         self._handlers.add(task)
@@ -207,6 +216,8 @@ class SIPServer:
         return {"stage": self.stage, "stage_name": STAGE_NAMES[self.stage],
                 "uptime": round(now - self.started_at, 1),
                 "registrations": len(self.registrar.all_bindings(now)),
-                "active_calls": len(self.proxy.active_calls()),
+                "signalling_engine": self.engine.engine if self.engine is not None else "sipcore",
+                "active_calls": len(self.proxy.active_calls())
+                + (len(self.engine.active_calls()) if self.engine is not None else 0),
                 "media_sessions": len(self.media.sessions()),
                 **{f"sip_{k}": v for k, v in self.proxy.stats.items()}}

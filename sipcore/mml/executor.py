@@ -306,6 +306,7 @@ class MMLExecutor:
                 ("pid", os.getpid()), ("stage", f"{self.ctx.stage} ({s.get('stage_name', '')})".strip()),
                 ("signalling", f"{cfg.server_ip}:{cfg.server_port} (advertised "
                                f"{cfg.advertised_host}:{cfg.advertised_port})"),
+                ("signalling engine", s.get("signalling_engine", "sipcore")),
                 ("media backend", getattr(self.ctx.media, "name", "")), ("uptime_s", s.get("uptime", "")),
                 ("max_rss_kib", rss_kib), ("registrations", s.get("registrations", "")),
                 ("active_calls", s.get("active_calls", "")), ("media_sessions", s.get("media_sessions", ""))]

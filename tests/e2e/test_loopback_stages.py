@@ -10,9 +10,10 @@ import pytest
 from tests.stack import PYTHON, ROOT, ServerProcess, agent, received_from, sent
 
 
-@pytest.fixture(params=[0, 1, 2], ids=["stage0", "stage1", "stage2"])
+@pytest.fixture(params=[0, 1, 2, "2-sippy"], ids=["stage0", "stage1", "stage2", "stage2-sippy"])
 def server(request, tmp_path):
-    with ServerProcess(request.param, str(tmp_path)) as srv:
+    stage, env = (2, {"SIGNALLING": "sippy"}) if request.param == "2-sippy" else (request.param, None)
+    with ServerProcess(stage, str(tmp_path), extra_env=env) as srv:
         yield srv
 
 
@@ -110,8 +111,17 @@ def test_bad_config_names_the_key(tmp_path):
     assert "SERVER_PORT" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_sippy_signalling_fails_clearly(tmp_path):
-    out = subprocess.run([PYTHON, os.path.join(ROOT, "run_sippy.py")], capture_output=True, text=True, timeout=30,
-                         env=dict(os.environ, SERVER_IP="127.0.0.1", SIGNALLING="sippy", CONFIG_FILE="/nonexistent"))
+def test_sippy_signalling_without_the_package_names_the_install_command(tmp_path):
+    """`python -S` hides site-packages, so the sippy package is missing: refused with the command."""
+    out = subprocess.run([PYTHON, "-S", os.path.join(ROOT, "run_sippy.py")], capture_output=True, text=True,
+                         timeout=30, env=dict(os.environ, SERVER_IP="127.0.0.1", SIGNALLING="sippy",
+                                              CONFIG_FILE="/nonexistent"))
     assert out.returncode == 2
-    assert "not available yet" in out.stderr and "Traceback" not in out.stderr
+    assert "SIGNALLING" in out.stderr and "pip install sippy" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_sippy_signalling_only_for_stage_2(tmp_path):
+    out = subprocess.run([PYTHON, os.path.join(ROOT, "run_refactored.py")], capture_output=True, text=True,
+                         timeout=30, env=dict(os.environ, SERVER_IP="127.0.0.1", SIGNALLING="sippy",
+                                              CONFIG_FILE="/nonexistent"))
+    assert out.returncode == 2 and "only for stage 2" in out.stderr
