@@ -229,16 +229,15 @@ class SippyBridge:
         server = self.server
         user = req.uri.user
         now = time.time()
-        bindings = server.registrar.lookup(user, now) if user else []
+        bindings = server.registrar.lookup(user, now) if user and server.admission.is_local(req.uri.host) else []
         if len(bindings) > 1:
             bindings = [b for b in bindings if b.source != source] or bindings
         if not bindings:
-            return False       # the proxy answers 404/480 (after its own auth) and writes the CDR
-        if server.config.auth_invite:
-            decision = server.authorizer.decide(req, source, "Proxy-Authorization")
-            if decision.response is not None:
-                server.transport.send(decision.response, source, "udp")
-                return True
+            return False   # the proxy answers (404/480, 403 Not Relaying, the trunk) and writes the CDR
+        decision = server.admission.initial(req, source)       # caller identity, as the proxy does it
+        if decision.response is not None:
+            server.transport.send(decision.response, source, "udp")
+            return True
         binding = bindings[0]
         uri, dest = binding.target()
         lower_transport(uri)
@@ -248,6 +247,7 @@ class SippyBridge:
                     started=now, invite_cseq=req.cseq[0], caller_cseq=req.cseq[0],
                     user_agent=req.headers.get("User-Agent") or "")
         call.callee_flow, call.callee_transport = dest, binding.transport
+        call.auth_user = decision.auth_user
         self.calls[call.call_id] = call
         self._legs[call.call_id] = dest
         self._seen[call.call_id] = {}
