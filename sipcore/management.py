@@ -54,7 +54,7 @@ class NATView:
         nat = self._server.policy.nat
         out = nat.state() if nat is not None else {}
         now = time.time()
-        out["nated_bindings"] = [b.as_dict(now) for b in self._server.registrar.all_bindings(now) if b.nated]
+        out["nated_bindings"] = [b.as_dict(now) for b in self._server.registrar.nated_bindings(now)]
         if self._server.keepalive is not None:
             out["keepalive"] = self._server.keepalive.state()
         return out

@@ -55,7 +55,7 @@ class NATKeepalive:
 
     async def ping_all(self) -> None:
         self.stats["rounds"] += 1
-        targets = [b for b in self.registrar.all_bindings(time.time()) if b.nated]
+        targets = self.registrar.nated_bindings(time.time())
         await asyncio.gather(*(self.ping(b) for b in targets))
 
     async def ping(self, binding: Binding) -> bool:

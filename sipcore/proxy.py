@@ -582,9 +582,9 @@ class Proxy:
         # a dialog admitted by its route token but not in memory: only a registered contact
         target = req.uri
         if target.is_sip and not self.is_us(target):
-            for b in self.registrar.all_bindings(self.wall()):
-                if b.contact == str(target) or b.original_contact == str(target):
-                    return b.source, b.transport
+            b = self.registrar.find_contact(str(target), self.wall())
+            if b is not None:
+                return b.source, b.transport
         return None, "udp"
 
     async def _delete_media(self, call: Call) -> None:

@@ -4,50 +4,23 @@
 passed authentication and returns a ``RegisterOutcome`` (response to send + what changed). The
 Contact fix-up policy of the stage (legacy source rewrite, or the NAT helper's fix_contact/alias)
 is applied by the caller before this, through ``contact_policy``.
+
+Bindings live in a ``BindingStore`` (``sipcore/bindings.py``): by default the in-memory index, with
+O(1) lookups in the number of registered users and expiry through a timing wheel.
 """
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
+from sipcore.bindings import Binding, BindingStore, MemoryBindingStore, aor_user, shared_reasons
 from sipcore.errors import SIPParseError
 from sipcore.message import SIPRequest, SIPResponse, build_response
 from sipcore.uri import NameAddr, SipURI
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Binding:
-    aor: str                      # sip:user@domain (no port/params)
-    contact: str                  # Contact URI as stored (after the stage's fix-ups)
-    original_contact: str         # Contact URI as the UA sent it
-    source: tuple[str, int]       # where the REGISTER came from (the flow)
-    transport: str                # udp / tcp
-    expires_at: float
-    call_id: str
-    cseq: int
-    user_agent: str = ""
-    nated: bool = False
-    nat_reasons: tuple[str, ...] = ()
-    keepalive_failures: int = 0
-    registered_at: float = 0.0
-
-    def expires_in(self, now: float) -> int:
-        return max(0, int(round(self.expires_at - now)))
-
-    def as_dict(self, now: float) -> dict:
-        return {
-            "aor": self.aor, "contact": self.contact, "original_contact": self.original_contact,
-            "source": f"{self.source[0]}:{self.source[1]}", "transport": self.transport,
-            "expires": self.expires_in(now), "user_agent": self.user_agent, "nated": self.nated,
-            "nat_reasons": ",".join(self.nat_reasons), "keepalive_failures": self.keepalive_failures,
-        }
-
-    def target(self) -> tuple[SipURI, tuple[str, int]]:
-        """Request-URI to use and the address to send to (always the registration flow)."""
-        return SipURI.parse(self.contact), self.source
 
 
 @dataclass
@@ -74,69 +47,74 @@ def aor_of(uri: SipURI) -> str:
     return uri.aor()
 
 
-def aor_user(aor: str) -> str:
-    rest = aor.split(":", 1)[1] if ":" in aor else aor
-    return rest.split("@", 1)[0] if "@" in rest else ""
-
-
 class Registrar:
     def __init__(self, *, min_expires: int = 60, max_expires: int = 3600, default_expires: int = 3600,
-                 contact_policy: ContactPolicy = keep_contact, max_contacts_per_aor: int = 10):
+                 contact_policy: ContactPolicy = keep_contact, max_contacts_per_aor: int = 10,
+                 store: BindingStore | None = None):
         self.min_expires = min_expires
         self.max_expires = max_expires
         self.default_expires = default_expires
         self.contact_policy = contact_policy
         self.max_contacts = max_contacts_per_aor
-        self._bindings: dict[str, list[Binding]] = {}
+        self.store: BindingStore = store if store is not None else MemoryBindingStore()
 
     # --- queries ------------------------------------------------------------------------------
     def lookup(self, aor_or_user: str, now: float) -> list[Binding]:
         """Bindings of an AOR (``sip:user@domain``) or of a bare user name, newest first."""
         self.expire(now)
+        found: list[Binding] = []
         if ":" in aor_or_user:
-            found = list(self._bindings.get(aor_or_user, []))
-            if not found:   # the domain part may be any of our addresses: match by user
-                user = aor_user(aor_or_user)
-                found = [b for k, v in self._bindings.items() if aor_user(k) == user for b in v]
+            found = self.store.get(aor_or_user)
+            user = aor_user(aor_or_user) if not found else None
         else:
-            found = [b for k, v in self._bindings.items() if aor_user(k) == aor_or_user for b in v]
-        return sorted(found, key=lambda b: b.registered_at, reverse=True)
+            user = aor_or_user
+        if user is not None:   # a bare user, or an AOR whose domain is another of our addresses
+            for aor in self.store.aors_of_user(user):
+                found.extend(self.store.get(aor))
+        if len(found) > 1:
+            found.sort(key=lambda b: b.registered_at, reverse=True)
+        return found
+
+    def find_contact(self, uri: str, now: float) -> Binding | None:
+        """The binding whose stored or original Contact URI is ``uri`` (None when unknown)."""
+        self.expire(now)
+        return self.store.by_contact(uri)
 
     def all_bindings(self, now: float) -> list[Binding]:
         self.expire(now)
-        return [b for v in self._bindings.values() for b in v]
+        return list(self.store.bindings())
+
+    def nated_bindings(self, now: float) -> list[Binding]:
+        self.expire(now)
+        return self.store.nated()
+
+    def count(self, now: float) -> int:
+        self.expire(now)
+        return len(self.store)
 
     def expire(self, now: float) -> list[Binding]:
-        gone: list[Binding] = []
-        for aor in list(self._bindings):
-            keep = [b for b in self._bindings[aor] if b.expires_at > now]
-            gone.extend(b for b in self._bindings[aor] if b.expires_at <= now)
-            if keep:
-                self._bindings[aor] = keep
-            else:
-                del self._bindings[aor]
+        gone = self.store.expire(now)
         for b in gone:
             log.info("binding expired aor=%s contact=%s", b.aor, b.contact)
         return gone
 
     def remove_aor(self, aor_or_user: str) -> int:
-        keys = [k for k in self._bindings if k == aor_or_user or aor_user(k) == aor_or_user]
-        n = sum(len(self._bindings[k]) for k in keys)
+        keys = set(self.store.aors_of_user(aor_or_user))
+        if self.store.get(aor_or_user):
+            keys.add(aor_or_user)
+        n = 0
         for k in keys:
-            del self._bindings[k]
+            n += len(self.store.get(k))
+            self.store.put(k, [])
         return n
 
     def remove_binding(self, binding: Binding) -> None:
-        lst = self._bindings.get(binding.aor, [])
+        lst = self.store.get(binding.aor)
         if binding in lst:
-            lst.remove(binding)
-            if not lst:
-                del self._bindings[binding.aor]
+            self.store.put(binding.aor, [b for b in lst if b is not binding])
 
     def clear(self) -> int:
-        n = sum(len(v) for v in self._bindings.values())
-        self._bindings.clear()
-        return n
+        return self.store.clear()
 
     # --- REGISTER -----------------------------------------------------------------------------
     def handle_register(self, request: SIPRequest, source: tuple[str, int], transport: str,
@@ -151,7 +129,7 @@ class Registrar:
         call_id = request.call_id or ""
         cseq, _ = request.cseq
         self.expire(now)
-        current = self._bindings.get(aor, [])
+        current = self.store.get(aor)
         try:
             contacts = request.contacts()
         except SIPParseError as exc:
@@ -165,7 +143,7 @@ class Registrar:
                 outcome.response = build_response(request, 400, extra_headers=[("Warning", '399 - "Contact * needs Expires: 0 and no other Contact"')])
                 return outcome
             outcome.removed = list(current)
-            self._bindings.pop(aor, None)
+            self.store.put(aor, [])
             outcome.unregistered = True
             outcome.expires = 0
             outcome.response = self._ok(request, [], now)
@@ -190,6 +168,8 @@ class Registrar:
         for contact, exp in plans:
             stored, nated, reasons = self.contact_policy(contact, request, source)
             original = str(contact.uri)
+            if original == stored:
+                original = stored          # one string object for both (memory per binding)
             existing = next((b for b in new_list if b.original_contact == original
                              or (b.source == source and b.call_id == call_id)), None)
             if existing is not None and existing.call_id == call_id and cseq <= existing.cseq and exp != 0:
@@ -206,10 +186,10 @@ class Registrar:
                 continue
             if existing is not None:
                 existing.contact, existing.original_contact = stored, original
-                existing.source, existing.transport = source, transport
+                existing.source, existing.transport = (sys.intern(source[0]), source[1]), transport
                 existing.expires_at, existing.call_id, existing.cseq = now + exp, call_id, cseq
-                existing.nated, existing.nat_reasons = nated, reasons
-                existing.user_agent = request.headers.get("User-Agent", "") or ""
+                existing.nated, existing.nat_reasons = nated, shared_reasons(reasons)
+                existing.user_agent = sys.intern(request.headers.get("User-Agent", "") or "")
                 existing.keepalive_failures = 0
                 outcome.refreshed.append(existing)
             else:
@@ -225,10 +205,7 @@ class Registrar:
             new_list.sort(key=lambda b: b.registered_at)
             outcome.removed.extend(new_list[:-self.max_contacts])
             new_list = new_list[-self.max_contacts:]
-        if new_list:
-            self._bindings[aor] = new_list
-        else:
-            self._bindings.pop(aor, None)
+        self.store.put(aor, new_list)
         outcome.response = self._ok(request, new_list, now)
         for b in outcome.added:
             log.info("registered aor=%s contact=%s source=%s:%s nated=%s", aor, b.contact, *b.source, b.nated)

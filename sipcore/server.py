@@ -215,7 +215,7 @@ class SIPServer:
         now = time.time()
         return {"stage": self.stage, "stage_name": STAGE_NAMES[self.stage],
                 "uptime": round(now - self.started_at, 1),
-                "registrations": len(self.registrar.all_bindings(now)),
+                "registrations": self.registrar.count(now),
                 "signalling_engine": self.engine.engine if self.engine is not None else "sipcore",
                 "active_calls": len(self.proxy.active_calls())
                 + (len(self.engine.active_calls()) if self.engine is not None else 0),
