@@ -11,9 +11,12 @@ The writer takes events as plain values (strings, ints, ``(ip, port)`` tuples), 
   INVITE refused before anything was forwarded (e.g. 480 callee not registered);
 * ``register`` (SUCCESS / UNREGISTERED / FAILED), ``message``, ``options``: one row each.
 
-Every row is written with one ``write()`` on an ``O_APPEND`` descriptor and ``fsync``'ed before the
-call returns, so a SIGTERM or a kill loses nothing already produced. Calls still open at shutdown
-are written by ``flush_open_calls(reason)``.
+Durability: every row is written with one ``write()`` on an ``O_APPEND`` descriptor before the call
+returns, so the row is in the kernel and survives a SIGTERM, a ``kill -9`` or a crash of the
+process. Power-loss durability comes from an ``fsync`` done by a background thread (``Syncer``) at
+most ``fsync_interval`` seconds (1 s) after the row, never on the event loop's thread: a power cut
+can lose at most the last second of rows. ``close()`` fsyncs what is left. Calls still open at
+shutdown are written by ``flush_open_calls(reason)``.
 
 Differences from the original, on purpose: every outcome is written (the original wrote a Call-ID
 at most once per process, so REGISTER refreshes vanished); a call refused with 480 is written;
@@ -148,8 +151,9 @@ class CDRWriter:
     """Append-only daily CSV files plus the in-memory state of open calls."""
 
     def __init__(self, base_dir: str = "CDR", clock: Callable[[], float] = time.time, *,
-                 server_ip: str = "", server_port: int | str = ""):
+                 server_ip: str = "", server_port: int | str = "", fsync_interval: float = 1.0):
         self.base_dir = base_dir
+        self.syncer = Syncer(fsync_interval)
         self.clock = clock
         self.server_ip = server_ip
         self.server_port = server_port
@@ -186,18 +190,23 @@ class CDRWriter:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                if os.fstat(fd).st_size == 0:
+                created = os.fstat(fd).st_size == 0
+                if created:
                     out.writerow(COLUMNS)
                 out.writerow([full[c] for c in COLUMNS])
                 data = buf.getvalue().encode("utf-8")
-                written = os.write(fd, data)
+                written = os.write(fd, data)     # in the kernel now: survives kill -9
                 while written < len(data):      # regular files write fully; be safe anyway
                     written += os.write(fd, data[written:])
-                os.fsync(fd)
             finally:
                 os.close(fd)
+            self.syncer.dirty(path, created)    # fsync'ed off this thread within fsync_interval
         log.debug("CDR %s/%s call-id=%s", full["record_type"], full["call_state"], full["call_id"])
         return full
+
+    def close(self) -> None:
+        """fsync every row written so far and stop the sync thread (graceful shutdown)."""
+        self.syncer.close()
 
     def _base_row(self, record_type: str, state: str, call_id: str, start: float, end: float,
                   caller_uri: str, callee_uri: str, caller_addr: Address | None,
@@ -447,6 +456,79 @@ class CDRWriter:
             shutil.rmtree(os.path.join(self.base_dir, d))
             log.warning("CDR folder %s deleted", d)
         return removed
+
+
+class Syncer:
+    """fsyncs files written to, from its own thread, at most ``interval`` seconds after a write.
+
+    ``dirty(path)`` only records the path (no system call), so the writing thread, the event loop,
+    never waits for the disk. A new file also gets its directory fsync'ed (the directory entry is
+    what makes the file findable after a power cut).
+    """
+
+    def __init__(self, interval: float = 1.0):
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._paths: set[str] = set()
+        self._dirs: set[str] = set()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.rounds = 0
+
+    def dirty(self, path: str, created: bool = False) -> None:
+        with self._lock:
+            self._paths.add(path)
+            if created:
+                self._dirs.add(os.path.dirname(path) or ".")
+                self._dirs.add(os.path.dirname(os.path.dirname(path)) or ".")
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="cdr-fsync", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def sync_now(self) -> None:
+        with self._lock:
+            paths, dirs = self._paths, self._dirs
+            self._paths, self._dirs = set(), set()
+        for p in sorted(paths) + sorted(dirs):
+            try:
+                fd = os.open(p, os.O_RDONLY)
+            except OSError as exc:      # purged or moved since: nothing left to make durable
+                log.debug("CDR fsync skipped for %s: %s", p, exc)
+                continue
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                log.warning("CDR fsync failed for %s: %s", p, exc)
+            finally:
+                os.close(fd)
+        self.rounds += 1
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._wake.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=10)
+        self.sync_now()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._paths and not self._dirs and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+            self.sync_now()
+            deadline = time.monotonic() + self.interval    # at most one round per interval
+            with self._lock:
+                while not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._wake.wait(left)
 
 
 def _float(value) -> float:

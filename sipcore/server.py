@@ -131,6 +131,7 @@ class SIPServer:
         except Exception:   # noqa: BLE001 - shutdown must finish
             log.exception("media backend stop failed")
         self.events.flush()
+        self.cdr.close()                # fsync what the sync thread has not yet
         log.info("stopped (stage %d)", self.stage)
 
     async def _housekeeping(self) -> None:
