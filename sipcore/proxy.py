@@ -27,6 +27,7 @@ from sipcore.admission import Admission
 from sipcore.errors import MediaBackendError, SDPParseError, SIPParseError
 from sipcore.message import (Headers, SIPMessage, SIPRequest, SIPResponse, Via, build_response,
                              new_branch, new_tag)
+from sipcore.offer_answer import CALLEE, CALLER, NONE, OFFER, OfferAnswer, other_leg
 from sipcore.record_route import Flow, RouteTokens
 from sipcore.registrar import Binding, Registrar, aor_user
 from sipcore.sdp import SessionDescription
@@ -124,8 +125,8 @@ class Call:
     media_kinds: list[str] = field(default_factory=list)
     codecs: list[str] = field(default_factory=list)
     user_agent: str = ""
-    last_answer_body: bytes | None = None
-    last_answer_out: bytes | None = None
+    offer_answer: OfferAnswer = field(default_factory=OfferAnswer)
+    sdp_rewrites: dict = field(default_factory=dict)   # (sender, method, cseq, status, body) -> body sent
     cancel_requested: bool = False
     route_caller: list[str] = field(default_factory=list)   # Record-Route seen by the callee side
     auth_user: str | None = None   # who authenticated the INVITE (CDR), None: nobody
@@ -426,19 +427,15 @@ class Proxy:
             return
         if is_call:
             self._respond(tx, 100)
-            if req.has_sdp():
-                self.policy.on_request(req, tx.source)
-                if not await self._media_offer(req, tx.source, call, req.from_tag, None):
-                    self._respond(tx, 488 if call.media is False else 500)
-                    self.events.call_failed(call, 488, "Not Acceptable Here")
-                    self.calls.pop(call.call_id, None)
-                    return
-                if tx.final_sent:        # CANCELled while the media backend answered
-                    call.media = True
-                    await self._delete_media(call)
-                    return
-            elif self.policy.nat is not None:
-                self.policy.on_request(req, tx.source)
+            self.policy.on_request(req, tx.source)
+            if not await self._sdp_step(call, req, CALLER, tx.source, "INVITE", req.cseq[0]):
+                self._respond(tx, 488)
+                self.events.call_failed(call, 488, "Not Acceptable Here")
+                self.calls.pop(call.call_id, None)
+                return
+            if tx.final_sent:        # CANCELled while the media backend answered
+                await self._delete_media(call)
+                return
         else:
             self.policy.on_request(req, tx.source)
         for index, binding in enumerate(bindings):
@@ -472,6 +469,7 @@ class Proxy:
         if old is not None and old.state != "ended":
             return old
         call.auth_user = tx.auth_user
+        call.offer_answer = OfferAnswer(legacy=self.policy.legacy_media_positions)
         self.calls[call.call_id] = call
         tx.call = call
         self.stats["calls"] += 1
@@ -484,21 +482,36 @@ class Proxy:
         self.events.call_started(call, req)
         return call
 
-    async def _media_offer(self, msg: SIPMessage, source: Address, call: Call | None,
-                           from_tag: str | None, to_tag: str | None) -> bool:
-        return await self._media(self.media.offer, "offer", msg, source, call, from_tag, to_tag)
-
-    async def _media_answer(self, msg: SIPMessage, source: Address, call: Call | None,
-                            from_tag: str | None, to_tag: str | None) -> bool:
-        if call is not None and call.last_answer_body == msg.body and call.last_answer_out is not None:
-            msg.body = call.last_answer_out       # retransmitted 200/183: same rewrite
+    async def _sdp_step(self, call: Call | None, msg: SIPMessage, sender: str, source: Address,
+                        method: str, cseq: int) -> bool:
+        """Show a message of an INVITE/ACK/PRACK/UPDATE transaction to the call's offer/answer
+        state (sipcore.offer_answer); an offer or answer goes to the relay, whose SDP replaces the
+        body. A retransmission gets the same rewrite again. False when the relay refused it."""
+        if call is None:
             return True
-        return await self._media(self.media.answer, "answer", msg, source, call, from_tag, to_tag)
+        status = msg.status if isinstance(msg, SIPResponse) else 0
+        key = (sender, method, cseq, status, msg.body)
+        if msg.body and key in call.sdp_rewrites:
+            msg.body = call.sdp_rewrites[key]
+            return True
+        has_sdp = msg.has_sdp()
+        if isinstance(msg, SIPResponse):
+            reliable = status >= 200 or msg.headers.get("RSeq") is not None
+            step = call.offer_answer.on_response(sender, method, cseq, status, reliable, has_sdp)
+        else:
+            step = call.offer_answer.on_request(sender, method, cseq, has_sdp)
+        if step.role == NONE:
+            return True
+        tags = {CALLER: call.caller_tag, CALLEE: call.callee_tag}
+        operation = self.media.offer if step.role == OFFER else self.media.answer
+        if not await self._media(operation, step.role, msg, source, call, tags[step.offerer], tags[step.answerer]):
+            return False
+        call.sdp_rewrites[key] = msg.body
+        return True
 
-    async def _media(self, operation, kind: str, msg: SIPMessage, source: Address, call: Call | None,
+    async def _media(self, operation, kind: str, msg: SIPMessage, source: Address, call: Call,
                      from_tag: str | None, to_tag: str | None) -> bool:
         """Hand the SDP (with the stage's relay targets) to the media backend; forward its SDP."""
-        original = msg.body
         try:
             sd = SessionDescription.parse(msg.body)
         except SDPParseError as exc:
@@ -510,12 +523,9 @@ class Proxy:
             log.error("media %s failed for %s: %s", kind, msg.call_id, exc)
             return False
         msg.body = out.to_bytes()
-        if call is not None:
-            if kind == "offer":
-                call.media = True
-                call.media_kinds, call.codecs = sd.media_kinds(), sd.codec_names()
-            else:
-                call.last_answer_body, call.last_answer_out = original, msg.body
+        call.media = True
+        if kind == OFFER:
+            call.media_kinds, call.codecs = sd.media_kinds(), sd.codec_names()
         return True
 
     # --- in-dialog requests -------------------------------------------------------------------
@@ -546,14 +556,12 @@ class Proxy:
             else:
                 call.callee_cseq = max(call.callee_cseq, seq)
                 call.callee_flow = tx.source
-        if req.method in ("INVITE", "UPDATE") and req.has_sdp():
-            self.policy.on_request(req, tx.source)
-            await self._media_offer(req, tx.source, call, req.from_tag, req.to_tag)
-        elif req.method == "ACK" and req.has_sdp() and call is not None and call.media is False:
-            self.policy.on_request(req, tx.source)   # late offer: answer in ACK
-            await self._media_answer(req, tx.source, call, req.to_tag, req.from_tag)
-        else:
-            self.policy.on_request(req, tx.source)
+        self.policy.on_request(req, tx.source)
+        if req.method in ("INVITE", "UPDATE", "PRACK", "ACK") and call is not None:
+            if not await self._sdp_step(call, req, call.leg_of(req.from_tag), tx.source, req.method, req.cseq[0]) \
+                    and req.method != "ACK":
+                self._respond(tx, 488)
+                return
         fwd = req.copy()
         if req.method == "INVITE":
             fwd.headers.add("Record-Route", self._record_route(tx), top=True)
@@ -650,8 +658,8 @@ class Proxy:
             await self._invite_response(tx, b, resp, source, call)
         else:
             self.policy.on_response(resp, source) if resp.has_sdp() else None
-            if method == "UPDATE" and resp.has_sdp() and 200 <= resp.status < 300:
-                await self._media_answer(resp, source, call, tx.request.from_tag, tx.request.to_tag)
+            if method in ("UPDATE", "PRACK") and call is not None:
+                await self._sdp_step(call, resp, other_leg(call.leg_of(tx.request.from_tag)), source, method, resp.cseq[0])
             if resp.status >= 200:
                 b.final = resp.status
             self.reply(tx, resp)
@@ -670,14 +678,8 @@ class Proxy:
                 call.callee_tag = to_tag or call.callee_tag
                 call.callee_flow, call.callee_transport = source, b.transport
                 call.callee_contact = resp.headers.get("Contact") or call.callee_contact
-        if resp.has_sdp() and (status < 300):
-            req_from = tx.request.from_tag
-            req_to = tx.request.to_tag or resp.to_tag
-            if not tx.request.has_sdp() and initial and call is not None and not call.media:
-                # late offer: the 200 carries the offer from the callee
-                await self._media_offer(resp, source, call, resp.to_tag, req_from)
-            else:
-                await self._media_answer(resp, source, call, req_from, req_to)
+        if call is not None:
+            await self._sdp_step(call, resp, other_leg(call.leg_of(tx.request.from_tag)), source, "INVITE", resp.cseq[0])
         if status < 200:
             if call is not None and initial and status in (180, 183) and call.ringing_at is None:
                 call.ringing_at = self.wall()
@@ -721,7 +723,7 @@ class Proxy:
         if call is not None and 200 <= resp.status < 300 and resp.cseq[1] == "INVITE":
             if resp.has_sdp():
                 self.policy.on_response(resp, source)
-                await self._media_answer(resp, source, call, call.caller_tag, call.callee_tag)
+            await self._sdp_step(call, resp, other_leg(call.leg_of(resp.from_tag)), source, "INVITE", resp.cseq[0])
             self.send(resp, call.caller_flow, call.caller_transport)
             return
         self.send(resp, nxt.response_address(), nxt.transport.lower())

@@ -47,6 +47,12 @@ class StagePolicy:
         return self.nat is not None
 
     @property
+    def legacy_media_positions(self) -> bool:
+        """Stage 0 relays only what the original rewrote: offers in INVITE bodies and answers in
+        2xx-to-INVITE bodies (no late offer, 183, PRACK or UPDATE SDP); see sipcore.offer_answer."""
+        return self.stage == 0
+
+    @property
     def keepalive(self) -> bool:
         return self.nat is not None
 
