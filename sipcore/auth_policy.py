@@ -24,13 +24,14 @@ class AuthDecision:
 class SipAuthorizer:
     def __init__(self, authenticator: DigestAuthenticator, lookup_ha1, user_exists,
                  limiter: FailureLimiter | None = None, server_header: str = "ims-migrate",
-                 clock=time.time):
+                 clock=time.time, is_local=None):
         self.auth = authenticator
         self.lookup_ha1 = lookup_ha1
         self.user_exists = user_exists
         self.limiter = limiter
         self.server_header = server_header
         self.clock = clock
+        self.is_local = is_local      # SipURI -> bool: names this server (digest uri check)
 
     def decide(self, request: SIPRequest, source: tuple[str, int], header: str,
                force: bool = False) -> AuthDecision:
@@ -52,7 +53,8 @@ class SipAuthorizer:
             return AuthDecision(self._challenge(request, status, challenge_header, now, stale=False))
         result = None
         for value in values:
-            result = self.auth.verify(request.method, str(request.uri), value, self.lookup_ha1, now)
+            result = self.auth.verify(request.method, str(request.uri), value, self.lookup_ha1, now,
+                                      is_local=self.is_local)
             if result.ok:
                 return AuthDecision(None, username=result.username)
             if result.stale:

@@ -12,6 +12,9 @@ import secrets
 from dataclasses import dataclass
 from typing import Callable
 
+from sipcore.errors import SIPParseError
+from sipcore.uri import SipURI, equivalent
+
 ALGORITHMS = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
 
 
@@ -67,6 +70,25 @@ def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
                 i += 1
             params[name] = rest[start:i].strip()
     return scheme.lower(), params
+
+
+def uri_matches(digest_uri: str, request_uri: str,
+                is_local: Callable[[SipURI], bool] | None = None) -> bool:
+    """The digest ``uri`` names the Request-URI (RFC 3261 §22.4 with §19.1.4 equivalence). Also
+    accepted: both name this server itself, without a user part (``is_local``): SIPp, for one,
+    always sends ``uri="sip:HOST:PORT"`` of the server it talks to, whatever its Request-URI
+    (``sip:domain``, ``sip:IP``). The response hash covers the uri as sent, so this widens nothing
+    an attacker could use: the credentials still only work for this server, realm and nonce."""
+    if digest_uri == request_uri:
+        return True
+    try:
+        d, r = SipURI.parse(digest_uri), SipURI.parse(request_uri)
+    except SIPParseError:
+        return False
+    if equivalent(d, r):
+        return True
+    return (is_local is not None and d.is_sip and r.is_sip and d.user is None and r.user is None
+            and is_local(d) and is_local(r))
 
 
 @dataclass
@@ -126,7 +148,9 @@ class DigestAuthenticator:
                 del self._nc[k]
 
     def verify(self, method: str, request_uri: str, authorization_value: str,
-               lookup_ha1: Callable[[str, str, str], str | None], now: float) -> AuthResult:
+               lookup_ha1: Callable[[str, str, str], str | None], now: float,
+               is_local: Callable[[SipURI], bool] | None = None) -> AuthResult:
+        """``is_local`` names this server's own URIs (see uri_matches)."""
         scheme, p = parse_auth_params(authorization_value)
         if scheme != "digest":
             return AuthResult(False, reason="not a Digest credential")
@@ -143,7 +167,7 @@ class DigestAuthenticator:
         if issued is None:
             return AuthResult(False, username, reason="nonce not issued by us")
         uri = p.get("uri", "")
-        if uri != request_uri:
+        if not uri_matches(uri, request_uri, is_local):
             return AuthResult(False, username, reason="digest uri does not match the Request-URI")
         ha1 = lookup_ha1(username, self.realm, algorithm)
         if ha1 is None:

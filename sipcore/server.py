@@ -67,7 +67,8 @@ class SIPServer:
         self.digest = DigestAuthenticator(realm=config.realm, algorithms=config.auth_algorithms,
                                           nonce_ttl=config.nonce_ttl)
         self.authorizer = SipAuthorizer(self.digest, users.lookup_ha1, self._user_exists,
-                                        limiter=self.limiter, server_header=self.server_header)
+                                        limiter=self.limiter, server_header=self.server_header,
+                                        is_local=self._is_local_uri)
         self.events = CDREvents(cdr, server_ip=config.advertised_host, server_port=config.advertised_port)
         self.transport = SIPTransport(self._on_message, max_size=65535,
                                       bad_request_host=config.advertised_host)
@@ -180,6 +181,12 @@ class SIPServer:
 
     def _user_exists(self, username: str) -> bool:
         return self.users.get(username) is not None
+
+    def _is_local_uri(self, uri) -> bool:
+        """The URI names this server: one of its addresses or its realm, with our port or none."""
+        c = self.config
+        hosts = {c.advertised_host.lower(), c.server_ip.lower(), c.realm.lower()}
+        return uri.host.lower() in hosts and uri.port in (None, c.server_port, c.advertised_port)
 
     # --- REGISTER -----------------------------------------------------------------------------
     async def _on_register(self, tx: ServerTx) -> None:

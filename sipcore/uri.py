@@ -5,6 +5,7 @@ Sans-IO value objects. Unknown URI parameters and headers are preserved in order
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from urllib.parse import unquote
 
 from sipcore.errors import SIPParseError
 
@@ -149,6 +150,37 @@ class SipURI:
             return f"{self.scheme}:{self.opaque}"
         user = f"{self.user}@" if self.user is not None else ""
         return f"{self.scheme}:{user}{self.host.lower()}"
+
+
+_MUST_MATCH_PARAMS = ("user", "ttl", "method", "maddr", "transport")
+
+
+def equivalent(a: SipURI, b: SipURI) -> bool:
+    """RFC 3261 §19.1.4 URI comparison: scheme, user and password (case-sensitive, escapes
+    decoded), host (case-insensitive) and port (an omitted port does not match an explicit one)
+    compare equal; user/ttl/method/maddr/transport must match when either URI has them, other
+    parameters only when both have them; URI headers must match both ways."""
+    if a.scheme != b.scheme:
+        return False
+    if a.opaque is not None or b.opaque is not None:
+        return a.opaque == b.opaque
+    if _unq(a.user) != _unq(b.user) or _unq(a.password) != _unq(b.password):
+        return False
+    if _unq(a.host).lower() != _unq(b.host).lower() or a.port != b.port:
+        return False
+    pa = {k.lower(): _unq(v).lower() if v is not None else None for k, v in a.params.items()}
+    pb = {k.lower(): _unq(v).lower() if v is not None else None for k, v in b.params.items()}
+    for name in set(pa) | set(pb):
+        if name in _MUST_MATCH_PARAMS or (name in pa and name in pb):
+            if name not in pa or name not in pb or pa[name] != pb[name]:
+                return False
+    ha = {k.lower(): _unq(v) for k, v in a.headers.items()}
+    hb = {k.lower(): _unq(v) for k, v in b.headers.items()}
+    return ha == hb
+
+
+def _unq(value: str | None) -> str | None:
+    return unquote(value) if value is not None else None
 
 
 def split_hostport(text: str) -> tuple[str, int | None]:

@@ -63,3 +63,44 @@ def test_wrong_password_forged_nonce_wrong_uri():
 def test_parse_auth_params_handles_quoted_commas():
     scheme, p = parse_auth_params('Digest username="a,b", realm="r", nc=00000001, qop=auth')
     assert scheme == "digest" and p["username"] == "a,b" and p["nc"] == "00000001"
+
+
+def test_uri_equivalence_rfc3261_19_1_4():
+    from sipcore.uri import SipURI, equivalent
+
+    def eq(a, b):
+        return equivalent(SipURI.parse(a), SipURI.parse(b))
+    # the RFC's own equal pairs
+    assert eq("sip:%61lice@atlanta.com;transport=TCP", "sip:alice@AtLanTa.CoM;Transport=tcp")
+    assert eq("sip:carol@chicago.com", "sip:carol@chicago.com;newparam=5")
+    assert eq("sip:carol@chicago.com;security=on", "sip:carol@chicago.com;newparam=5")
+    assert eq("sip:biloxi.com;transport=tcp;method=REGISTER?to=sip:bob%40biloxi.com",
+              "sip:biloxi.com;method=REGISTER;transport=tcp?to=sip:bob%40biloxi.com")
+    # ... and the unequal ones
+    assert not eq("SIP:ALICE@AtLanTa.CoM;Transport=udp", "sip:alice@AtLanTa.CoM;Transport=UDP")
+    assert not eq("sip:bob@biloxi.com", "sip:bob@biloxi.com:5060")
+    assert not eq("sip:bob@biloxi.com", "sip:bob@biloxi.com;transport=udp")
+    assert not eq("sip:carol@chicago.com;newparam=5", "sip:carol@chicago.com;newparam=6")
+    assert not eq("sip:carol@chicago.com?Subject=next%20meeting", "sip:carol@chicago.com")
+
+
+def test_digest_uri_equivalent_forms_and_sipp_default_are_accepted_replay_still_refused():
+    from sipcore.uri import SipURI
+
+    def local(u: SipURI) -> bool:
+        return u.host in ("sip.local", "198.51.100.1") and u.port in (None, 5060)
+    auth = DigestAuthenticator(REALM)
+    ch = auth.challenge(1000.0)[1]
+    # an equivalent form (host case, escaped user, param order)
+    value = creds(auth, ch, uri="sip:%31001@SIP.local;transport=udp;lr")
+    assert auth.verify("REGISTER", "sip:1001@sip.local;lr;transport=UDP", value, lookup, 1001).ok
+    # SIPp's default: uri=sip:HOST:PORT of the server whatever the Request-URI names
+    sipp = creds(auth, ch, uri="sip:198.51.100.1:5060", nc="00000002")
+    assert auth.verify("REGISTER", "sip:sip.local", sipp, lookup, 1002, is_local=local).ok
+    assert not auth.verify("REGISTER", "sip:sip.local", sipp, lookup, 1003, is_local=local).ok   # replay
+    other_host = creds(auth, ch, uri="sip:203.0.113.9:5060", nc="00000003")
+    assert "Request-URI" in auth.verify("REGISTER", "sip:sip.local", other_host, lookup, 1004, is_local=local).reason
+    no_local = creds(auth, ch, uri="sip:198.51.100.1:5060", nc="00000004")
+    assert not auth.verify("REGISTER", "sip:sip.local", no_local, lookup, 1005).ok
+    wrong_realm = creds(auth, ch, uri="sip:198.51.100.1:5060", nc="00000005").replace(f'realm="{REALM}"', 'realm="x"')
+    assert auth.verify("REGISTER", "sip:sip.local", wrong_realm, lookup, 1006, is_local=local).reason == "wrong realm"
