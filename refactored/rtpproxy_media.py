@@ -47,13 +47,22 @@ class RTPProxyBackend(MediaBackend):
             if m.port == 0:
                 continue
             addr = sdp.media_address(i) or "0.0.0.0"
-            if letter == "U":
-                cmd = proto.offer(call_id, addr, m.port, from_tag, to_tag, i + 1)   # tag;medianum
-            else:
-                cmd = proto.answer(call_id, addr, m.port, from_tag, to_tag or "", i + 1)
+            # an IPv6 party needs the "6" modifier; a relay without an IPv6 listener (-6) refuses it
+            # and the caller answers 488
+            family = "6" if ":" in addr else ""
+            try:
+                if letter == "U":
+                    cmd = proto.offer(call_id, addr, m.port, from_tag, to_tag, i + 1, family)   # tag;medianum
+                else:
+                    cmd = proto.answer(call_id, addr, m.port, from_tag, to_tag or "", i + 1, family)
+            except ValueError as exc:
+                raise MediaBackendError(f"cannot relay {call_id}: {exc}") from None
             try:
                 reply = proto.parse_port_reply(await self.pool.command(call_id, cmd))
             except proto.RTPProxyError as exc:
+                if family:
+                    raise MediaBackendError(f"rtpproxy cannot relay IPv6 media ({addr}) for {call_id}: {exc}; "
+                                            "it needs an IPv6 listener (rtpproxy -6 ADDRESS)") from None
                 raise MediaBackendError(f"rtpproxy refused {letter} for {call_id}: {exc}") from None
             except RTPProxyUnavailable as exc:
                 raise MediaBackendError(str(exc)) from None
