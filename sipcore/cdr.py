@@ -160,6 +160,7 @@ class CDRWriter:
         self._lock = threading.Lock()
         self._counter = 0
         self._open: dict[str, OpenCall] = {}
+        self._file = _AppendFile()
 
     # --- files --------------------------------------------------------------------------------
     def path_for(self, date: str) -> str:
@@ -187,25 +188,22 @@ class CDRWriter:
             path = self.path_for(fmt_date(now))
             buf = io.StringIO()
             out = csv.writer(buf, lineterminator="\r\n")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                created = os.fstat(fd).st_size == 0
-                if created:
-                    out.writerow(COLUMNS)
-                out.writerow([full[c] for c in COLUMNS])
-                data = buf.getvalue().encode("utf-8")
-                written = os.write(fd, data)     # in the kernel now: survives kill -9
-                while written < len(data):      # regular files write fully; be safe anyway
-                    written += os.write(fd, data[written:])
-            finally:
-                os.close(fd)
+            fd, created = self._file.fd_for(path)
+            if created:
+                out.writerow(COLUMNS)
+            out.writerow([full[c] for c in COLUMNS])
+            data = buf.getvalue().encode("utf-8")
+            written = os.write(fd, data)         # in the kernel now: survives kill -9
+            while written < len(data):          # regular files write fully; be safe anyway
+                written += os.write(fd, data[written:])
             self.syncer.dirty(path, created)    # fsync'ed off this thread within fsync_interval
         log.debug("CDR %s/%s call-id=%s", full["record_type"], full["call_state"], full["call_id"])
         return full
 
     def close(self) -> None:
         """fsync every row written so far and stop the sync thread (graceful shutdown)."""
+        with self._lock:
+            self._file.close()
         self.syncer.close()
 
     def _base_row(self, record_type: str, state: str, call_id: str, start: float, end: float,
@@ -456,6 +454,44 @@ class CDRWriter:
             shutil.rmtree(os.path.join(self.base_dir, d))
             log.warning("CDR folder %s deleted", d)
         return removed
+
+
+class _AppendFile:
+    """The ``O_APPEND`` descriptor of the current day's file, kept open between rows (an open,
+    fstat, mkdir and close per row cost more than the row). At most once a second it checks that
+    the path still names the open file, so a file moved or deleted by hand is recreated."""
+
+    RECHECK = 1.0
+
+    def __init__(self) -> None:
+        self.path: str | None = None
+        self.fd = -1
+        self.ino = -1
+        self.checked = 0.0
+
+    def fd_for(self, path: str) -> tuple[int, bool]:
+        """(descriptor, whether the file is new and needs the header row)."""
+        if self.fd >= 0 and path == self.path:
+            now = time.monotonic()
+            if now - self.checked < self.RECHECK:
+                return self.fd, False
+            self.checked = now
+            try:
+                if os.stat(path).st_ino == self.ino:
+                    return self.fd, False
+            except OSError:
+                pass
+        self.close()
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        st = os.fstat(fd)
+        self.path, self.fd, self.ino, self.checked = path, fd, st.st_ino, time.monotonic()
+        return fd, st.st_size == 0
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.path, self.fd, self.ino = None, -1, -1
 
 
 class Syncer:
