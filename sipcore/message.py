@@ -103,12 +103,18 @@ def _lower_canonical(name: str) -> str:
 
 
 class Headers:
-    """Ordered, case-insensitive multi-map of header lines."""
+    """Ordered, case-insensitive multi-map of header lines.
 
-    __slots__ = ("_items",)
+    ``_items`` holds the (name, value) lines in order; ``_keys`` the lower-case canonical name of
+    each line, in step with it, so a lookup is one C-level ``list.index``/scan over interned keys
+    instead of lower-casing every header name on every call.
+    """
+
+    __slots__ = ("_items", "_keys")
 
     def __init__(self, items: list[tuple[str, str]] | None = None):
         self._items: list[tuple[str, str]] = list(items or [])
+        self._keys: list[str] = [_lower_canonical(n) for n, _ in self._items]
 
     def __iter__(self):
         return iter(self._items)
@@ -119,41 +125,53 @@ class Headers:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Headers):
             return NotImplemented
-        return [(n.lower(), v) for n, v in self._items] == [(n.lower(), v) for n, v in other._items]
+        return self._keys == other._keys and [v for _, v in self._items] == [v for _, v in other._items]
 
     def __contains__(self, name: str) -> bool:
-        low = _lower_canonical(name)
-        return any(n.lower() == low for n, _ in self._items)
+        return _lower_canonical(name) in self._keys
 
     def items(self) -> list[tuple[str, str]]:
         return list(self._items)
 
+    def _append(self, name: str, value: str) -> None:
+        self._items.append((name, value))
+        self._keys.append(_lower_canonical(name))
+
     def get(self, name: str, default: str | None = None) -> str | None:
         low = _lower_canonical(name)
-        for n, v in self._items:
-            if n.lower() == low:
-                if low in LIST_HEADERS:
-                    parts = split_list(v)
-                    if parts:
-                        return parts[0]
-                    continue
-                return v.strip()
-        return default
+        keys = self._keys
+        try:
+            i = keys.index(low)
+        except ValueError:
+            return default
+        if low not in LIST_HEADERS:
+            return self._items[i][1].strip()
+        while True:
+            parts = split_list(self._items[i][1])
+            if parts:
+                return parts[0]
+            try:
+                i = keys.index(low, i + 1)
+            except ValueError:
+                return default
 
     def get_raw(self, name: str) -> list[str]:
         """Values as received, one per header line (no comma splitting)."""
         low = _lower_canonical(name)
-        return [v for n, v in self._items if n.lower() == low]
+        if low not in self._keys:
+            return []
+        return [item[1] for k, item in zip(self._keys, self._items) if k == low]
 
     def get_all(self, name: str) -> list[str]:
         low = _lower_canonical(name)
+        if low not in self._keys:
+            return []
+        values = [item[1] for k, item in zip(self._keys, self._items) if k == low]
+        if low not in LIST_HEADERS:
+            return [v.strip() for v in values]
         out: list[str] = []
-        for n, v in self._items:
-            if n.lower() == low:
-                if low in LIST_HEADERS:
-                    out.extend(split_list(v))
-                else:
-                    out.append(v.strip())
+        for v in values:
+            out.extend(split_list(v))
         return out
 
     def set(self, name: str, value: str) -> None:
@@ -163,57 +181,71 @@ class Headers:
     def add(self, name: str, value: str, top: bool = False) -> None:
         """Add one value: ``top=True`` puts it before the first header of that name."""
         name = canonical_name(name)
+        low = _lower_canonical(name)
         if top:
-            low = name.lower()
-            for i, (n, _) in enumerate(self._items):
-                if n.lower() == low:
-                    self._items.insert(i, (name, value))
-                    return
-            # none yet: put it where Via-like headers usually go (start) for Via, else end
-            if low == "via":
-                self._items.insert(0, (name, value))
-                return
+            try:
+                i = self._keys.index(low)
+            except ValueError:
+                # none yet: put it where Via-like headers usually go (start) for Via, else end
+                i = 0 if low == "via" else len(self._keys)
+            self._items.insert(i, (name, value))
+            self._keys.insert(i, low)
+            return
         self._items.append((name, value))
+        self._keys.append(low)
 
     def remove(self, name: str) -> int:
         low = _lower_canonical(name)
+        if low not in self._keys:
+            return 0
         before = len(self._items)
-        self._items = [(n, v) for n, v in self._items if n.lower() != low]
+        pairs = [(k, item) for k, item in zip(self._keys, self._items) if k != low]
+        self._keys = [k for k, _ in pairs]
+        self._items = [item for _, item in pairs]
         return before - len(self._items)
 
     def remove_first(self, name: str) -> str | None:
         """Remove the first value of ``name`` (splitting a comma list line if needed)."""
         low = _lower_canonical(name)
-        for i, (n, v) in enumerate(self._items):
-            if n.lower() == low:
-                parts = split_list(v) if low in LIST_HEADERS else [v.strip()]
-                first, rest = parts[0] if parts else "", parts[1:]
-                if rest:
-                    self._items[i] = (n, ", ".join(rest))
-                else:
-                    del self._items[i]
-                return first
-        return None
+        try:
+            i = self._keys.index(low)
+        except ValueError:
+            return None
+        n, v = self._items[i]
+        parts = split_list(v) if low in LIST_HEADERS else [v.strip()]
+        first, rest = parts[0] if parts else "", parts[1:]
+        if rest:
+            self._items[i] = (n, ", ".join(rest))
+        else:
+            del self._items[i]
+            del self._keys[i]
+        return first
 
     def replace_all(self, name: str, values: list[str]) -> None:
         """Set the values of ``name`` to ``values`` (one line each) at the first position."""
         name = canonical_name(name)
-        low = name.lower()
-        pos = None
-        kept: list[tuple[str, str]] = []
-        for n, v in self._items:
-            if n.lower() == low:
-                if pos is None:
-                    pos = len(kept)
-                continue
-            kept.append((n, v))
-        if pos is None:
-            pos = len(kept)
-        kept[pos:pos] = [(name, v) for v in values]
-        self._items = kept
+        low = _lower_canonical(name)
+        keys, items = self._keys, self._items
+        try:
+            pos = keys.index(low)
+        except ValueError:
+            pos = len(keys)
+        else:
+            if low in keys[pos + 1:]:       # several lines: keep only the others
+                pairs = [(k, item) for k, item in zip(keys, items) if k != low]
+                keys = self._keys = [k for k, _ in pairs]
+                items = self._items = [item for _, item in pairs]
+            else:
+                del keys[pos]
+                del items[pos]
+        keys[pos:pos] = [low] * len(values)
+        items[pos:pos] = [(name, v) for v in values]
 
     def copy(self) -> "Headers":
-        return Headers(self._items)
+        h = Headers.__new__(Headers)
+        h._items = list(self._items)
+        h._keys = list(self._keys)
+        return h
 
 
 @dataclass
@@ -272,6 +304,13 @@ class Via:
         return host, port
 
 
+@functools.lru_cache(maxsize=4096)
+def _parsed_via(value: str) -> Via:
+    """Via values are parsed about three times per message (validation, transaction key, proxy):
+    parse each distinct value once. The result is shared; readers must not modify it."""
+    return Via.parse(value)
+
+
 def new_branch() -> str:
     return BRANCH_MAGIC + secrets.token_hex(8)
 
@@ -281,10 +320,14 @@ def new_tag() -> str:
 
 
 @functools.lru_cache(maxsize=4096)
+def _parsed_name_addr(value: str) -> NameAddr:
+    """From/To values are parsed by validation and again by readers: parse each value once.
+    The result is shared; readers must not modify it."""
+    return NameAddr.parse(value)
+
+
 def _tag_of(name_addr: str) -> str | None:
-    """The tag of a From/To value; cached because the proxy asks for tags many times per message
-    and a NameAddr (mutable) cannot be shared, while the tag string can."""
-    return NameAddr.parse(name_addr).tag
+    return _parsed_name_addr(name_addr).tag
 
 
 class SIPMessage:
@@ -310,16 +353,18 @@ class SIPMessage:
         return parse_cseq(value)
 
     def from_addr(self) -> NameAddr:
+        """The parsed From (shared with other readers: do not modify; ``NameAddr.parse`` copies)."""
         v = self.headers.get("From")
         if v is None:
             raise SIPParseError("missing From")
-        return NameAddr.parse(v)
+        return _parsed_name_addr(v)
 
     def to_addr(self) -> NameAddr:
+        """The parsed To (shared with other readers: do not modify; ``NameAddr.parse`` copies)."""
         v = self.headers.get("To")
         if v is None:
             raise SIPParseError("missing To")
-        return NameAddr.parse(v)
+        return _parsed_name_addr(v)
 
     @property
     def from_tag(self) -> str | None:
@@ -336,11 +381,14 @@ class SIPMessage:
         return _tag_of(v)
 
     def vias(self) -> list[Via]:
-        return [Via.parse(v) for v in self.headers.get_all("Via")]
+        """The parsed Via values, top first. Shared with other readers: do not modify them
+        (``Via.parse`` gives a private copy to change)."""
+        return [_parsed_via(v) for v in self.headers.get_all("Via")]
 
     def top_via(self) -> Via | None:
+        """The parsed top Via (shared, read-only: see ``vias``)."""
         v = self.headers.get("Via")
-        return Via.parse(v) if v is not None else None
+        return _parsed_via(v) if v is not None else None
 
     def contacts(self) -> list[NameAddr]:
         return [NameAddr.parse(v) for v in self.headers.get_all("Contact")]
@@ -434,6 +482,7 @@ def parse_cseq(value: str) -> tuple[int, str]:
 
 
 REQUIRED_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
+_HEADER_NAMES: dict[str, tuple[str, str]] = {}   # raw header name -> (canonical name, lookup key)
 
 
 def parse_message(data: bytes, max_size: int = MAX_MESSAGE_SIZE,
@@ -476,6 +525,8 @@ def parse_message(data: bytes, max_size: int = MAX_MESSAGE_SIZE,
     start_line = raw_lines[0]
     headers = Headers()
     items = headers._items
+    keys = headers._keys
+    names = _HEADER_NAMES
     for line in raw_lines[1:]:
         if not line:
             continue
@@ -485,13 +536,21 @@ def parse_message(data: bytes, max_size: int = MAX_MESSAGE_SIZE,
             n, v = items[-1]
             items[-1] = (n, (v + " " + line.strip()).strip())
             continue
-        colon = line.find(":")
-        if colon <= 0:
+        raw_name, colon, value = line.partition(":")
+        if not colon:
             raise SIPParseError(f"malformed header line: {line[:60]!r}")
-        name = line[:colon].rstrip()
-        if not name or not _TOKEN_CHARS.issuperset(name):
-            raise SIPParseError(f"bad header name: {name[:40]!r}")
-        items.append((canonical_name(name), line[colon + 1:].strip()))
+        known = names.get(raw_name)
+        if known is None:
+            if not raw_name:
+                raise SIPParseError(f"malformed header line: {line[:60]!r}")
+            name = raw_name.rstrip()
+            if not name or not _TOKEN_CHARS.issuperset(name):
+                raise SIPParseError(f"bad header name: {name[:40]!r}")
+            known = (canonical_name(name), _lower_canonical(name))
+            if len(names) < 2048:       # header names as received -> (canonical, key)
+                names[raw_name] = known
+        items.append((known[0], value.strip()))
+        keys.append(known[1])
 
     msg: SIPRequest | SIPResponse
     if start_line.startswith("SIP/"):
@@ -549,12 +608,9 @@ def parse_message(data: bytes, max_size: int = MAX_MESSAGE_SIZE,
         msg.from_addr()
         msg.to_addr()
         msg.vias()
-        counts: dict[str, int] = {}
-        for n, _ in items:
-            if n in ("Call-ID", "From", "To"):
-                counts[n] = counts.get(n, 0) + 1
-        if any(c > 1 for c in counts.values()):
-            raise SIPParseError("more than one " + "/".join(n for n, c in counts.items() if c > 1))
+        dup = [n for n, k in (("Call-ID", "call-id"), ("From", "from"), ("To", "to")) if keys.count(k) > 1]
+        if dup:
+            raise SIPParseError("more than one " + "/".join(dup))
         mf = headers.get("Max-Forwards")
         if mf is not None and (not mf.isdigit() or int(mf) > 255):
             raise SIPParseError(f"bad Max-Forwards: {mf[:20]!r}")

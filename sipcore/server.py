@@ -166,10 +166,10 @@ class SIPServer:
     async def _dispatch(self, msg, source, transport) -> None:
         try:
             if isinstance(msg, SIPRequest):
-                log.info("RX %s %s from %s:%s call-id=%s", msg.method, msg.uri, *source, msg.call_id)
+                log.debug("RX %s %s from %s:%s call-id=%s", msg.method, msg.uri, *source, msg.call_id)
                 await self.proxy.on_request(msg, source, transport)
             else:
-                log.info("RX %d %s from %s:%s call-id=%s", msg.status, msg.reason, *source, msg.call_id)
+                log.debug("RX %d %s from %s:%s call-id=%s", msg.status, msg.reason, *source, msg.call_id)
                 await self.proxy.on_response(msg, source, transport)
         except SIPParseError as exc:
             log.warning("dropping message from %s:%s: %s", *source, exc.reason)
