@@ -353,18 +353,18 @@ class SIPMessage:
         return parse_cseq(value)
 
     def from_addr(self) -> NameAddr:
-        """The parsed From (shared with other readers: do not modify; ``NameAddr.parse`` copies)."""
+        """The parsed From (a private copy: callers may change it)."""
         v = self.headers.get("From")
         if v is None:
             raise SIPParseError("missing From")
-        return _parsed_name_addr(v)
+        return NameAddr.parse(v)
 
     def to_addr(self) -> NameAddr:
-        """The parsed To (shared with other readers: do not modify; ``NameAddr.parse`` copies)."""
+        """The parsed To (a private copy: callers may change it)."""
         v = self.headers.get("To")
         if v is None:
             raise SIPParseError("missing To")
-        return _parsed_name_addr(v)
+        return NameAddr.parse(v)
 
     @property
     def from_tag(self) -> str | None:
@@ -605,8 +605,8 @@ def parse_message(data: bytes, max_size: int = MAX_MESSAGE_SIZE,
         cseq_num, cseq_method = msg.cseq
         if isinstance(msg, SIPRequest) and cseq_method != msg.method:
             raise SIPParseError(f"CSeq method {cseq_method} does not match {msg.method}")
-        msg.from_addr()
-        msg.to_addr()
+        _parsed_name_addr(headers.get("From") or "")     # validation; the tag lookups reuse it
+        _parsed_name_addr(headers.get("To") or "")
         msg.vias()
         dup = [n for n, k in (("Call-ID", "call-id"), ("From", "from"), ("To", "to")) if keys.count(k) > 1]
         if dup:
