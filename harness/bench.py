@@ -29,15 +29,15 @@ import time
 import click
 
 from harness.rtp_stream import free_udp_port
+from harness.stacks import STACKS, stack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENTRY = {0: "run.py", 1: "run_refactored.py", 2: "run_sippy.py"}
 
 # Port plan, all in 10000-32766: below Linux's ephemeral range (32768-60999), where any client
 # socket on the machine could already hold a port (a media round once failed to bind 52xxx), and
 # clear of well-known service ports. It overlaps the test suite's ports: do not run both at once
 # (the figures would be wrong anyway).
-CALL_SETUP_BASE = 10000                  # + 2000 per stage: SIP, MML, rtpproxy control, RTP range
+CALL_SETUP_BASE = 10000                  # + 2000 per stack (0, 1, 2, 2-sippy): SIP, MML, rtpproxy, RTP range
 MEDIA_ENDPOINT_BASE = 16000              # 4 ports per stream (two RTP/RTCP endpoints)
 RELAY_PORTS = (23000, 32766)             # the relay's own ports, 4 per stream
 MAX_MEDIA_STREAMS = (RELAY_PORTS[0] - MEDIA_ENDPOINT_BASE) // 4
@@ -62,7 +62,7 @@ def _sipp_version() -> str | None:
 
 
 class BenchServer:
-    def __init__(self, stage: int, workdir: str, base: int):
+    def __init__(self, stage: int | str, workdir: str, base: int):
         self.stage, self.workdir, self.port = stage, workdir, base
         with open(os.path.join(workdir, "users.json"), "w") as fh:
             json.dump({u: {"username": u, "password": "1234", "status": "ACTIVE"} for u in ("1001", "1002")}, fh)
@@ -72,20 +72,22 @@ class BenchServer:
                         CONFIG_FILE=os.path.join(workdir, "none.json"), BLACKLIST_FILE=os.path.join(workdir, "bl"),
                         RTPPROXY_UDP_PORT=str(base + 2), RTP_PORT_MIN=str(base + 500),
                         RTP_PORT_MAX=str(base + 1998), LOG_LEVEL="WARNING", AUTH_INVITE="0",
-                        RATE_LIMIT_FAILS="100000", PYTHONPATH=ROOT)
+                        RATE_LIMIT_FAILS="100000", PYTHONPATH=ROOT, **stack(stage).env)
         self.proc = None
 
     def __enter__(self):
-        self.proc = subprocess.Popen([sys.executable, os.path.join(ROOT, ENTRY[self.stage])], cwd=self.workdir,
+        self.proc = subprocess.Popen([sys.executable, os.path.join(ROOT, stack(self.stage).entry)], cwd=self.workdir,
                                      env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 20
+        lines = []
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
                 break
+            lines.append(line)
             if line.startswith("ims-migrate ") and " ready on " in line:
                 return self
-        raise RuntimeError(f"stage {self.stage} server did not start")
+        raise RuntimeError(f"stage {self.stage} server did not start:\n" + "".join(lines[-10:]))
 
     def __exit__(self, *exc):
         self.proc.terminate()
@@ -108,10 +110,10 @@ def _register(port: int, user: str, local_port: int) -> None:
         a.close()
 
 
-def call_setup(stage: int, rates: list[int], seconds: float, workdir: str) -> dict:
+def call_setup(stage: int | str, rates: list[int], seconds: float, workdir: str) -> dict:
     if not shutil.which("sipp"):
         raise click.ClickException("SIPp is not installed (apt-get install sip-tester)")
-    base = CALL_SETUP_BASE + stage * 2000
+    base = CALL_SETUP_BASE + list(STACKS).index(str(stage)) * 2000
     results = []
     with BenchServer(stage, workdir, base) as srv:
         uas_port = base + 20
@@ -331,7 +333,8 @@ def plot(data: dict, path: str) -> None:
 
 
 @click.command()
-@click.option("--stages", default="0,1,2", show_default=True)
+@click.option("--stages", default="0,1,2", show_default=True,
+              help="stacks to measure: 0, 1, 2 and 2-sippy (stage 2 with SIGNALLING=sippy)")
 @click.option("--rates", default="100,200,300,400,500,600", show_default=True, help="offered calls/s for SIPp")
 @click.option("--seconds", type=float, default=5.0, show_default=True, help="per call-rate step")
 @click.option("--streams", default="200,400,600,800,1200,1600", show_default=True, help="concurrent media streams per step")
@@ -344,7 +347,10 @@ def bench(stages, rates, seconds, streams, media_seconds, skip_calls, skip_media
     from tabulate import tabulate
     os.makedirs(output, exist_ok=True)
     data = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "call_setup": [], "media": []}
-    stage_list = [int(s) for s in stages.split(",")]
+    try:
+        stage_list = [stack(s.strip()).name for s in stages.split(",")]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--stages") from None
     with tempfile.TemporaryDirectory(prefix="ims-bench-") as tmp:
         if not skip_calls:
             for st in stage_list:

@@ -10,8 +10,9 @@ import time
 import click
 
 from harness.scenario import ScenarioError, load_all
+from harness.stacks import StackType, expectation
 
-STAGES = click.IntRange(0, 2)
+STAGES = StackType()
 
 
 def _scenarios(pattern: str):
@@ -49,8 +50,9 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--stage", type=STAGES, required=True, help="candidate stage")
-@click.option("--baseline", type=STAGES, default=0, show_default=True, help="baseline stage")
+@click.option("--stage", type=STAGES, required=True,
+              help="candidate stage (2-sippy: stage 2 with SIGNALLING=sippy, the Sippy B2BUA)")
+@click.option("--baseline", type=STAGES, default=0, show_default=True, help="baseline stage (or 2-sippy)")
 @click.option("--scenario", "pattern", default="*", show_default=True, help="scenario name glob")
 @click.option("--backend", type=click.Choice(["netns", "docker"]), default="netns", show_default=True)
 @click.option("--repeat", type=click.IntRange(1, 10), default=1, show_default=True, help="candidate runs per scenario")
@@ -86,7 +88,8 @@ def compare(stage, baseline, pattern, backend, repeat, workers, fmt, output, can
     for sc in scenarios:
         base = [r.observation for r in results if r.scenario == sc.name and r.stage == baseline and r.run < 10]
         cand = [r.observation for r in results if r.scenario == sc.name and r.stage == stage and r.run >= 10]
-        v = judge(sc.name, base, cand, sc.expect.get(baseline), sc.expect.get(stage))
+        v = judge(sc.name, base, cand, expectation(sc.expect, baseline),
+                  expectation(sc.expect, stage))
         verdicts.append(v)
         with open(os.path.join(output, sc.name, "verdict.json"), "w") as fh:
             json.dump(v.as_dict(), fh, indent=2, default=str)
@@ -107,7 +110,7 @@ def compare(stage, baseline, pattern, backend, repeat, workers, fmt, output, can
 
 
 @cli.command()
-@click.option("--stage", type=STAGES, required=True)
+@click.option("--stage", type=STAGES, required=True, help="stage (or 2-sippy: stage 2 on the Sippy B2BUA)")
 @click.option("--scenario", "pattern", default="*", show_default=True)
 @click.option("--backend", type=click.Choice(["netns", "docker"]), default="netns", show_default=True)
 @click.option("-n", "--workers", type=click.IntRange(1, 32), default=6, show_default=True)
@@ -124,7 +127,7 @@ def run(stage, pattern, backend, workers, output, as_json) -> None:
                        workers=workers, progress=_progress)
     rows, failed, out = [], 0, {}
     for sc, res in zip(scenarios, results):
-        ok, misses = meets(res.observation, sc.expect.get(stage))
+        ok, misses = meets(res.observation, expectation(sc.expect, stage))
         ok = ok and not res.error
         failed += not ok
         out[sc.name] = res.observation

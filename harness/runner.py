@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from harness.agent_control import AgentError, AgentProcess
 from harness.observation import build_observation
 from harness.scenario import ROOT, USERS, Scenario
+from harness.stacks import stack
 from netlab import open_lab, standard
 from netlab.lifecycle import claim_slot, release_slot
 
 log = logging.getLogger(__name__)
-ENTRYPOINTS = {0: "run.py", 1: "run_refactored.py", 2: "run_sippy.py"}
 RTP_PORTS = {"alice": 40000, "bob": 42000}
 
 
@@ -87,14 +87,14 @@ def run_scenario(sc: Scenario, stage: int, *, backend: str = "netns", evidence_r
                        USERS_FILE=os.path.join(evidence, "users.json"), CDR_DIR=os.path.join(evidence, "CDR"),
                        LOG_DIR=os.path.join(evidence, "logs"), BLACKLIST_FILE=os.path.join(evidence, "blacklist.txt"),
                        CONFIG_FILE=os.path.join(evidence, "no-config.json"), LOG_LEVEL="INFO",
-                       PYTHONPATH=ROOT, **sc.server_env)
+                       PYTHONPATH=ROOT, **stack(stage).env, **sc.server_env)
             for r in topo.routers():
                 if "public" in r.addresses:
                     captures.append(lab.capture(r.name, lab.iface(r.name, "public"),
                                                 os.path.join(evidence, f"{r.name}-public.pcap")))
             server_log = os.path.join(evidence, "server.log")
             with open(server_log, "w") as out:
-                server = lab.spawn("server", [sys.executable, entry or os.path.join(ROOT, ENTRYPOINTS[stage])],
+                server = lab.spawn("server", [sys.executable, entry or os.path.join(ROOT, stack(stage).entry)],
                                    env=env, cwd=evidence, stdout=out, stderr=subprocess.STDOUT)
             _wait_ready(server, server_log)
             for who in ("alice", "bob"):

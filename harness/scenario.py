@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from harness.stacks import STACKS, stack
 from netlab.topology import PROFILES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +60,7 @@ class Scenario:
     server_env: dict
     ua: dict[str, dict]
     steps: list[Step]
-    expect: dict[int, dict]
+    expect: dict[int | str, dict]      # by stack name: 0, 1, 2, "2-sippy" (harness.stacks)
     path: str = ""
     tags: list[str] = field(default_factory=list)
 
@@ -132,9 +133,10 @@ def load(path: str) -> Scenario:
     expect = {}
     for k, v in (data.get("expect") or {}).items():
         try:
-            stage = int(k)
+            stage = stack(k).name
         except ValueError:
-            raise _err(path, f"expect: keys are stage numbers, got {k!r}") from None
+            raise _err(path, f"expect: keys are stage numbers or stack names ({', '.join(STACKS)}), "
+                             f"got {k!r}") from None
         if "audio" in v and v["audio"] not in AUDIO:
             raise _err(path, f"expect stage {stage}: audio must be one of {AUDIO}")
         expect[stage] = v

@@ -234,6 +234,7 @@ class SippyBridge:
             bindings = [b for b in bindings if b.source != source] or bindings
         if not bindings:
             return False   # the proxy answers (404/480, 403 Not Relaying, the trunk) and writes the CDR
+        server.proxy._stamp_via(req, source)                  # force_rport, also for a 407/403 from here
         decision = server.admission.initial(req, source)       # caller identity, as the proxy does it
         if decision.response is not None:
             server.transport.send(decision.response, source, "udp")

@@ -36,3 +36,18 @@ def test_injected_regression_is_caught(tmp_path):
     assert report["go"] is False and "both-cone" in report["summary"]
     [s] = report["scenarios"]
     assert s["verdict"] == "REGRESSED" and any("audio" in r for r in s["reasons"])
+
+
+def test_compare_sippy_signalling_against_stage2(tmp_path):
+    """Stage 2 on the Sippy B2BUA as its own candidate, against sipcore's stage 2 (hairpin NAT and a
+    re-INVITE hold): B2BUA tags/Call-IDs do not count as differences, nothing regresses."""
+    out = subprocess.run(HARNESS + ["compare", "--stage", "2-sippy", "--baseline", "2", "--scenario", "h*", "-n", "3",
+                                    "--format", "json", "--output", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    verdicts = {s["scenario"]: s["verdict"] for s in report["scenarios"]}
+    assert verdicts == {"hairpin": "same", "hold-resume": "same"}, report["scenarios"]
+    assert all(s["audio"] == "two-way" for s in report["scenarios"])
+    log = (tmp_path / "hold-resume" / "stage2-sippy-run10" / "server.log").read_text()
+    assert "-> Sippy B2BUA" in log and "Sippy reactor stopped" in log
