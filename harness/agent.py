@@ -7,13 +7,15 @@ Protocol: one JSON object per line.
 Commands and results:
   config   user, password, domain, server [host, port], local_ip, sip_port, rtp_port,
            contact_params (e.g. ";transport=udp;ob"), expires, advertise_rtcp, answer_mode
-           (auto|busy|ring|ignore|early_media), answer_after_ms, rtp_mode (active|silent|
-           after_first_packet), rtp_from_port, timer_b                    -> {}
-  register [expires]                    -> {code, contacts}
+           (auto|busy|ring|ignore|early_media|early_media_100rel), answer_after_ms, rtp_mode
+           (active|silent|after_first_packet), rtp_from_port, timer_b, late_offer (INVITE without
+           SDP), early_update (UPDATE offer after a reliable 183), decline_video   -> {}
+  register [expires]                    -> {code, contacts, own_binding}
   unregister                            -> {code, contacts}
   call     target [video]               -> {code, call_id}    (returns at the final response)
   hangup | cancel [call_id]             -> {code}
   hold [call_id] [variant sendonly|zero] / resume [call_id]   -> {code}
+  reoffer [call_id]                     -> {code}   (re-INVITE without SDP, answer in the ACK)
   message  target text                  -> {code}
   options  [target]                     -> {code}
   set      any config field (answer_mode, rtp_mode, ...) -> {}
@@ -89,6 +91,8 @@ class Agent:
             return await ua.reinvite(msg.get("call_id"), "sendonly" if not zero else "sendrecv", hold_zero=zero)
         if cmd == "resume":
             return await ua.reinvite(msg.get("call_id"), "sendrecv")
+        if cmd == "reoffer":
+            return await ua.reinvite(msg.get("call_id"), "sendrecv", with_sdp=False)
         if cmd == "message":
             return await ua.message(msg["target"], msg.get("text", ""))
         if cmd == "options":

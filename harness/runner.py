@@ -164,6 +164,9 @@ def execute_steps(sc: Scenario, lab, agents: dict[str, AgentProcess]) -> list[tu
                 agents[a["who"]].request("set", password=a["password"])
             r = agents[a["who"]].request(step.kind, **({"expires": a["expires"]} if "expires" in a else {}))
             results.append((step.label, r["code"]))
+            if a.get("check_contact"):
+                # RFC 3261 §10.3 step 8: the 200 lists the UA's Contact as it registered it, with expires
+                results.append(("contact-echo", "seen" if r.get("own_binding") else "missing"))
         elif step.kind == "call":
             if a.get("background"):
                 background = (step.label, agents[a["from"]].start("call", target=USERS[a["to"]]))
@@ -188,6 +191,8 @@ def execute_steps(sc: Scenario, lab, agents: dict[str, AgentProcess]) -> list[tu
             results.append((step.label, agents[a["who"]].request("hold", variant=a.get("variant", "sendonly"))["code"]))
         elif step.kind == "resume":
             results.append((step.label, agents[a["who"]].request("resume")["code"]))
+        elif step.kind == "reoffer":
+            results.append((step.label, agents[a["who"]].request("reoffer")["code"]))
         elif step.kind == "message":
             r = agents[a["from"]].request("message", target=USERS[a["to"]], text=a.get("text", "hello"))
             results.append((step.label, r["code"]))

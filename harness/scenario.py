@@ -33,9 +33,9 @@ UAS = ("alice", "bob")
 USERS = {"alice": "1001", "bob": "1002"}
 AUDIO = ("two-way", "A->B only", "B->A only", "none")
 UA_FIELDS = ("contact_params", "rtp_mode", "rtp_from_port", "advertise_rtcp", "answer_mode", "answer_after_ms",
-             "password", "expires", "timer_b")
+             "password", "expires", "timer_b", "late_offer", "early_update", "decline_video")
 STEP_KINDS = ("register", "unregister", "call", "media", "hangup", "cancel", "hold", "resume", "message",
-              "options", "rebind", "wait", "set", "expect_call", "wait_event")
+              "options", "rebind", "wait", "set", "expect_call", "wait_event", "reoffer")
 
 
 class ScenarioError(ValueError):
@@ -76,7 +76,7 @@ def parse_step(raw, index: int, path: str) -> Step:
     if kind not in STEP_KINDS:
         raise _err(path, f"step {index + 1}: unknown step {kind!r} (known: {', '.join(STEP_KINDS)})")
     args: dict
-    if kind in ("register", "unregister", "hangup", "cancel", "options", "resume"):
+    if kind in ("register", "unregister", "hangup", "cancel", "options", "resume", "reoffer"):
         args = {"who": value} if isinstance(value, str) else dict(value or {})
         if args.get("who") not in UAS:
             raise _err(path, f"step {index + 1} ({kind}): 'who' must be one of {UAS}")

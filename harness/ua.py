@@ -17,7 +17,7 @@ from sipcore.message import (Headers, SIPRequest, SIPResponse, build_response, n
 from sipcore.sdp import SessionDescription
 from sipcore.transaction import ClientTransaction
 from sipcore.transaction_runner import RunningTransaction
-from sipcore.uri import NameAddr, SipURI
+from sipcore.uri import NameAddr, SipURI, equivalent
 
 log = logging.getLogger(__name__)
 T1, T2 = 0.5, 4.0
@@ -36,11 +36,14 @@ class UAConfig:
     expires: int = 300
     display: str = ""
     advertise_rtcp: bool = False
-    answer_mode: str = "auto"           # auto | busy | ring | ignore | early_media
+    answer_mode: str = "auto"           # auto | busy | ring | ignore | early_media | early_media_100rel
     answer_after_ms: int = 200
     rtp_mode: str = "active"            # active | silent | after_first_packet
     rtp_from_port: int | None = None
     timer_b: float = 32.0
+    late_offer: bool = False            # INVITE without SDP: the offer comes in the 200 / reliable 183
+    early_update: bool = False          # after a reliable 183 and its PRACK: UPDATE with SDP before the 200
+    decline_video: bool = False         # answer an offered video stream with port 0
 
 
 @dataclass
@@ -59,6 +62,7 @@ class Call:
     final_code: int | None = None
     local_sdp_version: int = 1
     pending_200: SIPResponse | None = None
+    offer_answered: bool = False        # our late offer's exchange completed in a PRACK
     video: bool = False
     from_hdr: str = ""
     to_hdr: str = ""
@@ -234,7 +238,20 @@ class UserAgent:
             self.reg_cseq = resp.cseq[0]
         contacts = resp.headers.get_all("Contact") if resp is not None else []
         self.observed["register_contacts"].append(contacts)
-        return {"code": resp.status if resp else 408, "contacts": contacts}
+        return {"code": resp.status if resp else 408, "contacts": contacts, "own_binding": self._own_binding(contacts)}
+
+    def _own_binding(self, contacts: list[str]) -> bool:
+        """The REGISTER 200 lists our Contact as we sent it, with an expires parameter (RFC 3261
+        §10.3 step 8): that is how a UA finds its own binding among the AOR's."""
+        mine = NameAddr.parse(self._contact()).uri
+        for value in contacts:
+            try:
+                na = NameAddr.parse(value)
+            except SIPParseError:
+                continue
+            if na.uri is not None and equivalent(na.uri, mine) and "expires" in na.params:
+                return True
+        return False
 
     # --- SDP ----------------------------------------------------------------------------------
     def _sdp(self, call: Call, direction: str = "sendrecv", hold_zero: bool = False, video: bool | None = None) -> bytes:
@@ -248,7 +265,8 @@ class UserAgent:
             lines.append(f"a=rtcp:{port + 1} IN IP4 {self.cfg.local_ip}")
         lines.append(f"a={direction}")
         if video:
-            lines += [f"m=video {port + 2} RTP/AVP 96", "a=rtpmap:96 H264/90000"]
+            vport = 0 if self.cfg.decline_video and not call.outgoing else port + 2
+            lines += [f"m=video {vport} RTP/AVP 96", "a=rtpmap:96 H264/90000"]
         return ("\r\n".join(lines) + "\r\n").encode()
 
     def _apply_remote_sdp(self, call: Call, body: bytes, where: str) -> None:
@@ -287,8 +305,9 @@ class UserAgent:
         await self._open_rtp(call)
         req = self._base("INVITE", uri, call.call_id, 1, call.local_tag, f"<{uri}>")
         req.headers.add("Contact", self._contact())
-        req.headers.add("Content-Type", "application/sdp")
-        req.body = self._sdp(call, video=video)
+        if not self.cfg.late_offer:
+            req.headers.add("Content-Type", "application/sdp")
+            req.body = self._sdp(call, video=video)
         call.invite = req
         call.video = video
         call.from_hdr, call.to_hdr = req.headers.get("From"), req.headers.get("To")
@@ -296,7 +315,7 @@ class UserAgent:
         dest = self._target_addr(uri)
         resp = await self.request_with_auth(req, dest)
         call.invite = req
-        call.local_cseq = req.cseq[0]
+        call.local_cseq = max(call.local_cseq, req.cseq[0])
         code = resp.status if resp else 408
         call.final_code = code
         if resp is not None and 200 <= code < 300:
@@ -304,7 +323,9 @@ class UserAgent:
             if resp.has_sdp():
                 self._apply_remote_sdp(call, resp.body, "200")
             call.state = "confirmed"
-            self._ack_2xx(call, resp)
+            # late offer: the 200 carried the offer, the answer goes in the ACK
+            late = not req.has_sdp() and resp.has_sdp() and not call.offer_answered
+            self._ack_2xx(call, resp, self._sdp(call) if late else None)
             call.rtp.start()
             self.emit({"event": "answered", "call_id": call.call_id})
         else:
@@ -330,6 +351,31 @@ class UserAgent:
             if call.rtp:
                 call.rtp.start()
             self.emit({"event": "early_media", "call_id": call.call_id})
+        rseq = resp.headers.get("RSeq")
+        if rseq and "100rel" in (resp.headers.get("Require") or "") and call.remote_tag is None:
+            self._dialog_from_response(call, resp)       # the early dialog (RFC 3262)
+            asyncio.get_running_loop().create_task(self._prack(call, resp, rseq.strip()))
+
+    async def _prack(self, call: Call, resp: SIPResponse, rseq: str) -> None:
+        """PRACK a reliable provisional (RFC 3262 §4): with our answer when it carried the offer
+        of our SDP-less INVITE; then, with ``early_update``, an UPDATE offer in the early dialog."""
+        prack = self._in_dialog(call, "PRACK")
+        prack.headers.add("RAck", f"{rseq} {resp.cseq[0]} INVITE")
+        if resp.has_sdp() and call.invite is not None and not call.invite.has_sdp():
+            prack.headers.add("Content-Type", "application/sdp")
+            prack.body = self._sdp(call)
+            call.offer_answered = True
+        answer = await self.transact(prack, self._next_hop(call))
+        if answer is None or answer.status >= 300 or not self.cfg.early_update:
+            return
+        update = self._in_dialog(call, "UPDATE")
+        update.headers.add("Contact", self._contact())
+        update.headers.add("Content-Type", "application/sdp")
+        call.local_sdp_version += 1
+        update.body = self._sdp(call)
+        done = await self.transact(update, self._next_hop(call))
+        if done is not None and 200 <= done.status < 300 and done.has_sdp():
+            self._apply_remote_sdp(call, done.body, "update-200")
 
     def _dialog_from_response(self, call: Call, resp: SIPResponse) -> None:
         call.remote_tag = resp.to_tag
@@ -350,9 +396,12 @@ class UserAgent:
             req.headers.add("Route", r)
         return req
 
-    def _ack_2xx(self, call: Call, resp: SIPResponse) -> None:
+    def _ack_2xx(self, call: Call, resp: SIPResponse, body: bytes | None = None) -> None:
         ack = self._in_dialog(call, "ACK")
         ack.headers.set("CSeq", f"{resp.cseq[0]} ACK")
+        if body:
+            ack.headers.add("Content-Type", "application/sdp")
+            ack.body = body
         self.send(ack, self._next_hop(call))
 
     def _next_hop(self, call: Call):
@@ -388,21 +437,28 @@ class UserAgent:
         resp = await self.transact(cancel, self._target_addr(str(inv.uri)))
         return {"code": resp.status if resp else 408}
 
-    async def reinvite(self, call_id: str | None, direction: str, hold_zero: bool = False) -> dict:
+    async def reinvite(self, call_id: str | None, direction: str, hold_zero: bool = False,
+                       with_sdp: bool = True) -> dict:
+        """re-INVITE with our SDP (hold/resume), or without (``with_sdp=False``: the other side
+        offers in its 200 and we answer in the ACK)."""
         call = self._call(call_id)
         if call is None:
             return {"code": 481}
         req = self._in_dialog(call, "INVITE")
         req.headers.add("Contact", self._contact())
-        req.headers.add("Content-Type", "application/sdp")
         call.local_sdp_version += 1
-        req.body = self._sdp(call, direction, hold_zero)
+        if with_sdp:
+            req.headers.add("Content-Type", "application/sdp")
+            req.body = self._sdp(call, direction, hold_zero)
         resp = await self.request_with_auth(req, self._next_hop(call))
         if resp is not None and 200 <= resp.status < 300:
             if resp.has_sdp():
-                self._apply_remote_sdp(call, resp.body, f"reinvite-{direction}")
+                self._apply_remote_sdp(call, resp.body, f"reinvite-{direction}" if with_sdp else "reoffer-200")
             ack = self._in_dialog(call, "ACK")
             ack.headers.set("CSeq", f"{resp.cseq[0]} ACK")
+            if not with_sdp and resp.has_sdp():
+                ack.headers.add("Content-Type", "application/sdp")
+                ack.body = self._sdp(call, direction)
             self.send(ack, self._next_hop(call))
             if call.rtp:
                 call.rtp.paused = direction in ("recvonly", "inactive")
@@ -444,8 +500,8 @@ class UserAgent:
         await handler(req, addr)
 
     def _reply(self, req: SIPRequest, addr, status: int, body: bytes = b"", to_tag: str | None = None,
-               final_cache: bool = True) -> SIPResponse:
-        resp = build_response(req, status, to_tag=to_tag)
+               final_cache: bool = True, extra=()) -> SIPResponse:
+        resp = build_response(req, status, to_tag=to_tag, extra_headers=list(extra))
         if req.method in ("INVITE", "SUBSCRIBE", "REFER") and 100 < status < 300:
             for rr in req.headers.get_raw("Record-Route"):     # RFC 3261 §12.1.1
                 resp.headers.add("Record-Route", rr)
@@ -505,6 +561,12 @@ class UserAgent:
         if mode == "early_media":
             self._reply(req, addr, 183, self._sdp(call), to_tag=call.local_tag, final_cache=False)
             call.rtp.start()
+        elif mode == "early_media_100rel":
+            # reliable 183 (RFC 3262) with the answer, or the offer when the INVITE had no SDP
+            self._reply(req, addr, 183, self._sdp(call), to_tag=call.local_tag, final_cache=False,
+                        extra=(("Require", "100rel"), ("RSeq", "1")))
+            call.offer_answered = not req.has_sdp()
+            call.rtp.start()
         else:
             self._reply(req, addr, 180, to_tag=call.local_tag, final_cache=False)
         if mode == "ring":
@@ -512,7 +574,9 @@ class UserAgent:
         await asyncio.sleep(self.cfg.answer_after_ms / 1000)
         if call.state != "early":
             return
-        ok = self._reply(req, addr, 200, self._sdp(call), to_tag=call.local_tag)
+        # after a reliable 183 the offer/answer is done: the 200 repeats our SDP only if the INVITE had one
+        body = b"" if mode == "early_media_100rel" and not req.has_sdp() else self._sdp(call)
+        ok = self._reply(req, addr, 200, body, to_tag=call.local_tag)
         call.state = "confirmed"
         call.pending_200 = ok
         call.rtp.start()
@@ -560,6 +624,12 @@ class UserAgent:
         if call and req.has_sdp():
             self._apply_remote_sdp(call, req.body, "update")
         self._reply(req, addr, 200, self._sdp(call) if call and req.has_sdp() else b"")
+
+    async def _on_prack(self, req, addr):
+        call = self.calls.get(req.call_id or "")
+        if call is not None and req.has_sdp():
+            self._apply_remote_sdp(call, req.body, "prack")     # the answer to our offer in the 183
+        self._reply(req, addr, 200 if call else 481)
 
     async def _on_notify(self, req, addr):
         self._reply(req, addr, 200)

@@ -15,8 +15,8 @@ Positions (RFC 3261 §13.2.1 and §14, RFC 3262 §5, RFC 3311 §5.1):
 - A failure response to the transaction that carries an outstanding offer withdraws it.
 
 ``legacy=True`` is stage 0's original behaviour: only INVITE bodies (offers) and 2xx-to-INVITE
-bodies (answers) are seen by the relay; an offer in a response (late offer), 183, PRACK and UPDATE
-bodies are relayed untouched, as the original server did.
+bodies (always taken as the answer) are seen by the relay; 183, PRACK, UPDATE and ACK bodies are
+relayed untouched, as the original server did.
 
 No I/O and no clock: the proxy's media hand-off calls the backend for the returned step.
 """
@@ -113,13 +113,13 @@ class OfferAnswer:
         if status < 101 or not has_sdp:
             return NOTHING
         if self.legacy:
-            if method == "INVITE" and status >= 200 and ours and pending.offerer != sender:
-                self._settle()
-                return Step(ANSWER, pending.offerer, "answer in 2xx")
-            settled = self.settled
-            if method == "INVITE" and status >= 200 and settled is not None and settled.cseq == cseq \
-                    and settled.offerer != sender:
-                return Step(ANSWER, settled.offerer, "answer in 2xx again")
+            # the original treated the SDP of every 2xx to an INVITE as the answer to the INVITE's
+            # sender, whether or not that INVITE made an offer (a late offer then finds no relay
+            # session: not relayed at all)
+            if method == "INVITE" and status >= 200:
+                if ours:
+                    self._settle()
+                return Step(ANSWER, other_leg(sender), "answer in 2xx")
             return NOTHING
         if ours and pending.offerer != sender:
             # the answer; an unreliable 1xx only previews it, the 2xx or a reliable 1xx settles it

@@ -50,12 +50,16 @@ def aor_of(uri: SipURI) -> str:
 class Registrar:
     def __init__(self, *, min_expires: int = 60, max_expires: int = 3600, default_expires: int = 3600,
                  contact_policy: ContactPolicy = keep_contact, max_contacts_per_aor: int = 10,
-                 store: BindingStore | None = None):
+                 store: BindingStore | None = None, echo_registered_contact: bool = True):
         self.min_expires = min_expires
         self.max_expires = max_expires
         self.default_expires = default_expires
         self.contact_policy = contact_policy
         self.max_contacts = max_contacts_per_aor
+        # RFC 3261 §10.3 step 8: the 200 lists each Contact as the UA registered it (the NAT source
+        # stays beside it in Binding.source, Kamailio's "received"); False: the stored (rewritten)
+        # Contact, as the original server did (stage 0)
+        self.echo_registered_contact = echo_registered_contact
         self.store: BindingStore = store if store is not None else MemoryBindingStore()
 
     # --- queries ------------------------------------------------------------------------------
@@ -170,8 +174,10 @@ class Registrar:
             original = str(contact.uri)
             if original == stored:
                 original = stored          # one string object for both (memory per binding)
+            # the same Contact, or the flow's binding from an earlier REGISTER of this Call-ID (never
+            # one this request just made: a REGISTER may carry several Contacts)
             existing = next((b for b in new_list if b.original_contact == original
-                             or (b.source == source and b.call_id == call_id)), None)
+                             or (b.source == source and b.call_id == call_id and b.cseq < cseq)), None)
             if existing is not None and existing.call_id == call_id and cseq <= existing.cseq and exp != 0:
                 # out-of-order refresh: RFC 3261 §10.3 step 7 says ignore (keep existing)
                 outcome.refreshed.append(existing)
@@ -214,7 +220,8 @@ class Registrar:
         return outcome
 
     def _ok(self, request: SIPRequest, bindings: list[Binding], now: float) -> SIPResponse:
-        extra = [("Contact", f"<{b.contact}>;expires={b.expires_in(now)}") for b in bindings]
+        extra = [("Contact", f"<{b.original_contact if self.echo_registered_contact else b.contact}>;"
+                             f"expires={b.expires_in(now)}") for b in bindings]
         return build_response(request, 200, to_tag=_register_tag(request), extra_headers=extra)
 
 

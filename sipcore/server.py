@@ -60,7 +60,8 @@ class SIPServer:
         self.policy = StagePolicy(stage, nat, identity_override=identity)
         self.registrar = Registrar(min_expires=config.min_expires, max_expires=config.max_expires,
                                    default_expires=config.default_expires,
-                                   contact_policy=self.policy.register_contact)
+                                   contact_policy=self.policy.register_contact,
+                                   echo_registered_contact=stage >= 1)
         self.blacklist = Blacklist(config.blacklist_file)
         self.limiter = FailureLimiter(block_after=config.rate_limit_fails, window=60.0,
                                       blacklist=self.blacklist)

@@ -251,7 +251,7 @@ class MMLExecutor:
           {**user_fields, "STATUS": "ACTIVE, INACTIVE or SUSPENDED"}, ("USERNAME",),
           example="MOD USER USERNAME=1005 STATUS=SUSPENDED")
         a("RMV", "USER", self._rmv_user, "delete a user", {"USERNAME": "user name"}, ("USERNAME",))
-        a("DSP", "REG", self._dsp_reg, "registrations: contact as stored, source address, transport, expiry",
+        a("DSP", "REG", self._dsp_reg, "registrations: contact as stored and as registered, source (received) address, transport, expiry",
           {"URI": "AOR or part of it (e.g. 1001)", **FORMAT_PARAM},
           subs={"ALL": "every binding (default)", "STAT": "counts only"}, example="DSP REG URI=1001")
         a("RMV", "REG", self._rmv_reg, "drop the bindings of one AOR",
@@ -433,7 +433,7 @@ class MMLExecutor:
             return json.dumps(rows, default=str)
         if uri and not rows:
             raise MMLError(f"no registration matches {uri!r}", NOT_FOUND)
-        cols = ["aor", "contact", "source", "transport", "expires"]
+        cols = ["aor", "contact", "original_contact", "source", "transport", "expires"]
         cols += [c for c in ("nated", "nat_reasons", "user_agent") if any(c in r for r in rows)]
         return _table(rows, cols) + (f"\n\n{len(rows)} binding(s)" if rows else "")
 

@@ -17,7 +17,9 @@ def test_all_shipped_scenarios_load_and_cover_the_issue_list():
     for required in ("no-nat", "both-cone", "both-symmetric", "cgnat", "hairpin", "sip-alg", "callee-silent",
                      "rtp-other-port", "rtcp", "nat-rebind", "nat-timeout", "nat-keepalive", "contact-params",
                      "wrong-password", "unregistered-callee", "cancel", "busy", "hold-resume", "early-media",
-                     "message", "sip-loss"):
+                     "message", "sip-loss", "late-offer", "late-offer-symmetric", "reinvite-without-sdp",
+                     "callee-hold", "prack-early-media", "update-early-dialog", "declined-video",
+                     "register-contact-echo"):
         assert required in names
     for s in load_all():
         assert set(s.expect) == {0, 1, 2}, f"{s.name} lacks per-stage expectations"

@@ -109,3 +109,29 @@ def test_stage2_leaves_public_contact_alone():
     reg.handle_register(msg, SRC, "udp", now=0)
     [b] = reg.lookup("1001", 1)
     assert not b.nated and b.contact == "sip:1001@203.0.113.10:40000"
+
+
+def test_200_lists_each_contact_as_registered_with_expires_and_the_received_source_beside_it():
+    """RFC 3261 §10.3 step 8 behind NAT (stage 2 policy rewrites the stored Contact): the UA finds
+    its own binding in the 200; routing still uses the NAT source (Kamailio's received)."""
+    policy = StagePolicy(2, NATHelper("198.51.100.1", ["192.168.0.0/16"]))
+    reg = Registrar(contact_policy=policy.register_contact)
+    two = "<sip:1001@192.168.1.10:5062;transport=udp;ob>;q=0.7, <sip:1001@192.168.1.10:5064>;q=0.3;expires=300"
+    out = reg.handle_register(register(contact=two, expires=600), SRC, "udp", now=0)
+    assert out.response.headers.get_all("Contact") == [
+        "<sip:1001@192.168.1.10:5062;transport=udp;ob>;expires=600", "<sip:1001@192.168.1.10:5064>;expires=300"]
+    bindings = reg.lookup("1001", 1)
+    assert {b.source for b in bindings} == {SRC}
+    assert all(b.target()[1] == SRC for b in bindings)
+    assert {b.contact for b in bindings} == {"sip:1001@203.0.113.10:40000;transport=udp;ob",
+                                            "sip:1001@203.0.113.10:40000"}
+    # Contact: * with Expires: 0 still removes them all, and the 200 lists none
+    out = reg.handle_register(register(contact="*", expires=0, cseq=2), SRC, "udp", now=2)
+    assert out.response.status == 200 and not out.response.headers.get_all("Contact")
+    assert reg.lookup("1001", 3) == []
+
+
+def test_stage0_keeps_the_legacy_echo_of_the_rewritten_contact():
+    reg = Registrar(contact_policy=StagePolicy(0).register_contact, echo_registered_contact=False)
+    out = reg.handle_register(register(), SRC, "udp", now=0)
+    assert out.response.headers.get("Contact") == "<sip:1001@203.0.113.10:40000;transport=udp;ob>;expires=3600"
