@@ -106,6 +106,16 @@ def register(server_port: int, user: str, local_port: int, cwd: str, domain: str
                           cwd=cwd, capture_output=True, text=True, timeout=30)
 
 
+def _finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
+    """Wait for a SIPp run (killed after ``timeout``): its exit status and the tail of its output."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return proc.returncode, out[-1500:]
+
+
 def _media_vars(xml: str, endpoint: Endpoint, mfile: str) -> list[str]:
     """-set for the global variables the scenario declares (SIPp refuses undeclared ones);
     mport2 is a second media port nobody listens on (an SDP a later one replaces, a video stream)."""
@@ -142,19 +152,9 @@ def run_flow(flow: str, server_port: int, relay: tuple[int, int], user: str, por
         if media:
             a.start(afile)
             b.start(bfile)
-        try:
-            out, _ = uac.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            uac.kill()
-            out, _ = uac.communicate()
-        res.uac_rc, res.logs["uac"] = uac.returncode, out[-1500:]
+        res.uac_rc, res.logs["uac"] = _finish(uac, 60)
         if uas is not None:
-            try:
-                out, _ = uas.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                uas.kill()
-                out, _ = uas.communicate()
-            res.uas_rc, res.logs["uas"] = uas.returncode, out[-1500:]
+            res.uas_rc, res.logs["uas"] = _finish(uas, 30)
     finally:
         if uas is not None and uas.poll() is None:
             uas.kill()

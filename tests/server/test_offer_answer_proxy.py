@@ -35,6 +35,15 @@ def late_offer_call(proxy, wire):
     return fwd, ok
 
 
+def confirmed_call(proxy, wire):
+    """INVITE with SDP, 200 with SDP, ACK: a confirmed call with one settled exchange."""
+    run(proxy.on_request(invite(), ALICE, "udp"))
+    fwd = wire.take_request("INVITE")
+    run(proxy.on_response(response_to(fwd, 200, "OK", body=SDP_B), BOB, "udp"))
+    run(proxy.on_request(in_dialog("ACK", "z9hG4bKack", cseq=1), ALICE, "udp"))
+    wire.take()
+
+
 def test_late_offer_in_200_and_answer_in_ack_reach_the_relay_with_the_callee_as_offerer():
     proxy, wire, media = setup()
     _, ok = late_offer_call(proxy, wire)
@@ -67,11 +76,7 @@ def test_stage0_relays_a_late_offer_untouched_as_the_original_did():
 
 def test_reinvite_without_sdp_from_the_callee():
     proxy, wire, media = setup()
-    run(proxy.on_request(invite(), ALICE, "udp"))
-    fwd = wire.take_request("INVITE")
-    run(proxy.on_response(response_to(fwd, 200, "OK", body=SDP_B), BOB, "udp"))
-    run(proxy.on_request(in_dialog("ACK", "z9hG4bKack", cseq=1), ALICE, "udp"))
-    wire.take()
+    confirmed_call(proxy, wire)
     reinv = in_dialog("INVITE", "z9hG4bKre", from_tag="ttag", to_tag="ftag", cseq=1, from_user="1002", to_user="1001")
     run(proxy.on_request(reinv, BOB, "udp"))
     fwd_re = wire.take_request("INVITE")
@@ -90,11 +95,7 @@ def test_reinvite_without_sdp_from_the_callee():
 
 def test_an_offer_the_relay_refuses_in_dialog_gets_488_and_is_not_forwarded():
     proxy, wire, media = setup()
-    run(proxy.on_request(invite(), ALICE, "udp"))
-    fwd = wire.take_request("INVITE")
-    run(proxy.on_response(response_to(fwd, 200, "OK", body=SDP_B), BOB, "udp"))
-    run(proxy.on_request(in_dialog("ACK", "z9hG4bKack", cseq=1), ALICE, "udp"))
-    wire.take()
+    confirmed_call(proxy, wire)
 
     async def refuse(*args):
         raise MediaBackendError("rtpproxy refused U: bad address")

@@ -62,10 +62,15 @@ def test_reliable_183_answer_then_200_with_different_sdp_still_answers():
     assert roles(oa.on_response(CALLEE, "INVITE", 1, 200, True, True)) == [(ANSWER, CALLER)]
 
 
-def test_offer_in_prack_answered_in_its_200():
+def answered_in_reliable_183() -> OfferAnswer:
     oa = OfferAnswer()
     oa.on_request(CALLER, "INVITE", 1, True)
     oa.on_response(CALLEE, "INVITE", 1, 183, True, True)
+    return oa
+
+
+def test_offer_in_prack_answered_in_its_200():
+    oa = answered_in_reliable_183()
     assert roles(oa.on_request(CALLER, "PRACK", 2, True)) == [(OFFER, CALLER)]
     assert roles(oa.on_response(CALLEE, "PRACK", 2, 200, True, True)) == [(ANSWER, CALLER)]
     assert oa.on_response(CALLEE, "INVITE", 1, 200, True, False).role == NONE
@@ -81,9 +86,7 @@ def test_reinvite_without_sdp_from_the_callee_offer_in_200_answer_in_ack():
 
 
 def test_update_in_early_and_confirmed_dialogs_and_a_rejected_update():
-    oa = OfferAnswer()
-    oa.on_request(CALLER, "INVITE", 1, True)
-    oa.on_response(CALLEE, "INVITE", 1, 183, True, True)
+    oa = answered_in_reliable_183()
     assert roles(oa.on_request(CALLEE, "UPDATE", 1, True)) == [(OFFER, CALLEE)]
     assert roles(oa.on_response(CALLER, "UPDATE", 1, 200, True, True)) == [(ANSWER, CALLEE)]
     oa.on_response(CALLEE, "INVITE", 1, 200, True, False)
