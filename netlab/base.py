@@ -39,6 +39,7 @@ class Lab(abc.ABC):
     def __init__(self, topology: Topology):
         self.topology = topology
         self._procs: list[subprocess.Popen] = []     # what spawn() started, ended by down()
+        self._captures: list[Capture] = []           # stopped gracefully by down() before the kill
 
     def __enter__(self) -> "Lab":
         try:
@@ -54,7 +55,14 @@ class Lab(abc.ABC):
         proc.kill()
 
     def _stop_processes(self) -> None:
-        """Part of down(): kill what spawn() started and reap it (bounded)."""
+        """Part of down(): stop captures gracefully (their pcap keeps every packet read so far),
+        then kill what spawn() started and reap it (bounded)."""
+        for c in self._captures:
+            try:
+                c.stop()
+            except Exception:   # noqa: BLE001 - teardown must go on
+                pass
+        self._captures.clear()
         for p in self._procs:
             if p.poll() is None:
                 self._kill_process(p)

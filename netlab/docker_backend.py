@@ -303,7 +303,7 @@ class DockerLab(Lab):
         path = os.path.abspath(path)
         direct = _under(os.path.dirname(path), self._rw_mounts)
         inside = path if direct else f"/var/tmp/ims-capture-{self._spawn_seq + 1}.pcap"
-        proc = self.spawn(host, ["tcpdump", "-U", "-n", "-Z", "root", "-s", "0", "-i", iface, "-w", inside, bpf],
+        proc = self.spawn(host, ["tcpdump", "-U", "--immediate-mode", "-n", "-Z", "root", "-s", "0", "-i", iface, "-w", inside, bpf],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:     # wait until tcpdump has written the pcap header
@@ -317,7 +317,9 @@ class DockerLab(Lab):
             if proc.poll() is not None:
                 raise RuntimeError(f"tcpdump in {host} failed: {proc.stderr.read()[:300]}")
             time.sleep(0.05)
-        return _DockerCapture(self, host, proc, path, None if direct else inside)
+        cap = _DockerCapture(self, host, proc, path, None if direct else inside)
+        self._captures.append(cap)
+        return cap
 
     def copy_out(self, host: str, inside: str, path: str) -> None:
         """Copy one file from a container to ``path`` on the host (Docker SDK get_archive)."""

@@ -138,7 +138,7 @@ class NetnsLab(Lab):
     def capture(self, host: str, iface: str, path: str, bpf: str = "udp") -> Capture:
         if not shutil.which("tcpdump"):
             raise RuntimeError("tcpdump is not installed (apt-get install tcpdump)")
-        proc = self.spawn(host, ["tcpdump", "-U", "-n", "-s", "0", "-i", iface, "-w", path, bpf],
+        proc = self.spawn(host, ["tcpdump", "-U", "--immediate-mode", "-n", "-s", "0", "-i", iface, "-w", path, bpf],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:      # wait until tcpdump has opened the interface
@@ -147,7 +147,9 @@ class NetnsLab(Lab):
             if proc.poll() is not None:
                 raise RuntimeError(f"tcpdump failed: {proc.stderr.read()[:300]}")
             time.sleep(0.02)
-        return Capture(proc, path)
+        cap = Capture(proc, path)
+        self._captures.append(cap)
+        return cap
 
     def nat_rebind(self, router: str) -> None:
         self.run(router, ["conntrack", "-F"], timeout=10)
