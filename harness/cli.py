@@ -9,20 +9,27 @@ import time
 
 import click
 
-from harness.scenario import ScenarioError, load_all
+from harness.scenario import ScenarioError, discover
 from harness.stacks import StackType, expectation
 
 STAGES = StackType()
+SCENARIOS_OPTION = click.option(
+    "--scenarios", "scenarios_path", default=None, type=click.Path(exists=True),
+    help="scenario directory or single YAML file (default: the project's scenarios/)")
 
 
-def _scenarios(pattern: str):
+def _scenarios(pattern: str, path: str | None = None, *, with_broken: bool = False):
+    """Scenarios matching ``pattern``; a file that does not load is reported on stderr and skipped
+    (returned as broken when ``with_broken``, so the caller counts it as an error)."""
     try:
-        found = load_all(pattern)
+        found, broken = discover(path, pattern)
     except ScenarioError as exc:
         raise click.ClickException(str(exc)) from None
-    if not found:
+    for b in broken:
+        click.echo(f"error: scenario {b.path} skipped: {b.error}", err=True)
+    if not found and not broken:
         raise click.ClickException(f"no scenario matches {pattern!r} (see `harness scenarios list`)")
-    return found
+    return (found, broken) if with_broken else found
 
 
 def _need_root() -> None:
@@ -61,15 +68,20 @@ def cli() -> None:
 @click.option("--output", "output", default="harness-out", show_default=True, help="evidence and report directory")
 @click.option("--candidate-entry", type=click.Path(exists=True, dir_okay=False), default=None,
               help="run the candidate from this entrypoint file instead of the stage's own (testing a variant)")
-def compare(stage, baseline, pattern, backend, repeat, workers, fmt, output, candidate_entry) -> None:
+@SCENARIOS_OPTION
+def compare(stage, baseline, pattern, backend, repeat, workers, fmt, output, candidate_entry, scenarios_path) -> None:
     """Run BASELINE twice (noise) and STAGE, compare per scenario, print a verdict table.
 
-    Exit status 0 only when no scenario REGRESSED (go); 1 otherwise (no-go)."""
+    Exit status 0 only when no scenario REGRESSED and every scenario file loaded (go); 1 otherwise
+    (no-go). A broken scenario file is reported, skipped, and counted as ERROR. Besides the printed
+    report, OUTPUT gets report.txt/.json/.xml/.md and report.html (ladder diagrams from the
+    captures, audio per direction, NAT-fixup and CDR diffs, pcap links)."""
     _need_root()
-    from harness.compare import go_no_go, judge
+    from harness.compare import error_verdict, go_no_go, judge
+    from harness.html_report import write_compare_report
     from harness.report import render
     from harness.runner import run_many
-    scenarios = _scenarios(pattern)
+    scenarios, broken = _scenarios(pattern, scenarios_path, with_broken=True)
     if baseline == stage and candidate_entry is None:
         click.echo("note: baseline and candidate are the same stage: an A/A run", err=True)
     jobs = []
@@ -97,6 +109,7 @@ def compare(stage, baseline, pattern, backend, repeat, workers, fmt, output, can
         with open(os.path.join(output, sc.name, "cdr-diff.txt"), "w") as fh:
             for k, (a, b) in cdr_changes.items():
                 fh.write(f"{k}: baseline={a!r} candidate={b!r}\n")
+    verdicts += [error_verdict(b.name, b.error) for b in broken]
     go, summary = go_no_go(verdicts)
     meta = {"candidate": stage, "baseline": baseline, "backend": backend, "seconds": round(seconds, 1),
             "runs": len(jobs), "workers": workers, "machine": _machine()}
@@ -104,6 +117,7 @@ def compare(stage, baseline, pattern, backend, repeat, workers, fmt, output, can
     for f, name in (("table", "report.txt"), ("json", "report.json"), ("junit", "report.xml"), ("markdown", "report.md")):
         with open(os.path.join(output, name), "w") as fh:
             fh.write(render(f, verdicts, summary, meta))
+    write_compare_report(output, verdicts, summary, meta, results)
     click.echo(render(fmt, verdicts, summary, meta))
     click.echo(f"{len(jobs)} runs in {seconds:.1f}s; evidence in {output}/", err=True)
     sys.exit(0 if go else 1)
@@ -116,13 +130,19 @@ def compare(stage, baseline, pattern, backend, repeat, workers, fmt, output, can
 @click.option("-n", "--workers", type=click.IntRange(1, 32), default=6, show_default=True)
 @click.option("--output", default="harness-out", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print observations as JSON")
-def run(stage, pattern, backend, workers, output, as_json) -> None:
-    """Run scenarios against one stage and check each scenario's expectation for it."""
+@SCENARIOS_OPTION
+def run(stage, pattern, backend, workers, output, as_json, scenarios_path) -> None:
+    """Run scenarios against one stage and check each scenario's expectation for it.
+
+    Writes OUTPUT/report.html (per scenario: ladder diagram from the captures, audio per
+    direction, NAT fix-ups, CDR rows, pcap links). A broken scenario file is reported, skipped and
+    counted as an error (exit status 1)."""
     _need_root()
     from harness.compare import meets, summary_of
+    from harness.html_report import write_run_report
     from harness.runner import run_many
     from tabulate import tabulate
-    scenarios = _scenarios(pattern)
+    scenarios, broken = _scenarios(pattern, scenarios_path, with_broken=True)
     results = run_many([(sc, stage, 0) for sc in scenarios], backend=backend, evidence_root=output,
                        workers=workers, progress=_progress)
     rows, failed, out = [], 0, {}
@@ -132,6 +152,10 @@ def run(stage, pattern, backend, workers, output, as_json) -> None:
         failed += not ok
         out[sc.name] = res.observation
         rows.append([sc.name, summary_of(res.observation), "ok" if ok else "MISMATCH: " + "; ".join(misses or [res.error or ""])])
+    for b in broken:
+        failed += 1
+        rows.append([b.name, "not run", f"ERROR: {b.error}"])
+    write_run_report(output, stage, scenarios, results, rows, broken)
     if as_json:
         click.echo(json.dumps(out, indent=2, default=str))
     else:
@@ -145,15 +169,26 @@ def scenarios() -> None:
 
 
 @scenarios.command("list")
-def scenarios_list() -> None:
-    for sc in _scenarios("*"):
+@SCENARIOS_OPTION
+def scenarios_list(scenarios_path) -> None:
+    """List scenarios; broken files are listed as ERROR (exit status 1)."""
+    found, broken = _scenarios("*", scenarios_path, with_broken=True)
+    for sc in found:
         click.echo(f"{sc.name:<30} {sc.caller_nat}/{sc.callee_nat:<10} {sc.description.splitlines()[0][:70] if sc.description else ''}")
+    for b in broken:
+        click.echo(f"{b.name:<30} ERROR      {b.error[:70]}")
+    if broken:
+        sys.exit(1)
 
 
 @scenarios.command("show")
 @click.argument("name")
-def scenarios_show(name) -> None:
-    [sc] = _scenarios(name)[:1]
+@SCENARIOS_OPTION
+def scenarios_show(name, scenarios_path) -> None:
+    found = _scenarios(name, scenarios_path)
+    if not found:
+        raise click.ClickException(f"scenario {name!r} does not load (see the error above)")
+    sc = found[0]
     with open(sc.path, encoding="utf-8") as fh:
         click.echo(fh.read())
 

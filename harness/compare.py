@@ -170,10 +170,20 @@ def judge(scenario: str, base_runs: list[dict], cand_runs: list[dict], expect_ba
                    reasons, sorted(noise), changes)
 
 
+def error_verdict(scenario: str, message: str) -> Verdict:
+    """A scenario that could not run at all (its file does not load): an ERROR in the table."""
+    return Verdict(scenario, "ERROR", "not run", "not run", "-", "-", "-", [message])
+
+
 def go_no_go(verdicts: list[Verdict]) -> tuple[bool, str]:
     regressed = [v.scenario for v in verdicts if v.verdict == "REGRESSED"]
+    errors = [v.scenario for v in verdicts if v.verdict == "ERROR"]
     counts = {k: sum(1 for v in verdicts if v.verdict == k) for k in ("improved", "same", "REGRESSED", "noisy")}
     text = ", ".join(f"{n} {k}" for k, n in counts.items())
+    if errors:
+        text += f", {len(errors)} ERROR ({', '.join(errors)}: not run)"
     if regressed:
         return False, f"NO-GO: {len(regressed)} regressed ({', '.join(regressed)}); {text}"
+    if errors:
+        return False, f"NO-GO: {len(errors)} scenario(s) could not run; {text}"
     return True, f"GO: nothing regressed; {text}"

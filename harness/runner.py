@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from harness.agent_control import AgentError, AgentProcess
+from harness.ladder import lab_map
 from harness.observation import build_observation
 from harness.scenario import ROOT, USERS, Scenario
 from harness.stacks import stack
@@ -92,6 +93,12 @@ def run_scenario(sc: Scenario, stage: int, *, backend: str = "netns", evidence_r
                 if "public" in r.addresses:
                     captures.append(lab.capture(r.name, lab.iface(r.name, "public"),
                                                 os.path.join(evidence, f"{r.name}-public.pcap")))
+            # the server's own view (every scenario has one, also without NAT), and who is who, for
+            # the ladder diagrams of the HTML report
+            captures.append(lab.capture("server", lab.iface("server", "public"),
+                                        os.path.join(evidence, "server-public.pcap")))
+            with open(os.path.join(evidence, "lab.json"), "w") as fh:
+                json.dump(lab_map(lab), fh, indent=2)
             server_log = os.path.join(evidence, "server.log")
             with open(server_log, "w") as out:
                 server = lab.spawn("server", [sys.executable, entry or os.path.join(ROOT, stack(stage).entry)],

@@ -145,10 +145,46 @@ def load(path: str) -> Scenario:
                     topo.get("udp_timeout"), topo.get("loss"), env, ua, steps, expect, path, data.get("tags", []))
 
 
-def load_all(pattern: str = "*", directory: str = SCENARIO_DIR) -> list[Scenario]:
-    out = []
-    for path in sorted(glob.glob(os.path.join(directory, "*.yaml"))):
-        sc = load(path)
+@dataclass
+class BrokenScenario:
+    """A scenario file that did not load: reported and counted as an error, never run."""
+    name: str          # the file name without .yaml (the scenario's name is unknown)
+    path: str
+    error: str
+
+
+def scenario_files(path: str) -> list[str]:
+    """The YAML files of a scenario directory, or the one file given."""
+    if os.path.isdir(path):
+        return sorted(glob.glob(os.path.join(path, "*.yaml")) + glob.glob(os.path.join(path, "*.yml")))
+    if os.path.isfile(path):
+        return [path]
+    raise ScenarioError(f"{path}: no such scenario file or directory")
+
+
+def discover(path: str | None = None, pattern: str = "*") -> tuple[list[Scenario], list[BrokenScenario]]:
+    """Load every scenario under ``path`` (directory or file) whose name matches ``pattern``.
+
+    A file that does not load does not stop the others: it comes back as a ``BrokenScenario``
+    (matched against ``pattern`` by its file name)."""
+    found: list[Scenario] = []
+    broken: list[BrokenScenario] = []
+    for file in scenario_files(path or SCENARIO_DIR):
+        try:
+            sc = load(file)
+        except ScenarioError as exc:
+            stem = os.path.splitext(os.path.basename(file))[0]
+            if fnmatch.fnmatch(stem, pattern):
+                broken.append(BrokenScenario(stem, file, str(exc)))
+            continue
         if fnmatch.fnmatch(sc.name, pattern):
-            out.append(sc)
-    return out
+            found.append(sc)
+    return found, broken
+
+
+def load_all(pattern: str = "*", directory: str = SCENARIO_DIR) -> list[Scenario]:
+    """Every scenario matching ``pattern``; raises on the first broken file (for tests/tools)."""
+    found, broken = discover(directory, pattern)
+    if broken:
+        raise ScenarioError(broken[0].error)
+    return found

@@ -2,7 +2,8 @@
 # Install everything ims-migrate needs on a fresh Debian/Ubuntu machine (run as root).
 # Idempotent: a second run only checks and returns quickly.
 #   - system packages: iproute2, iptables/nftables, conntrack, SIPp (sip-tester), tcpdump,
-#     docker.io + debootstrap (Docker lab backend), python3-venv
+#     docker.io + debootstrap (Docker lab backend), python3-venv, chromium (headless, for the
+#     HTML report test), redis-server (location store tests start their own instances)
 #   - the project virtualenv in .venv with the project installed editable (+ test, sippy extras)
 #   - a Docker engine (dockerd) when none answers (skip with IMS_SKIP_DOCKER=1)
 #   - the MML management token config/mml.token (random, mode 0600, owner root; kept if present)
@@ -18,6 +19,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 PKGS="iproute2 iptables nftables conntrack sip-tester tcpdump procps kmod python3-venv debootstrap docker.io"
+PKGS="$PKGS chromium redis-server"   # report.html rendering test; shared location store tests
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

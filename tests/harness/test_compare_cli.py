@@ -25,6 +25,8 @@ def test_compare_stage2_go(tmp_path):
     assert (tmp_path / "report.xml").read_text().startswith("<?xml")
     assert list((tmp_path / "nat-rebind" / "stage2-run10").glob("nat_a-public.pcap"))
     assert (tmp_path / "nat-rebind" / "stage0-run0" / "server.log").stat().st_size > 0
+    html = (tmp_path / "report.html").read_text()          # rendered and checked in test_html_report.py
+    assert "nat-keepalive" in html and html.count('<svg class="ladder"') == 6    # 2 scenarios x 3 runs
 
 
 def test_injected_regression_is_caught(tmp_path):
