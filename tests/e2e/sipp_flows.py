@@ -10,6 +10,7 @@ the UAs talk directly, which on loopback would otherwise look like working audio
 """
 from __future__ import annotations
 
+import glob
 import os
 import re
 import select
@@ -102,7 +103,10 @@ def sipp(args: list[str], cwd: str) -> subprocess.Popen:
 def register(server_port: int, user: str, local_port: int, cwd: str, domain: str = "127.0.0.1") -> subprocess.CompletedProcess:
     return subprocess.run(["sipp", f"127.0.0.1:{server_port}", "-sf", os.path.join(SIPP_DIR, "register.xml"),
                            "-s", user, "-au", user, "-ap", "1234", "-set", "domain", domain, "-i", "127.0.0.1", "-p", str(local_port),
-                           "-m", "1", "-timeout", "10", "-nostdin", "-trace_err"],
+                           "-m", "1", "-timeout", "10", "-nostdin", "-trace_err",
+                           # no retransmission: a late second 200 would reach the callee's SIPp, which
+                           # takes over this port next and would abort on the stray response
+                           "-nr"],
                           cwd=cwd, capture_output=True, text=True, timeout=30)
 
 
@@ -161,6 +165,9 @@ def run_flow(flow: str, server_port: int, relay: tuple[int, int], user: str, por
             uas.wait(5)
         a.join(10)
         b.join(10)
+    for path in sorted(glob.glob(os.path.join(workdir, "*_errors.log"))):
+        with open(path, errors="replace") as fh:
+            res.logs[os.path.basename(path)] = fh.read()[:1500]
     res.a_to_b, res.b_to_a = b.via_relay, a.via_relay
     res.direct = a.direct + b.direct
     res.sent = (a.sent, b.sent)
