@@ -45,7 +45,8 @@ def diff(a: dict, b: dict) -> dict[str, tuple]:
 
 
 def step_ok(code) -> bool:
-    return isinstance(code, int) and 200 <= code < 300 or code == "seen"
+    """A step succeeded: a 2xx, an awaited event seen, or a hostile peer's attack blocked."""
+    return isinstance(code, int) and 200 <= code < 300 or code in ("seen", "blocked")
 
 
 def meets(obs: dict, expect: dict | None) -> tuple[bool, list[str]]:

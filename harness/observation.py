@@ -89,7 +89,8 @@ def normalise_cdr(rows: list[dict], roles: dict[str, str]) -> list[dict]:
     return out
 
 
-def build_observation(sc, lab, steps, agent_obs: dict, registrar: list, cdr_dir: str) -> dict:
+def build_observation(sc, lab, steps, agent_obs: dict, registrar: list, cdr_dir: str,
+                      edge: dict | None = None) -> dict:
     roles = role_map(lab)
     codes: dict[str, object] = {}
     for label, code in steps:
@@ -109,6 +110,9 @@ def build_observation(sc, lab, steps, agent_obs: dict, registrar: list, cdr_dir:
         vias = {(v["method"], norm_addr(v.get("received"), roles), "rport" if v.get("rport") else "-")
                 for v in o.get("vias", []) if v.get("status", 0) >= 200}
         nat[f"via_to_{who}"] = sorted(f"{m} received={r} {p}" for m, r, p in vias)
-    return {"scenario": sc.name, "steps": codes, "audio": audio_of(agent_obs), "nat": nat,
-            "cdr": normalise_cdr(read_cdr(cdr_dir), roles),
-            "messages_received": {w: agent_obs.get(w, {}).get("messages", []) for w in ("alice", "bob")}}
+    out = {"scenario": sc.name, "steps": codes, "audio": audio_of(agent_obs), "nat": nat,
+           "cdr": normalise_cdr(read_cdr(cdr_dir), roles),
+           "messages_received": {w: agent_obs.get(w, {}).get("messages", []) for w in ("alice", "bob")}}
+    if edge:
+        out["edge"] = edge      # hostile peer: per attack relayed / media_added / alive (harness.runner)
+    return out

@@ -73,7 +73,7 @@ def run_scenario(sc: Scenario, stage: int, *, backend: str = "netns", evidence_r
     steps: list[tuple[str, object]] = []
     error = None
     topo = standard(sc.caller_nat, sc.callee_nat, slot=slot, udp_timeout=sc.udp_timeout, loss=sc.loss,
-                    name=sc.name)
+                    name=sc.name, hostile=sc.hostile)
     lab = open_lab(topo, backend)
     obs: dict = {}
     try:
@@ -112,10 +112,14 @@ def run_scenario(sc: Scenario, stage: int, *, backend: str = "netns", evidence_r
                        "local_ip": lab.address(who), "sip_port": 5060, "rtp_port": RTP_PORTS[who]}
                 cfg.update(sc.ua.get(who, {}))
                 agents[who].request("config", **cfg)
+            ctx = {"token": token, "server_ip": server_ip, "evidence": evidence, "edge": {}}
             try:
-                steps = execute_steps(sc, lab, agents)
+                steps = execute_steps(sc, lab, agents, ctx)
             except (AgentError, StepError) as exc:
                 error = str(exc)
+            if sc.hostile:
+                with open(server_log, encoding="utf-8", errors="replace") as fh:
+                    ctx["edge"]["tracebacks"] = fh.read().count("Traceback")
             time.sleep(0.3)
             agent_obs = {}
             for who, a in agents.items():
@@ -127,7 +131,8 @@ def run_scenario(sc: Scenario, stage: int, *, backend: str = "netns", evidence_r
                     agent_obs[who] = {}
                     error = error or str(exc)
             registrar = _mml_json(lab, token, "DSP REG FORMAT=JSON")
-            obs = build_observation(sc, lab, steps, agent_obs, registrar, os.path.join(evidence, "CDR"))
+            obs = build_observation(sc, lab, steps, agent_obs, registrar, os.path.join(evidence, "CDR"),
+                                    edge=ctx["edge"])
     except Exception as exc:   # noqa: BLE001 - one failed run is reported, not fatal to the compare
         log.exception("scenario %s stage %d failed", sc.name, stage)
         error = f"{type(exc).__name__}: {exc}"
@@ -161,7 +166,60 @@ def _mml_json(lab, token: str, command: str):
         return []
 
 
-def execute_steps(sc: Scenario, lab, agents: dict[str, AgentProcess]) -> list[tuple[str, object]]:
+FORGED_METHODS = ("BYE", "INVITE", "INFO", "MESSAGE")
+
+
+def _forged_seen(agents: dict[str, AgentProcess]) -> int:
+    seen = 0
+    for a in agents.values():
+        seen += sum(1 for m in a.request("observations")["requests_received"] if m in FORGED_METHODS)
+    return seen
+
+
+def _sessions(lab, token: str) -> int:
+    media = _mml_json(lab, token, "DSP MEDIA FORMAT=JSON")
+    return len(media.get("sessions", [])) if isinstance(media, dict) else 0
+
+
+def forge(lab, ctx: dict, agents: dict[str, AgentProcess], attack: str) -> str:
+    """Let the hostile peer (host eve, harness.hostile) attack; record what got through in
+    ``ctx['edge'][attack]`` and return ``blocked`` or what went wrong."""
+    token, server_ip = ctx["token"], ctx["server_ip"]
+    eve_ip = lab.address("eve")
+    cfg = {"attack": attack, "server": [server_ip, 5060], "bind": eve_ip, "advertise": eve_ip,
+           "call_id": secrets.token_hex(8), "from_tag": secrets.token_hex(4)}
+    calls = _mml_json(lab, token, "DSP CALL FORMAT=JSON")
+    if calls:       # the real dialog, as an observer on the path would see it
+        from sipcore.uri import NameAddr
+        call = calls[0]
+        cfg.update(call_id=call["call_id"], from_tag=NameAddr.parse(call["caller"]).tag or cfg["from_tag"],
+                   caller_uri=str(NameAddr.parse(call["caller"]).uri), callee_uri=str(NameAddr.parse(call["callee"]).uri))
+        for b in _mml_json(lab, token, "DSP REG FORMAT=JSON"):
+            if b.get("aor", "").startswith(f"sip:{USERS['bob']}@"):
+                cfg["target"] = b["contact"]
+    sessions, seen = _sessions(lab, token), _forged_seen(agents)
+    out = lab.run("eve", [sys.executable, "-m", "harness.hostile", json.dumps(cfg)], timeout=40)
+    try:
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise StepError(f"hostile peer failed: {out.stderr[-500:]}") from None
+    if "error" in result:
+        raise StepError(f"hostile peer failed: {result['error']}")
+    time.sleep(0.3)
+    reached = max(0, _forged_seen(agents) - seen)
+    media_added = max(0, _sessions(lab, token) - sessions)
+    relayed = result["relayed"] + reached
+    ctx["edge"][attack] = {"relayed": relayed, "media_added": media_added, "alive": result["alive"]}
+    with open(os.path.join(ctx["evidence"], f"hostile-{attack}.json"), "w") as fh:
+        json.dump({**result, "reached_parties": reached, "media_added": media_added, "config": cfg}, fh, indent=2)
+    if not result["alive"]:
+        return "server deaf"
+    if relayed:
+        return f"relayed {relayed}"
+    return "media allocated" if media_added else "blocked"
+
+
+def execute_steps(sc: Scenario, lab, agents: dict[str, AgentProcess], ctx: dict | None = None) -> list[tuple[str, object]]:
     results: list[tuple[str, object]] = []
     background = None
     for step in sc.steps:
@@ -211,6 +269,10 @@ def execute_steps(sc: Scenario, lab, agents: dict[str, AgentProcess]) -> list[tu
             who = a.pop("who")
             agents[who].request("set", **a)
             a["who"] = who
+        elif step.kind == "forge":
+            if ctx is None:
+                raise StepError("forge needs the run context (server token and address)")
+            results.append((step.label, forge(lab, ctx, agents, a["attack"])))
         elif step.kind == "wait_event":
             try:
                 agents[a["who"]].request("wait", event=a["event"], timeout=float(a.get("timeout", 5)))

@@ -2,7 +2,7 @@
 
     name: both-cone
     description: ...
-    topology: {caller: cone, callee: cone, udp_timeout: null, loss: null}
+    topology: {caller: cone, callee: cone, udp_timeout: null, loss: null, hostile: false}
     server_env: {NAT_KEEPALIVE_INTERVAL: "2"}
     alice: {contact_params: ";transport=udp;ob", rtp_mode: active}
     bob: {answer_mode: auto, answer_after_ms: 200}
@@ -10,6 +10,7 @@
       - register: alice
       - call: {from: alice, to: bob}
       - media: 1.5
+      - forge: {attack: dialog}    # hostile peer (needs topology hostile: true), see harness.hostile
       - hangup: alice
     expect:
       0: {audio: two-way}
@@ -35,7 +36,8 @@ AUDIO = ("two-way", "A->B only", "B->A only", "none")
 UA_FIELDS = ("contact_params", "rtp_mode", "rtp_from_port", "advertise_rtcp", "answer_mode", "answer_after_ms",
              "password", "expires", "timer_b", "late_offer", "early_update", "decline_video")
 STEP_KINDS = ("register", "unregister", "call", "media", "hangup", "cancel", "hold", "resume", "message",
-              "options", "rebind", "wait", "set", "expect_call", "wait_event", "reoffer")
+              "options", "rebind", "wait", "set", "expect_call", "wait_event", "reoffer", "forge")
+ATTACKS = ("dialog", "stranger", "malformed")
 
 
 class ScenarioError(ValueError):
@@ -63,6 +65,7 @@ class Scenario:
     expect: dict[int | str, dict]      # by stack name: 0, 1, 2, "2-sippy" (harness.stacks)
     path: str = ""
     tags: list[str] = field(default_factory=list)
+    hostile: bool = False           # a hostile peer host (eve) on the public segment
 
 
 def _err(path: str, msg: str) -> ScenarioError:
@@ -87,6 +90,10 @@ def parse_step(raw, index: int, path: str) -> Step:
             raise _err(path, f"step {index + 1} ({kind}): needs a number of seconds") from None
         if not 0 <= args["seconds"] <= 120:
             raise _err(path, f"step {index + 1} ({kind}): seconds must be within 0..120")
+    elif kind == "forge":
+        args = {"attack": value} if isinstance(value, str) else dict(value or {})
+        if args.get("attack") not in ATTACKS:
+            raise _err(path, f"step {index + 1} (forge): attack must be one of {', '.join(ATTACKS)}")
     elif kind == "rebind":
         args = {"router": value if isinstance(value, str) else (value or {}).get("router", "nat_a")}
     else:
@@ -141,8 +148,12 @@ def load(path: str) -> Scenario:
             raise _err(path, f"expect stage {stage}: audio must be one of {AUDIO}")
         expect[stage] = v
     env = {str(k): str(v) for k, v in (data.get("server_env") or {}).items()}
+    hostile = bool(topo.get("hostile", False))
+    if any(s.kind == "forge" for s in steps) and not hostile:
+        raise _err(path, "forge steps need topology hostile: true (the hostile peer host)")
     return Scenario(str(data["name"]), str(data.get("description", "")).strip(), caller, callee,
-                    topo.get("udp_timeout"), topo.get("loss"), env, ua, steps, expect, path, data.get("tags", []))
+                    topo.get("udp_timeout"), topo.get("loss"), env, ua, steps, expect, path, data.get("tags", []),
+                    hostile)
 
 
 @dataclass

@@ -171,12 +171,14 @@ def public_slice(slot: int) -> ipaddress.IPv4Network:
 
 
 def standard(caller_nat: str = "cone", callee_nat: str = "cone", *, slot: int = 0,
-             udp_timeout: int | None = None, loss: float | None = None, name: str | None = None) -> Topology:
+             udp_timeout: int | None = None, loss: float | None = None, name: str | None = None,
+             hostile: bool = False) -> Topology:
     """server on `public`; alice behind nat_a on lan_a; bob behind nat_b on lan_b.
 
     ``none``: the UA sits on the public segment. ``cgnat``: home router (10.x) behind a carrier
     router on 100.64.0.0/10. ``hairpin`` (caller_nat): alice and bob share lan_a behind nat_a.
-    ``loss``: that fraction of SIP packets dropped at each UA's first router (both directions)."""
+    ``loss``: that fraction of SIP packets dropped at each UA's first router (both directions).
+    ``hostile``: adds host ``eve`` on the public segment (the harness's hostile peer)."""
     for p in (caller_nat, callee_nat):
         if p not in PROFILES:
             raise TopologyError(f"unknown NAT profile {p!r} ({', '.join(PROFILES)})")
@@ -210,6 +212,8 @@ def standard(caller_nat: str = "cone", callee_nat: str = "cone", *, slot: int = 
         hosts.append(Host(ua, {lan: str(lan_net.network_address + octet)}, gateway=gw))
         if hairpin:
             hosts.append(Host("bob", {lan: str(lan_net.network_address + 20)}, gateway=gw))
+    if hostile:
+        hosts.append(Host("eve", {"public": str(next(next_pub))}))
     losses = []
     if loss:
         for r in ("nat_a", "nat_b"):
