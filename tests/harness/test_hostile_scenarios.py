@@ -36,7 +36,7 @@ def test_a_relayed_forgery_is_a_regression():
     base = {"steps": {"call": 200, "forge": "blocked", "hangup": 200}, "audio": {"direction": "two-way"}}
     cand = {"steps": {"call": 200, "forge": "relayed 3", "hangup": 408}, "audio": {"direction": "two-way"}}
     assert step_ok("blocked") and not step_ok("relayed 3")
-    assert judge("hostile-dialog", [base, base], [cand]).verdict == "REGRESSED"
+    assert judge("edge-forged-dialog", [base, base], [cand]).verdict == "REGRESSED"
 
 
 def test_the_peer_counts_what_an_open_relay_forwards_to_its_victim():
