@@ -10,6 +10,7 @@ class FakeRegistrar:
     def __init__(self):
         self.rows = [
             {"aor": "sip:1001@sip.local", "contact": "sip:1001@203.0.113.5:40000", "source": "203.0.113.5:40000",
+             "original_contact": "sip:1001@192.168.1.10:5060",
              "transport": "udp", "expires": 3500, "nated": True, "nat_reasons": "contact-private"},
             {"aor": "sip:1002@sip.local", "contact": "sip:1002@127.0.0.1:5062", "source": "127.0.0.1:5062",
              "transport": "udp", "expires": 1200, "nated": False, "nat_reasons": ""},

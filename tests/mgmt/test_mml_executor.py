@@ -75,6 +75,7 @@ def test_users(run, ctx):
 def test_registrations(run, ctx):
     r = run("DSP REG")
     assert r.retcode == 0 and "sip:1001@sip.local" in r.output and "203.0.113.5:40000" in r.output
+    assert "sip:1001@192.168.1.10:5060" in r.output       # the Contact as registered, beside the source
     assert "sip:1002" not in run("DSP REG URI=1001").output
     assert run("DSP REG URI=1999").retcode == 5
     assert "nated" in run("DSP REG STAT").output
