@@ -51,5 +51,7 @@ def test_verdicts():
     assert judge("s", [obs(), obs()], [obs()], expect_cand={"audio": "A->B only"}).verdict == "REGRESSED"
     ok, _ = meets(obs(), {"audio": "two-way", "steps": {"call": 200}})
     assert ok
+    assert meets(obs("none"), {"audio": ["none", "B->A only"]})[0]
+    assert not meets(obs("two-way"), {"audio": ["none", "B->A only"]})[0]
     go, text = go_no_go([judge("a", [obs()], [obs("none")])])
     assert not go and "a" in text
