@@ -1,14 +1,20 @@
 """`harness bench`: per-stage capacity on loopback, side by side in one invocation.
 
 * call setup: SIPp (Debian sip-tester) as an independent UAC and UAS through each stage's server
-  (INVITE/100/180/200/ACK/BYE); the highest offered rate with <1% failed calls, and the p50/p99
-  setup latency SIPp measured (INVITE -> 200).
-* media relay: concurrent bidirectional 50 pps streams through stage 0's Python relay and through
-  RTPProxy (stages 1/2); the highest stream count with <0.5% loss while the 50 pps schedule is
-  kept and the added p99 latency stays under 50 ms. The generator is Python too: it shares its
-  process with the Python relay (as the SIP server does in production), RTPProxy runs apart.
+  and through Kamailio (Debian, stacks/kamailio/bench.cfg: stateful, record-routing) as the
+  reference row (INVITE/100/180/200/ACK/BYE); the highest offered rate with <1% failed calls, the
+  p50/p99 setup latency SIPp measured (INVITE -> 200), the server's CPU ms per call (its process
+  tree, from /proc) and the ratio to Kamailio. Repeated with 0/10k/50k users registered first
+  through the server (SIPp, digest answered; REGISTER/s reported).
+* media relay: concurrent bidirectional 50 pps streams through stage 0's Python relay, the
+  embedded RTPProxy of stages 1/2 and rtpengine (Debian, rtpproxy-compatible control); the highest
+  stream count with <0.5% loss while the 50 pps schedule is kept and the added p99 latency stays
+  under 50 ms, and the relay's CPU seconds per million packets relayed. The load comes from
+  rtpgen, a C program with sendmmsg/recvmmsg (benchmarks/mediagen, built by scripts/setup.sh), in
+  its own process; ``--generator python`` keeps the old in-process Python generator.
 
-Results are printed as a table and written as JSON plus a PNG plot next to it.
+Results are printed as a table and written as JSON plus a PNG plot next to it, with the machine's
+load average: figures taken while other work runs on the machine are not capacity figures.
 """
 from __future__ import annotations
 
@@ -37,10 +43,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # socket on the machine could already hold a port (a media round once failed to bind 52xxx), and
 # clear of well-known service ports. It overlaps the test suite's ports: do not run both at once
 # (the figures would be wrong anyway).
-CALL_SETUP_BASE = 10000                  # + 2000 per stack (0, 1, 2, 2-sippy): SIP, MML, rtpproxy, RTP range
-MEDIA_ENDPOINT_BASE = 16000              # 4 ports per stream (two RTP/RTCP endpoints)
-RELAY_PORTS = (23000, 32766)             # the relay's own ports, 4 per stream
-MAX_MEDIA_STREAMS = (RELAY_PORTS[0] - MEDIA_ENDPOINT_BASE) // 4
+# The environment can move the plan (IMS_BENCH_SIP_BASE, IMS_BENCH_STAGE_STRIDE, IMS_BENCH_MEDIA_BASE,
+# IMS_BENCH_RELAY_PORTS=MIN-MAX) when another user of the machine holds these ports.
+CALL_SETUP_BASE = int(os.environ.get("IMS_BENCH_SIP_BASE", 10000))      # SIP, MML, control, UAs
+STAGE_STRIDE = int(os.environ.get("IMS_BENCH_STAGE_STRIDE", 2000))      # per stack (0, 1, 2, 2-sippy, kamailio)
+MEDIA_ENDPOINT_BASE = int(os.environ.get("IMS_BENCH_MEDIA_BASE", 16000))  # 4 ports per stream
+RELAY_PORTS = tuple(int(x) for x in os.environ.get("IMS_BENCH_RELAY_PORTS", "23000-32766").split("-"))
+MAX_MEDIA_STREAMS = 16000 // 4 if "IMS_BENCH_MEDIA_BASE" in os.environ else (RELAY_PORTS[0] - MEDIA_ENDPOINT_BASE) // 4
 
 
 def machine() -> dict:
@@ -61,17 +70,29 @@ def _sipp_version() -> str | None:
     return next((l.strip() for l in out.splitlines() if "SIPp" in l), "sipp")
 
 
+def _server_rtp(base: int) -> tuple[int, int]:
+    """The server's relay ports in call-setup rounds (media rounds do not run at the same time)."""
+    if "IMS_BENCH_RELAY_PORTS" in os.environ:
+        return RELAY_PORTS[0], RELAY_PORTS[1]
+    return base + 500, base + 1998
+
+
+def bench_users(n: int) -> list[str]:
+    return [f"u{i:06d}" for i in range(n)]
+
+
 class BenchServer:
-    def __init__(self, stage: int | str, workdir: str, base: int):
+    def __init__(self, stage: int | str, workdir: str, base: int, users: int = 0):
         self.stage, self.workdir, self.port = stage, workdir, base
+        names = ["1001", "1002", *bench_users(users)]
         with open(os.path.join(workdir, "users.json"), "w") as fh:
-            json.dump({u: {"username": u, "password": "1234", "status": "ACTIVE"} for u in ("1001", "1002")}, fh)
+            json.dump({u: {"username": u, "password": "1234", "status": "ACTIVE"} for u in names}, fh)
         self.env = dict(os.environ, SERVER_IP="127.0.0.1", SERVER_PORT=str(base), MML_PORT=str(base + 1),
                         MML_TOKEN="bench-token-1", USERS_FILE=os.path.join(workdir, "users.json"),
                         CDR_DIR=os.path.join(workdir, "CDR"), LOG_DIR=os.path.join(workdir, "logs"),
                         CONFIG_FILE=os.path.join(workdir, "none.json"), BLACKLIST_FILE=os.path.join(workdir, "bl"),
-                        RTPPROXY_UDP_PORT=str(base + 2), RTP_PORT_MIN=str(base + 500),
-                        RTP_PORT_MAX=str(base + 1998), LOG_LEVEL="WARNING", AUTH_INVITE="0",
+                        RTPPROXY_UDP_PORT=str(base + 2), RTP_PORT_MIN=str(_server_rtp(base)[0]),
+                        RTP_PORT_MAX=str(_server_rtp(base)[1]), LOG_LEVEL="WARNING", AUTH_INVITE="0",
                         RATE_LIMIT_FAILS="100000", PYTHONPATH=ROOT, **stack(stage).env)
         self.proc = None
 
@@ -97,6 +118,97 @@ class BenchServer:
             self.proc.kill()
 
 
+KAMAILIO_CFG = os.path.join(ROOT, "stacks", "kamailio", "bench.cfg")
+
+
+class KamailioServer:
+    """The reference row: Kamailio (Debian) with stacks/kamailio/bench.cfg, stateful and
+    record-routing, in-memory registrar, same SIPp traffic."""
+
+    def __init__(self, workdir: str, base: int, children: int = 4):
+        self.workdir, self.port, self.children = workdir, base, children
+        self.proc = None
+
+    def __enter__(self):
+        binary = shutil.which("kamailio")
+        if not binary:
+            raise click.ClickException("kamailio is not installed (apt-get install kamailio)")
+        self.log = open(os.path.join(self.workdir, "kamailio.log"), "wb")
+        self.proc = subprocess.Popen([binary, "-f", KAMAILIO_CFG, "-DD", "-E", "-l", f"udp:127.0.0.1:{self.port}",
+                                      "-n", str(self.children), "-m", "256", "-M", "16", "-Y", self.workdir],
+                                     cwd=self.workdir, stdout=self.log, stderr=self.log, start_new_session=True)
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.settimeout(0.3)
+        try:
+            for i in range(60):
+                if self.proc.poll() is not None:
+                    break
+                probe.sendto((f"OPTIONS sip:probe@127.0.0.1:{self.port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:"
+                              f"{probe.getsockname()[1] if i else 0};branch=z9hG4bKprobe{i}\r\nFrom: <sip:b@127.0.0.1>;tag=p\r\n"
+                              f"To: <sip:probe@127.0.0.1>\r\nCall-ID: probe{i}\r\nCSeq: 1 OPTIONS\r\n"
+                              "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode(), ("127.0.0.1", self.port))
+                try:
+                    probe.recv(4096)
+                    return self
+                except OSError:
+                    continue
+        finally:
+            probe.close()
+        self.__exit__()
+        raise RuntimeError("kamailio did not start: see " + os.path.join(self.workdir, "kamailio.log"))
+
+    def __exit__(self, *exc):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and all its descendants (Kamailio forks its workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += _proc_cpu(p)
+        except (OSError, IndexError, ValueError):
+            continue
+        todo.extend(children.get(p, ()))
+    return total
+
+
+def register_users(port: int, users: int, rate: int, workdir: str, local_port: int) -> dict:
+    """REGISTER ``users`` users through the server with SIPp (digest answered), at ``rate``/s."""
+    csv_path = os.path.join(workdir, "users.csv")
+    with open(csv_path, "w") as fh:
+        fh.write("SEQUENTIAL\n")
+        fh.writelines(f"{u};[authentication username={u} password=1234];\n" for u in bench_users(users))
+    t0 = time.monotonic()
+    subprocess.run(["sipp", f"127.0.0.1:{port}", "-sf", os.path.join(ROOT, "benchmarks", "sipp", "register_users.xml"),
+                    "-inf", csv_path, "-i", "127.0.0.1", "-p", str(local_port), "-r", str(rate), "-m", str(users),
+                    "-l", str(max(100, rate)), "-timeout", str(int(users / max(rate, 1)) + 60), "-nostdin",
+                    "-trace_stat", "-fd", "1", "-stf", "reg_.csv"],
+                   cwd=workdir, capture_output=True, text=True, timeout=users / max(rate, 1) + 120)
+    elapsed = time.monotonic() - t0
+    stats = _sipp_stats(workdir, "reg_.csv")
+    ok, failed = stats.get("SuccessfulCall(C)", 0), stats.get("FailedCall(C)", users)
+    return {"users": users, "offered_register_per_s": rate, "registered": ok, "failed": failed,
+            "register_per_s": round(ok / elapsed, 1) if elapsed else 0}
+
+
 def _register(port: int, user: str, local_port: int) -> None:
     from harness.agent_control import spawn_local
     a = spawn_local(sys.executable, "bench-reg")
@@ -110,13 +222,21 @@ def _register(port: int, user: str, local_port: int) -> None:
         a.close()
 
 
-def call_setup(stage: int | str, rates: list[int], seconds: float, workdir: str) -> dict:
+def call_setup(stage: int | str, rates: list[int], seconds: float, workdir: str, users: int = 0,
+               register_rate: int = 2000) -> dict:
+    """SIPp call setup rounds against one stage (0/1/2) or ``"kamailio"``, with ``users`` users
+    registered first; server CPU per call from /proc."""
     if not shutil.which("sipp"):
         raise click.ClickException("SIPp is not installed (apt-get install sip-tester)")
-    base = CALL_SETUP_BASE + list(STACKS).index(str(stage)) * 2000
+    slot = len(STACKS) if stage == "kamailio" else list(STACKS).index(str(stage))
+    base = CALL_SETUP_BASE + slot * STAGE_STRIDE
     results = []
-    with BenchServer(stage, workdir, base) as srv:
+    server = KamailioServer(workdir, base) if stage == "kamailio" else BenchServer(stage, workdir, base, users)
+    registration = None
+    with server as srv:
         uas_port = base + 20
+        if users:
+            registration = register_users(srv.port, users, register_rate, workdir, base + 40)
         _register(srv.port, "1002", uas_port)
         uas = subprocess.Popen(["sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(uas_port), "-bg", "-nostdin"],
                                cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -126,6 +246,7 @@ def call_setup(stage: int | str, rates: list[int], seconds: float, workdir: str)
                 total = max(1, int(rate * seconds))
                 for f in glob.glob(os.path.join(workdir, "uac*_rtt.csv")):
                     os.unlink(f)
+                cpu0 = _tree_cpu(srv.proc.pid)
                 t0 = time.monotonic()
                 out = subprocess.run(["sipp", "-sn", "uac", f"127.0.0.1:{srv.port}", "-s", "1002", "-i", "127.0.0.1",
                                       "-p", str(base + 30), "-r", str(rate), "-m", str(total), "-l", str(max(50, rate * 2)),
@@ -133,6 +254,7 @@ def call_setup(stage: int | str, rates: list[int], seconds: float, workdir: str)
                                       "-recv_timeout", "8000", "-nostdin", "-trace_stat", "-fd", "1"],
                                      cwd=workdir, capture_output=True, text=True, timeout=seconds + 90)
                 elapsed = time.monotonic() - t0
+                cpu = _tree_cpu(srv.proc.pid) - cpu0
                 stats = _sipp_stats(workdir)
                 rtts = _sipp_rtts(workdir)
                 ok, failed = stats.get("SuccessfulCall(C)", 0), stats.get("FailedCall(C)", total)
@@ -140,18 +262,21 @@ def call_setup(stage: int | str, rates: list[int], seconds: float, workdir: str)
                                 "failure_ratio": round(failed / max(1, ok + failed), 4),
                                 "achieved_cps": round(ok / elapsed, 1) if elapsed else 0,
                                 "setup_p50_ms": _pct(rtts, 50), "setup_p99_ms": _pct(rtts, 99),
-                                "sipp_exit": out.returncode})
+                                "server_cpu_ms_per_call": round(cpu * 1000 / ok, 3) if ok else None,
+                                "load": os.getloadavg(), "sipp_exit": out.returncode})
         finally:
             uas.terminate()
             subprocess.run(["pkill", "-f", f"sipp -sn uas -i 127.0.0.1 -p {uas_port}"], capture_output=True)
     passing = [r for r in results if r["failure_ratio"] < 0.01 and r["successful"] > 0]
     best = max(passing, key=lambda r: r["offered_cps"]) if passing else None
-    return {"stage": stage, "runs": results, "max_cps_under_1pct_fail": best["offered_cps"] if best else 0,
-            "p50_ms": best["setup_p50_ms"] if best else None, "p99_ms": best["setup_p99_ms"] if best else None}
+    return {"stage": stage, "users": users, "registration": registration, "runs": results,
+            "max_cps_under_1pct_fail": best["offered_cps"] if best else 0,
+            "p50_ms": best["setup_p50_ms"] if best else None, "p99_ms": best["setup_p99_ms"] if best else None,
+            "server_cpu_ms_per_call": best["server_cpu_ms_per_call"] if best else None}
 
 
-def _sipp_stats(workdir: str) -> dict:
-    files = sorted(glob.glob(os.path.join(workdir, "uac_*_.csv")), key=os.path.getmtime)
+def _sipp_stats(workdir: str, pattern: str = "uac_*_.csv") -> dict:
+    files = sorted(glob.glob(os.path.join(workdir, pattern)), key=os.path.getmtime)
     if not files:
         return {}
     with open(files[-1], newline="") as fh:
@@ -257,26 +382,79 @@ async def _media_round(backend, streams: int, seconds: float, base_port: int) ->
             "loss": round(1 - received / sent, 4) if sent else 0, "lat_p50_ms": _pct(lat, 50), "lat_p99_ms": _pct(lat, 99)}
 
 
+RTPGEN = os.path.join(ROOT, "benchmarks", "mediagen", "rtpgen")
+RTPGEN_SOCKET_PAIRS = 64     # generator endpoints per side; streams share them round-robin
+
+
+def rtpgen_binary() -> str | None:
+    """The C load generator built by scripts/setup.sh (gcc), or None."""
+    return RTPGEN if os.access(RTPGEN, os.X_OK) else None
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _media_round_c(backend, streams: int, seconds: float, base_port: int, relay_cpu, workdir: str) -> dict:
+    """One round with the C generator (rtpgen): the relay's CPU is measured apart from the load."""
+    from sipcore.sdp import SessionDescription
+    pairs = min(streams, RTPGEN_SOCKET_PAIRS)
+    lines = []
+    for i in range(streams):
+        pa, pb = base_port + 4 * (i % pairs), base_port + 4 * (i % pairs) + 2
+        sdp = SessionDescription.parse(f"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+                                       f"m=audio {pa} RTP/AVP 0\r\n".encode())
+        offer = await backend.offer(f"bench{i}", "fa", None, sdp, ("127.0.0.1", 5060))
+        ans_sdp = SessionDescription.parse(sdp.to_bytes().replace(f" {pa} ".encode(), f" {pb} ".encode()))
+        answer = await backend.answer(f"bench{i}", "fa", "tb", ans_sdp, ("127.0.0.1", 5060))
+        # A sends to the relay port it was given in the answer, B to the one in the offer
+        lines.append(f"{pa} {pb} {answer.media_address(0)} {answer.media[0].port} "
+                     f"{offer.media_address(0)} {offer.media[0].port}\n")
+    spec = os.path.join(workdir, f"rtpgen-{streams}.spec")
+    with open(spec, "w") as fh:
+        fh.writelines(lines)
+    cpu0 = relay_cpu()
+    proc = await asyncio.create_subprocess_exec(RTPGEN, spec, str(seconds), "50", stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=seconds + 60)
+    cpu = relay_cpu() - cpu0
+    for i in range(streams):
+        await backend.delete(f"bench{i}", "fa", "tb")
+    if proc.returncode != 0:
+        raise RuntimeError(f"rtpgen failed: {err.decode(errors='replace')[-400:]}")
+    r = json.loads(out.decode().strip().splitlines()[-1])
+    r["generator"] = "rtpgen (C, sendmmsg/recvmmsg)"
+    r["relay_cpu_s"] = round(cpu, 3)
+    r["relay_cpu_s_per_mpkt"] = round(cpu / (r["received"] / 1e6), 2) if r["received"] else None
+    return r
+
+
 def media_round_passes(r: dict) -> bool:
     """<0.5% loss, the 50 pps schedule kept (>=95% of nominal packets/s), added p99 latency < 50 ms."""
     return (r["loss"] < 0.005 and r.get("offered_pps", 0) >= 0.95 * r.get("nominal_pps", 0)
             and r["lat_p99_ms"] is not None and r["lat_p99_ms"] < 50)
 
 
-def media_capacity(kind: str, counts: list[int], seconds: float, workdir: str) -> dict:
+def media_capacity(kind: str, counts: list[int], seconds: float, workdir: str, generator: str = "c") -> dict:
     """Run the media rounds in a subprocess so the generator and the relay do not share an event
     loop with anything else (the Python relay itself runs in the generator's process, as it does in
     the stage-0 server)."""
     code = f"""
 import asyncio, json, sys
 sys.path.insert(0, {ROOT!r})
-from harness.bench import MEDIA_ENDPOINT_BASE, _media_round, _backend
+from harness.bench import MEDIA_ENDPOINT_BASE, _media_round, _media_round_c, _backend
 async def main():
-    backend, cleanup = await _backend({kind!r}, {workdir!r})
+    backend, cleanup, relay_cpu = await _backend({kind!r}, {workdir!r})
     out = []
     try:
         for n in {counts!r}:
-            out.append(await _media_round(backend, n, {seconds!r}, MEDIA_ENDPOINT_BASE))
+            if {generator!r} == "c":
+                out.append(await _media_round_c(backend, n, {seconds!r}, MEDIA_ENDPOINT_BASE, relay_cpu, {workdir!r}))
+            else:
+                out.append(await _media_round(backend, n, {seconds!r}, MEDIA_ENDPOINT_BASE))
     finally:
         await cleanup()
     print(json.dumps(out))
@@ -288,21 +466,25 @@ asyncio.run(main())
     rounds = json.loads(proc.stdout.strip().splitlines()[-1])
     ok = [r for r in rounds if media_round_passes(r)]
     best = max(ok, key=lambda r: r["streams"]) if ok else None
-    return {"relay": kind, "rounds": rounds, "max_streams_under_half_pct_loss": best["streams"] if best else 0,
-            "lat_p50_ms": best["lat_p50_ms"] if best else None, "lat_p99_ms": best["lat_p99_ms"] if best else None}
+    return {"relay": kind, "generator": generator, "rounds": rounds,
+            "max_streams_under_half_pct_loss": best["streams"] if best else 0,
+            "lat_p50_ms": best["lat_p50_ms"] if best else None, "lat_p99_ms": best["lat_p99_ms"] if best else None,
+            "relay_cpu_s_per_mpkt": best.get("relay_cpu_s_per_mpkt") if best else None}
 
 
 async def _backend(kind: str, workdir: str):
+    """(MediaBackend, cleanup coroutine, relay CPU-seconds function) for one relay kind."""
     if kind == "legacy-relay":
         from legacy.rtp_relay import LegacyRelay
         b = LegacyRelay("127.0.0.1", "127.0.0.1", *RELAY_PORTS)
         await b.start()
-        return b, b.stop
-    from refactored.rtpproxy_launcher import LocalRTPProxy
+        return b, b.stop, time.process_time          # the relay runs in this process
     from refactored.rtpproxy_client import RTPProxyPool
+    from refactored.rtpproxy_launcher import LocalRTPProxy
     from refactored.rtpproxy_media import RTPProxyBackend
     control = f"udp:127.0.0.1:{free_udp_port()}"
-    local = LocalRTPProxy("127.0.0.1", control, *RELAY_PORTS, workdir=workdir)
+    engine = "rtpengine" if kind == "rtpengine" else "rtpproxy"
+    local = LocalRTPProxy("127.0.0.1", control, *RELAY_PORTS, workdir=workdir, engine=engine)
     local.start()
     pool = RTPProxyPool([(control, 1)])
     for _ in range(50):
@@ -310,7 +492,7 @@ async def _backend(kind: str, workdir: str):
         if await pool.probe(pool.nodes[0]):
             break
     b = RTPProxyBackend(pool, "127.0.0.1", launcher=local)
-    return b, b.stop
+    return b, b.stop, lambda: _proc_cpu(local.relay_pid())
 
 
 def plot(data: dict, path: str) -> None:
@@ -320,12 +502,17 @@ def plot(data: dict, path: str) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     calls = data.get("call_setup", [])
     if calls:
-        ax1.bar([f"stage {c['stage']}" for c in calls], [c["max_cps_under_1pct_fail"] for c in calls],
-                color=["#999", "#4a7", "#27a"][:len(calls)])
+        labels = [f"{c['stage'] if c['stage'] == 'kamailio' else 'stage ' + str(c['stage'])}\n{c.get('users', 0) // 1000}k users"
+                  for c in calls]
+        colours = {"kamailio": "#a72", "0": "#999", "1": "#4a7", "2": "#27a", "2-sippy": "#72a"}
+        ax1.bar(range(len(calls)), [c["max_cps_under_1pct_fail"] for c in calls],
+                color=[colours.get(str(c["stage"]), "#555") for c in calls])
+        ax1.set_xticks(range(len(calls)), labels, fontsize=6, rotation=90)
         ax1.set_title("call setups/s (<1% failed)")
     media = data.get("media", [])
     if media:
-        ax2.bar([m["relay"] for m in media], [m["max_streams_under_half_pct_loss"] for m in media], color=["#999", "#27a"])
+        ax2.bar([m["relay"] for m in media], [m["max_streams_under_half_pct_loss"] for m in media],
+                color=["#999", "#27a", "#a72", "#7a2"][:len(media)])
         ax2.set_title("concurrent 50 pps streams (<0.5% loss, p99 < 50 ms)")
     fig.suptitle(f"ims-migrate capacity — {data['machine']['cpu']} ({data['machine']['cores']} cores)", fontsize=9)
     fig.tight_layout()
@@ -335,49 +522,82 @@ def plot(data: dict, path: str) -> None:
 @click.command()
 @click.option("--stages", default="0,1,2", show_default=True,
               help="stacks to measure: 0, 1, 2 and 2-sippy (stage 2 with SIGNALLING=sippy)")
-@click.option("--rates", default="100,200,300,400,500,600", show_default=True, help="offered calls/s for SIPp")
+@click.option("--rates", default="200,400,600,800,1000,1200", show_default=True, help="offered calls/s for SIPp")
+@click.option("--kamailio-rates", default="1000,2000,3000,4000,5000", show_default=True,
+              help="offered calls/s for the Kamailio row (it is SIPp-bound well above the stages)")
 @click.option("--seconds", type=float, default=5.0, show_default=True, help="per call-rate step")
-@click.option("--streams", default="200,400,600,800,1200,1600", show_default=True, help="concurrent media streams per step")
+@click.option("--streams", default="200,400,800,1200,1600,2000,2400", show_default=True,
+              help="concurrent media streams per step")
 @click.option("--media-seconds", type=float, default=4.0, show_default=True)
+@click.option("--kamailio/--no-kamailio", default=True, show_default=True,
+              help="add the Kamailio reference row (stacks/kamailio/bench.cfg) to the call setup rounds")
+@click.option("--users", "users_axis", default="0,10000,50000", show_default=True,
+              help="registered users before the call rounds (each value is a row per stage)")
+@click.option("--register-rate", type=int, default=2000, show_default=True, help="offered REGISTER/s for --users")
+@click.option("--relays", default="legacy-relay,rtpproxy,rtpengine", show_default=True,
+              help="media relays to measure (rtpengine only when installed)")
+@click.option("--generator", type=click.Choice(["c", "python"]), default="c", show_default=True,
+              help="media load generator: the C rtpgen (built by setup.sh) or the Python one")
 @click.option("--skip-calls", is_flag=True)
 @click.option("--skip-media", is_flag=True)
 @click.option("--output", default="benchmarks/results", show_default=True)
-def bench(stages, rates, seconds, streams, media_seconds, skip_calls, skip_media, output) -> None:
+def bench(stages, rates, kamailio_rates, seconds, streams, media_seconds, kamailio, users_axis, register_rate, relays, generator,
+          skip_calls, skip_media, output) -> None:
     """Capacity per stage, side by side: SIPp call setup rate and media relay streams."""
     from tabulate import tabulate
     os.makedirs(output, exist_ok=True)
-    data = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "call_setup": [], "media": []}
+    data = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_at_start": os.getloadavg(),
+            "call_setup": [], "media": []}
     try:
         stage_list = [stack(s.strip()).name for s in stages.split(",")]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--stages") from None
     with tempfile.TemporaryDirectory(prefix="ims-bench-") as tmp:
         if not skip_calls:
-            for st in stage_list:
-                wd = os.path.join(tmp, f"calls{st}")
-                os.makedirs(wd)
-                click.echo(f"call setup, stage {st} ...", err=True)
-                data["call_setup"].append(call_setup(st, [int(r) for r in rates.split(",")], seconds, wd))
+            rows: list[int | str] = ["kamailio"] if kamailio and shutil.which("kamailio") else []
+            if kamailio and not rows:
+                click.echo("kamailio not installed (apt-get install kamailio): reference row skipped", err=True)
+            for users in [int(u) for u in users_axis.split(",") if u != ""]:
+                for st in rows + stage_list:
+                    wd = os.path.join(tmp, f"calls-{st}-{users}")
+                    os.makedirs(wd)
+                    click.echo(f"call setup, {'stage ' if st != 'kamailio' else ''}{st}, {users} users ...", err=True)
+                    steps = kamailio_rates if st == "kamailio" else rates
+                    data["call_setup"].append(call_setup(st, [int(r) for r in steps.split(",")], seconds, wd,
+                                                         users=users, register_rate=register_rate))
         if not skip_media:
             counts = [int(n) for n in streams.split(",")]
-            if max(counts) > MAX_MEDIA_STREAMS:
-                raise click.BadParameter(f"at most {MAX_MEDIA_STREAMS} streams fit the bench's port plan",
-                                         param_hint="--streams")
-            for kind in ("legacy-relay", "rtpproxy"):
-                click.echo(f"media relay, {kind} ...", err=True)
-                data["media"].append(media_capacity(kind, counts, media_seconds, tmp))
-    rows = [[f"stage {c['stage']}", c["max_cps_under_1pct_fail"], c["p50_ms"], c["p99_ms"]] for c in data["call_setup"]]
+            limit = (RELAY_PORTS[1] - RELAY_PORTS[0]) // 4 if generator == "c" else MAX_MEDIA_STREAMS
+            if max(counts) > limit:
+                raise click.BadParameter(f"at most {limit} streams fit the bench's port plan", param_hint="--streams")
+            if generator == "c" and not rtpgen_binary():
+                raise click.ClickException(f"{RTPGEN} is not built: run scripts/setup.sh (needs gcc)")
+            for kind in [k for k in relays.split(",") if k]:
+                if kind == "rtpengine" and not shutil.which("rtpengine"):
+                    click.echo("rtpengine not installed (apt-get install rtpengine-daemon): skipped", err=True)
+                    continue
+                click.echo(f"media relay, {kind} ({generator} generator) ...", err=True)
+                data["media"].append(media_capacity(kind, counts, media_seconds, tmp, generator))
+    rows = []
+    for c in data["call_setup"]:
+        ref = next((k for k in data["call_setup"] if k["stage"] == "kamailio" and k["users"] == c["users"]), None)
+        reg = c.get("registration") or {}
+        rows.append([c["stage"] if c["stage"] == "kamailio" else f"stage {c['stage']}", c["users"],
+                     reg.get("register_per_s"), c["max_cps_under_1pct_fail"], c["p50_ms"], c["p99_ms"],
+                     c["server_cpu_ms_per_call"],
+                     f"{c['max_cps_under_1pct_fail'] / ref['max_cps_under_1pct_fail']:.2f}x"
+                     if ref and ref["max_cps_under_1pct_fail"] else "-"])
     if rows:
-        base = data["call_setup"][0]["max_cps_under_1pct_fail"] or 1
-        for r in rows:
-            r.append(f"{r[1] / base:.2f}x")
-        click.echo(tabulate(rows, headers=["call setup", "calls/s (<1% fail)", "p50 ms", "p99 ms", "vs first"]))
-    mrows = [[m["relay"], m["max_streams_under_half_pct_loss"], m["lat_p50_ms"], m["lat_p99_ms"]] for m in data["media"]]
+        click.echo(tabulate(rows, headers=["call setup", "users", "REGISTER/s", "calls/s (<1% fail)", "p50 ms",
+                                           "p99 ms", "server CPU ms/call", "vs kamailio"]))
+    mrows = [[m["relay"], m["max_streams_under_half_pct_loss"], m["lat_p50_ms"], m["lat_p99_ms"],
+              m.get("relay_cpu_s_per_mpkt")] for m in data["media"]]
     if mrows:
         base = mrows[0][1] or 1
         for r in mrows:
             r.append(f"{r[1] / base:.2f}x")
-        click.echo(tabulate(mrows, headers=["media relay", "streams (<0.5% loss)", "added p50 ms", "p99 ms", "vs first"]))
+        click.echo(tabulate(mrows, headers=["media relay", "streams (<0.5% loss)", "added p50 ms", "p99 ms",
+                                            "relay CPU s/Mpkt", "vs first"]))
     click.echo(f"machine: {data['machine']}")
     with open(os.path.join(output, "bench.json"), "w") as fh:
         json.dump(data, fh, indent=2)

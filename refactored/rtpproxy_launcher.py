@@ -1,9 +1,15 @@
 """`ims-rtpproxy`: start RTPProxy with rtpproxy-style options.
 
     ims-rtpproxy -l 203.0.113.5 -s udp:127.0.0.1:7722 -m 20000 -M 29999 [-F] [-d INFO]
+                 [--engine rtpproxy|rtpengine] [--modules acct_csv,catch_dtmf]
 
 A real ``rtpproxy`` binary on PATH is exec'ed with the same arguments; otherwise the real sippy
 RTPProxy embedded in the PyPI package ``rtp-io`` runs in this process until SIGTERM/SIGINT.
+The embedded one runs without rtp-io's default modules (per-session accounting CSV with per-packet
+RTP analysis, DTMF catcher, DTLS gateway, ICE-lite), which cost CPU on every packet and made it
+log "accounting queue is full" under load; ``--modules`` brings back the ones you need.
+``--engine rtpengine`` execs Sipwise rtpengine (Debian ``rtpengine-daemon``) on the same
+rtpproxy-compatible UDP control protocol, forwarding in user space.
 """
 from __future__ import annotations
 
@@ -33,7 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-F", dest="insecure", action="store_true", help="accepted (rtpproxy compatibility)")
     ap.add_argument("-f", dest="foreground", action="store_true", help="accepted: always foreground")
     ap.add_argument("-d", dest="debug", default="WARN", help="rtpproxy log level (DBUG, INFO, WARN, ERR)")
+    ap.add_argument("--engine", choices=("rtpproxy", "rtpengine"), default="rtpproxy",
+                    help="relay program: rtpproxy (binary on PATH, else embedded rtp-io) or rtpengine")
+    ap.add_argument("--modules", default="",
+                    help="embedded rtpproxy modules to load, comma separated (default: none)")
     return ap
+
+
+RTPENGINE_LEVELS = {"DBUG": "7", "INFO": "6", "WARN": "4", "ERR": "3", "CRIT": "2"}
+
+
+def rtpengine_argv(a) -> list[str]:
+    """rtpengine with the rtpproxy-compatible UDP control socket, user-space forwarding (no kernel
+    module table), in the foreground, logging to stderr."""
+    kind, addr = parse_spec(a.control)
+    if kind != "udp":
+        raise ValueError("--engine rtpengine needs a udp:HOST:PORT control socket")
+    return ["-f", "-E", "--table=-1", f"--interface={a.listen}", f"--listen-udp={addr[0]}:{addr[1]}",
+            f"--port-min={a.port_min}", f"--port-max={a.port_max}",
+            f"--log-level={RTPENGINE_LEVELS.get(a.debug.upper(), '4')}"]
 
 
 def rtpproxy_args(a) -> list[str]:
@@ -50,6 +74,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if a.engine == "rtpengine":
+        engine = shutil.which("rtpengine")
+        if not engine:
+            print("error: rtpengine is not installed: apt-get install rtpengine-daemon", file=sys.stderr)
+            return 3
+        try:
+            argv_engine = rtpengine_argv(a)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        os.execv(engine, [engine, *argv_engine])
     binary = shutil.which("rtpproxy")
     if binary:
         os.execv(binary, [binary, "-f", *rtpproxy_args(a)])
@@ -63,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        proxy = rtp.io.rtpproxy(extra_args=tuple(rtpproxy_args(a)))
+        modules = [m for m in a.modules.split(",") if m]
+        proxy = rtp.io.rtpproxy(modules=modules, extra_args=tuple(rtpproxy_args(a)))
     except Exception as exc:   # noqa: BLE001 - the extension raises plain exceptions
         print(f"error: rtpproxy did not start: {exc}", file=sys.stderr)
         return 3
@@ -78,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
 class LocalRTPProxy:
     """A launcher subprocess we own (RTPPROXY_AUTO_START)."""
 
-    def __init__(self, listen_ip: str, control: str, port_min: int, port_max: int, workdir: str = "."):
+    def __init__(self, listen_ip: str, control: str, port_min: int, port_max: int, workdir: str = ".",
+                 engine: str = "rtpproxy"):
         self.cmd = [sys.executable, "-m", "refactored.rtpproxy_launcher", "-l", listen_ip, "-s", control,
-                    "-m", str(port_min), "-M", str(port_max)]
+                    "-m", str(port_min), "-M", str(port_max), "--engine", engine]
         self.control = control
         self.workdir = workdir           # rtpproxy writes its accounting CSV in its cwd
         self.proc: subprocess.Popen | None = None
@@ -94,6 +131,12 @@ class LocalRTPProxy:
             self.proc = subprocess.Popen(self.cmd, stdout=log_file, stderr=log_file, env=env,
                                          cwd=self.workdir, start_new_session=True)
         log.info("auto-started rtpproxy: %s (pid %d)", " ".join(self.cmd[2:]), self.proc.pid)
+
+    def relay_pid(self) -> int:
+        """The relay's process (the launcher execs the relay or embeds it: the same pid)."""
+        if self.proc is None:
+            raise RuntimeError("relay not started")
+        return self.proc.pid
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

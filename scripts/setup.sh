@@ -4,6 +4,8 @@
 #   - system packages: iproute2, iptables/nftables, conntrack, SIPp (sip-tester), tcpdump,
 #     docker.io + debootstrap (Docker lab backend), python3-venv, chromium (headless, for the
 #     HTML report test), redis-server (location store tests start their own instances)
+#     gcc (the bench's C RTP generator), kamailio and rtpengine-daemon (reference/relay rows of
+#     `harness bench` and the rtpengine launcher test; not started as services)
 #   - the project virtualenv in .venv with the project installed editable (+ test, sippy extras)
 #   - a Docker engine (dockerd) when none answers (skip with IMS_SKIP_DOCKER=1)
 #   - the MML management token config/mml.token (random, mode 0600, owner root; kept if present)
@@ -20,6 +22,7 @@ fi
 
 PKGS="iproute2 iptables nftables conntrack sip-tester tcpdump procps kmod python3-venv debootstrap docker.io"
 PKGS="$PKGS chromium redis-server"   # report.html rendering test; shared location store tests
+PKGS="$PKGS gcc libc6-dev kamailio rtpengine-daemon"   # harness bench: rtpgen, reference rows
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -29,6 +32,12 @@ if [ -n "$missing" ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+# the C RTP load generator of `harness bench` (sendmmsg/recvmmsg; rebuilt when its source changes)
+if [ ! -x benchmarks/mediagen/rtpgen ] || [ benchmarks/mediagen/rtpgen.c -nt benchmarks/mediagen/rtpgen ]; then
+  echo "[setup] building benchmarks/mediagen/rtpgen"
+  gcc -O2 -Wall -o benchmarks/mediagen/rtpgen benchmarks/mediagen/rtpgen.c
 fi
 
 PY=${PYTHON:-python3}

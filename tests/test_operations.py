@@ -119,9 +119,11 @@ def test_migration_benchmark_scripts_run_and_report_rates():
     """The committed micro-benchmarks named in MIGRATION.md run (briefly) and print positive rates."""
     import json
     lines = [c for c in COMMANDS if c.startswith(".venv/bin/python benchmarks/")]
-    assert {shlex.split(c)[1] for c in lines} == {"benchmarks/bench_proxy.py", "benchmarks/bench_parser.py"}
+    assert {shlex.split(c)[1] for c in lines} == {"benchmarks/bench_proxy.py", "benchmarks/bench_parser.py",
+                                                  "benchmarks/bench_registrar.py"}
     quick = {"benchmarks/bench_proxy.py": ["--calls", "200", "--repeat", "1"],
-             "benchmarks/bench_parser.py": ["--seconds", "0.2"]}
+             "benchmarks/bench_parser.py": ["--seconds", "0.2"],
+             "benchmarks/bench_registrar.py": ["--users", "0,500", "--seconds", "0.2"]}
     for line in lines:
         script = shlex.split(line)[1]
         out = subprocess.run([PYTHON, os.path.join(ROOT, script), *quick[script]], capture_output=True,

@@ -197,3 +197,66 @@ def test_missing_rtpproxy_says_how_to_start_one():
             await pool.start()
         assert "ims-rtpproxy -l <SERVER_IP> -s udp:127.0.0.1:7722" in str(exc.value)
     asyncio.run(run())
+
+
+def _threads(pid: int) -> set[str]:
+    import os
+    names = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as fh:
+            names.add(fh.read().strip())
+    return names
+
+
+def test_embedded_rtpproxy_runs_without_rtp_io_default_modules(rtpproxy, tmp_path):
+    """rtp-io loads acct_csv/catch_dtmf/dtls_gw/ice_lite by default: per-packet work and an
+    accounting queue that overflowed under load. The launcher starts it without them."""
+    spec, local = rtpproxy
+
+    async def run():
+        pool = RTPProxyPool([(spec, 1)])
+        await wait_up(pool)
+        backend = RTPProxyBackend(pool, "127.0.0.1")
+        pa, pb = free_port(), free_port()
+        offer = await backend.offer("m1", "ftag", None, sdp(pa), ("127.0.0.1", 1))
+        answer = await backend.answer("m1", "ftag", "ttag", sdp(pb), ("127.0.0.1", 1))
+        got = await exchange(pa, pb, ("127.0.0.1", offer.media[0].port), ("127.0.0.1", answer.media[0].port))
+        await backend.delete("m1")
+        pool.close()
+        return got
+
+    got_a, got_b = asyncio.run(run())
+    assert got_a >= 18 and got_b >= 18
+    threads = _threads(local.relay_pid())
+    assert "rtpp_proc: RTP" in threads                      # it is the embedded rtpproxy
+    assert not threads & {"acct_csv", "catch_dtmf", "dtls_gw", "ice_lite"}, threads
+    assert not (tmp_path / "rtpproxy_acct.csv").exists()
+
+
+def test_rtpengine_engine_answers_the_rtpproxy_protocol_and_relays(relay_range, tmp_path):
+    """`ims-rtpproxy --engine rtpengine` runs Debian's rtpengine behind the same client."""
+    spec = f"udp:127.0.0.1:{free_port()}"
+    local = LocalRTPProxy("127.0.0.1", spec, relay_range[0] + 450, relay_range[1], workdir=str(tmp_path),
+                          engine="rtpengine")
+    local.start()
+
+    async def run():
+        pool = RTPProxyPool([(spec, 1)])
+        await wait_up(pool)
+        backend = RTPProxyBackend(pool, "127.0.0.1")
+        pa, pb = free_port(), free_port()
+        offer = await backend.offer("e1", "ftag", None, sdp(pa), ("127.0.0.1", 1))
+        answer = await backend.answer("e1", "ftag", "ttag", sdp(pb), ("127.0.0.1", 1))
+        assert relay_range[0] + 450 <= offer.media[0].port <= relay_range[1]
+        got = await exchange(pa, pb, ("127.0.0.1", offer.media[0].port), ("127.0.0.1", answer.media[0].port))
+        await backend.delete("e1")
+        pool.close()
+        return got
+
+    try:
+        got_a, got_b = asyncio.run(run())
+        with open(f"/proc/{local.relay_pid()}/comm") as fh:
+            assert fh.read().strip() == "rtpengine"
+    finally:
+        local.stop()
+    assert got_a >= 18 and got_b >= 18
