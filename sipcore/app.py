@@ -36,6 +36,9 @@ ENV_HELP = """environment (original names and defaults):
                        this host, else 0.0.0.0
   USERS_FILE, CDR_DIR, LOG_DIR, LOG_LEVEL, BLACKLIST_FILE, CONFIG_FILE
                        (a missing USERS_FILE is created empty: no users, no default passwords)
+  LOCATION_STORE       where registrations are kept across restarts: sqlite:PATH (default
+                       sqlite:location.sqlite next to USERS_FILE), redis://HOST:PORT/N (shared by
+                       several servers), or memory
   SIP_REALM, AUTH_INVITE, AUTH_ALGORITHMS, NONCE_TTL, MIN_EXPIRES, MAX_EXPIRES
   NAT_KEEPALIVE_INTERVAL, NAT_KEEPALIVE_METHOD (OPTIONS|CRLF), NAT_KEEPALIVE_FAILURES (stage 2)
   MML_HOST (127.0.0.1), MML_PORT (8888), MML_TOKEN, or MML_TOKEN_FILE (default config/mml.token,
@@ -83,7 +86,9 @@ def build_server(stage: int, config):
     require_signalling(config.signalling, stage)
     users = UserStore(config.users_file, realm=config.realm)
     cdr = CDRWriter(config.cdr_dir)
-    server = SIPServer(stage, config, build_media(stage, config), users=users, cdr=cdr)
+    from sipcore.location_store import open_location_store
+    location = open_location_store(config.location_store)      # ConfigError naming LOCATION_STORE
+    server = SIPServer(stage, config, build_media(stage, config), users=users, cdr=cdr, location=location)
     build_signalling(server)
     return server
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields
 from typing import Callable, Mapping
 
 from sipcore.envfile import read_env_file
+from sipcore.location_store import parse_location_store
 from sipcore.errors import ConfigError
 from sipcore.mml.token_file import DEFAULT_TOKEN_FILE, read_token, valid_token
 
@@ -127,6 +128,7 @@ class Config:
     local_domains: tuple[str, ...] = ()
     rr_secret: str | None = None
     rr_secret_file: str = "data/rr_secret.key"
+    location_store: str = "memory"
     config_file: str | None = None
 
     @classmethod
@@ -221,6 +223,7 @@ class Config:
             raise ConfigError("RR_SECRET", "must be at least 16 characters")
         users_file = get("USERS_FILE", "data/users.json")
         rr_secret_file = get("RR_SECRET_FILE", os.path.join(os.path.dirname(users_file) or ".", "rr_secret.key"))
+        location_store = parse_location_store(get("LOCATION_STORE", ""), users_file)
 
         for name in ("USERS_FILE", "CDR_DIR", "LOG_DIR", "BLACKLIST_FILE", "RR_SECRET_FILE"):
             if "\x00" in get(name, "x"):
@@ -252,6 +255,7 @@ class Config:
             config_file=path if file_values else None,
             caller_identity=caller_identity, foreign_callers=foreign, outbound_route=outbound,
             local_domains=domains, rr_secret=rr_secret, rr_secret_file=rr_secret_file,
+            location_store=location_store,
         )
 
     def describe(self) -> dict:

@@ -7,7 +7,8 @@ Checked: the users file (readable and valid, or creatable; a warning when it hol
 CDR and log directories (created if needed, writable), the SIP port(s) and the MML port (can be
 bound on the configured address; a port held by a running ims-migrate server, recognised by its
 MML health endpoint answering, is reported as "in use by the running server" and not a failure,
-so the check can run before a cutover), the MML token, and the media relay (stages 1/2: the
+so the check can run before a cutover), the MML token, the location store (SQLite file usable,
+Redis answering), and the media relay (stages 1/2: the
 configured RTPProxy answers, or it is auto-started the way the server would and stopped again).
 """
 from __future__ import annotations
@@ -131,6 +132,21 @@ async def check_media(stage: int, config) -> Check:
                                                         if started else ""))
 
 
+def check_location_store(spec: str) -> Check:
+    from sipcore.location_store import open_location_store
+    try:
+        store = open_location_store(spec)
+    except ConfigError as exc:
+        return Check(exc.key, False, exc.message)
+    n = len(store)
+    close = getattr(store, "close", None)
+    if close is not None:
+        close()
+    if spec == "memory":
+        return Check("LOCATION_STORE", True, "memory: registrations are lost at every restart", warning=True)
+    return Check("LOCATION_STORE", True, f"{spec}: {n} unexpired bindings")
+
+
 async def run_checks(stage: int, config) -> list[Check]:
     running = _our_server_answers(config.mml_host, config.mml_port)
     checks = [check_users(config.users_file), check_directory("CDR_DIR", config.cdr_dir),
@@ -140,5 +156,6 @@ async def run_checks(stage: int, config) -> list[Check]:
         checks.append(check_port("SERVER_PORT", config.bind_ip, config.server_port, socket.SOCK_STREAM, running))
     checks.append(check_port("MML_PORT", config.mml_host, config.mml_port, socket.SOCK_STREAM, running))
     checks.append(check_token(config))
+    checks.append(check_location_store(config.location_store))
     checks.append(await check_media(stage, config))
     return checks

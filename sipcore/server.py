@@ -43,7 +43,7 @@ def build_admission(config, policy: StagePolicy, authorizer, user_exists, server
 
 
 class SIPServer:
-    def __init__(self, stage: int, config, media, *, users, cdr):
+    def __init__(self, stage: int, config, media, *, users, cdr, location=None):
         self.stage = stage
         self.config = config
         self.media = media
@@ -61,7 +61,7 @@ class SIPServer:
         self.registrar = Registrar(min_expires=config.min_expires, max_expires=config.max_expires,
                                    default_expires=config.default_expires,
                                    contact_policy=self.policy.register_contact,
-                                   echo_registered_contact=stage >= 1)
+                                   echo_registered_contact=stage >= 1, store=location)
         self.blacklist = Blacklist(config.blacklist_file)
         self.limiter = FailureLimiter(block_after=config.rate_limit_fails, window=60.0,
                                       blacklist=self.blacklist)
