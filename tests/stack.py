@@ -58,11 +58,19 @@ class ServerProcess:
     def __init__(self, stage: int, workdir: str, entry: str | None = None, extra_env: dict | None = None):
         self.stage = stage
         self.workdir = workdir
-        self.ports = Ports()
         self.token = "test-token"
         users = {u: {"username": u, "password": "1234", "status": "ACTIVE"} for u in ("1001", "1002", "1003")}
         with open(os.path.join(workdir, "users.json"), "w") as fh:
             json.dump(users, fh)
+        self.extra_env = extra_env
+        self._set_ports(Ports())
+        self.entry = entry or os.path.join(ROOT, ENTRYPOINTS[stage])
+        self.proc: subprocess.Popen | None = None
+        self.output = ""
+
+    def _set_ports(self, ports: Ports) -> None:
+        self.ports = ports
+        workdir, extra_env = self.workdir, self.extra_env
         self.env = dict(os.environ, SERVER_IP="127.0.0.1", SERVER_PORT=str(self.ports.sip),
                         MML_PORT=str(self.ports.mml), MML_TOKEN=self.token,
                         USERS_FILE=os.path.join(workdir, "users.json"), CDR_DIR=os.path.join(workdir, "CDR"),
@@ -70,11 +78,21 @@ class ServerProcess:
                         CONFIG_FILE=os.path.join(workdir, "none.json"), RTP_PORT_MIN=str(self.ports.relay_min),
                         RTP_PORT_MAX=str(self.ports.relay_max), RTPPROXY_UDP_PORT=str(self.ports.rtpproxy),
                         LOG_LEVEL="INFO", **(extra_env or {}))
-        self.entry = entry or os.path.join(ROOT, ENTRYPOINTS[stage])
-        self.proc: subprocess.Popen | None = None
-        self.output = ""
 
     def __enter__(self) -> "ServerProcess":
+        """Start the server; when another test run took one of its ports between the port check
+        and the bind (the machine may be shared), start it again on another block (3 tries)."""
+        for attempt in range(3):
+            try:
+                return self._start()
+            except RuntimeError as exc:
+                if "Address already in use" not in str(exc) or attempt == 2:
+                    raise
+                self.output = ""
+                self._set_ports(Ports())
+        raise AssertionError("unreachable")
+
+    def _start(self) -> "ServerProcess":
         self.proc = subprocess.Popen([PYTHON, self.entry], cwd=self.workdir, env=self.env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 20
