@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sipcore.call_records import CDREvents  # noqa: E402
 from sipcore.cdr import CDRWriter  # noqa: E402
 from sipcore.message import parse_message  # noqa: E402
-from sipcore.proxy import Proxy  # noqa: E402
+from sipcore.proxy_driver import ProxyDriver  # noqa: E402
 from sipcore.registrar import Registrar  # noqa: E402
 from sipcore.stage_policy import StagePolicy  # noqa: E402
 
@@ -95,8 +95,8 @@ async def run_calls(calls: int, cdr_dir: str | None = None) -> tuple[float, floa
         "From: <sip:1002@sip.local>;tag=r\r\nTo: <sip:1002@sip.local>\r\nCall-ID: reg\r\nCSeq: 1 REGISTER\r\n"
         "Contact: <sip:1002@203.0.113.20:41000>\r\nExpires: 3600\r\nContent-Length: 0\r\n\r\n").encode()),
         BOB, "udp", time.time())
-    proxy = Proxy(host=SERVER[0], port=SERVER[1], policy=policy, registrar=registrar,
-                  media=PassThroughMedia(), events=events, send=wire)
+    proxy = ProxyDriver(host=SERVER[0], port=SERVER[1], policy=policy, registrar=registrar,
+                        media=PassThroughMedia(), events=events, send=wire)
     t0, c0 = time.perf_counter(), time.process_time()
     for i in range(calls):
         await proxy.on_request(parse_message(_request("INVITE", i, f"z9hG4bKi{i}", 1, SDP)), ALICE, "udp")

@@ -38,7 +38,8 @@ from importlib import metadata, util
 
 from sipcore.errors import ConfigError, MediaBackendError, SDPParseError, SIPParseError
 from sipcore.message import SIPMessage, SIPRequest, SIPResponse
-from sipcore.proxy import TX_LINGER, Call
+from sipcore.call import Call
+from sipcore.proxy_core import TX_LINGER
 from sipcore.sdp import SessionDescription
 from sipcore.uri import NameAddr, SipURI
 
@@ -234,7 +235,7 @@ class SippyBridge:
             bindings = [b for b in bindings if b.source != source] or bindings
         if not bindings:
             return False   # the proxy answers (404/480, 403 Not Relaying, the trunk) and writes the CDR
-        server.proxy._stamp_via(req, source)                  # force_rport, also for a 407/403 from here
+        server.proxy.core.stamp_via(req, source)                  # force_rport, also for a 407/403 from here
         decision = server.admission.initial(req, source)       # caller identity, as the proxy does it
         if decision.response is not None:
             server.transport.send(decision.response, source, "udp")
@@ -270,7 +271,7 @@ class SippyBridge:
         policy = self.server.policy
         if isinstance(msg, SIPRequest):
             policy.on_request(msg, source)
-            self.server.proxy._stamp_via(msg, source)
+            self.server.proxy.core.stamp_via(msg, source)
         else:
             policy.on_response(msg, source)
         if policy.nat is not None and (isinstance(msg, SIPRequest) or msg.cseq[1] == "INVITE"):

@@ -1,7 +1,7 @@
 """Logging: console + dated file, each line naming the real module, function and line.
 
 Format: ``YYYY-MM-DD HH:MM:SS.mmm [LEVEL   ] [module:func:line] message`` where ``module`` is the
-logger name (``logging.getLogger(__name__)``, e.g. ``sipcore.proxy``) - the original printed its
+logger name (``logging.getLogger(__name__)``, e.g. ``sipcore.proxy_core``) - the original printed its
 own wrapper (``[logger.py:info:237]``) on every line. The file is
 ``<log_dir>/<YYYY-MM-DD>/ims-sip-server.log`` (the original's layout) and follows the date.
 The level applies to every handler and can be changed at run time with ``set_level``.

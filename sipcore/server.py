@@ -11,15 +11,17 @@ import time
 
 from sipcore.admission import Admission, parse_outbound_route
 from sipcore.auth_policy import SipAuthorizer
+from sipcore.call import CallState
 from sipcore.call_records import CDREvents
 from sipcore.digest import DigestAuthenticator
 from sipcore.errors import SIPParseError
-from sipcore.message import SIPRequest, SIPResponse, build_response
+from sipcore.message import SIPRequest, build_response
 from sipcore.nat_helper import init_nat_helper
 from sipcore.nat_keepalive import NATKeepalive
-from sipcore.proxy import Proxy, ServerTx
+from sipcore.proxy_driver import ProxyDriver
 from sipcore.record_route import RouteTokens, load_secret
 from sipcore.registrar import Registrar
+from sipcore.registration import Registration
 from sipcore.security import Blacklist, FailureLimiter
 from sipcore.stage_policy import STAGE_NAMES, StagePolicy
 from sipcore.transport import SIPTransport
@@ -75,11 +77,12 @@ class SIPServer:
                                       bad_request_host=config.advertised_host)
         self.admission = build_admission(config, self.policy, self.authorizer, self._user_exists,
                                          self.server_header)
-        self.proxy = Proxy(host=config.advertised_host, port=config.advertised_port, policy=self.policy,
-                           registrar=self.registrar, media=media, events=self.events,
-                           send=self.transport.send, admission=self.admission,
-                           user_exists=self._user_exists, server_header=self.server_header)
-        self.proxy.on_register = self._on_register   # type: ignore[method-assign]
+        self.registration = Registration(self.authorizer, self.registrar, self.events, self.server_header)
+        self.proxy = ProxyDriver(host=config.advertised_host, port=config.advertised_port, policy=self.policy,
+                                 registrar=self.registrar, media=media, events=self.events,
+                                 send=self.transport.send, registration=self.registration,
+                                 admission=self.admission, user_exists=self._user_exists,
+                                 server_header=self.server_header)
         self.keepalive = None
         if self.policy.keepalive:
             self.keepalive = NATKeepalive(self.proxy, self.registrar, interval=config.nat_keepalive_interval,
@@ -120,13 +123,14 @@ class SIPServer:
             await self.engine.stop()
         if self.keepalive is not None:
             await self.keepalive.stop()
+        self.proxy.close()
         for t in self._tasks:
             t.cancel()
         for t in list(self._handlers):
             t.cancel()
         await asyncio.gather(*self._tasks, *self._handlers, return_exceptions=True)
         for call in self.proxy.active_calls():
-            call.state = "ended"
+            call.state = CallState.ENDED
             self.events.call_ended(call, "SERVER_SHUTDOWN", None)
         try:
             await self.media.stop()
@@ -142,7 +146,6 @@ class SIPServer:
             await asyncio.sleep(1.0)
             tick += 1
             try:
-                await self.proxy.sweep()
                 if tick % 15 == 0:
                     self.blacklist.reload()
                 if tick % 30 == 0:
@@ -188,32 +191,6 @@ class SIPServer:
         c = self.config
         hosts = {c.advertised_host.lower(), c.server_ip.lower(), c.realm.lower()}
         return uri.host.lower() in hosts and uri.port in (None, c.server_port, c.advertised_port)
-
-    # --- REGISTER -----------------------------------------------------------------------------
-    async def _on_register(self, tx: ServerTx) -> None:
-        req, source = tx.request, tx.source
-        decision = self.authorizer.decide(req, source, "Authorization")
-        if decision.response is not None:
-            self.proxy.reply(tx, decision.response)
-            if decision.failed:
-                self.events.register_failed(req, source, decision.response.status, decision.reason)
-            return
-        to_user = req.to_addr().uri.user if req.to_addr().uri else None
-        if decision.username and to_user and decision.username != to_user:
-            resp = build_response(req, 403, "Forbidden", to_tag="auth",
-                                  extra_headers=[("Warning", '399 - "credentials do not match the AOR"')])
-            self.proxy.reply(tx, resp)
-            self.events.register_failed(req, source, 403, "credentials do not match the AOR")
-            return
-        outcome = self.registrar.handle_register(req, source, tx.transport, time.time())
-        resp: SIPResponse = outcome.response
-        resp.headers.add("Server", self.server_header)
-        self.proxy.reply(tx, resp)
-        if resp.status == 200 and outcome.expires is not None:
-            if outcome.unregistered and not outcome.added and not outcome.refreshed:
-                self.events.register_unregistered(req, source, outcome.contact or "")
-            else:
-                self.events.register_success(req, source, outcome.contact or "", outcome.expires)
 
     # --- management ---------------------------------------------------------------------------
     def management_context(self):

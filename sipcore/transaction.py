@@ -259,3 +259,74 @@ def server_key(request: SIPRequest, method: str | None = None) -> tuple:
     if method is None:
         method = "INVITE" if request.method == "ACK" else request.method
     return (branch, *sent_by, method)
+
+
+class BoundTransaction:
+    """One transaction bound to where its messages go, still sans-IO: the caller passes the time.
+
+    ``send(message, dest, transport)`` receives what the state machine sends, Timer B/F/H call
+    ``on_timeout``, pass-ups are returned. After every event ``scheduler(self)`` (when given) is
+    told so it can (re)arm ``deadline()``; ``stop()`` silences the timers until the next event.
+    The proxy core runs many of these on its one clock; ``transaction_runner.RunningTransaction``
+    runs one on the asyncio loop.
+    """
+    __slots__ = ("txn", "send", "dest", "transport", "on_timeout", "scheduler", "scheduled", "_stopped")
+
+    def __init__(self, txn: ClientTransaction | ServerTransaction, send, dest: tuple[str, int],
+                 transport: str, on_timeout=None, scheduler=None):
+        self.txn = txn
+        self.send = send
+        self.dest = dest
+        self.transport = transport
+        self.on_timeout = on_timeout
+        self.scheduler = scheduler
+        self.scheduled: float | None = None     # the scheduler's bookkeeping: deadline last armed
+        self._stopped = False
+
+    @property
+    def state(self) -> str:
+        return self.txn.state
+
+    def start(self, now: float) -> list:
+        return self._feed(self.txn.start(now))
+
+    def response(self, resp: SIPResponse, now: float) -> list:
+        """A response for a client transaction; returns the responses passed up."""
+        return self._feed(self.txn.on_response(resp, now))      # type: ignore[union-attr]
+
+    def request(self, request: SIPRequest, now: float) -> list:
+        """A retransmission (or the ACK of a non-2xx final) for a server transaction."""
+        return self._feed(self.txn.on_request(request, now))    # type: ignore[union-attr]
+
+    def respond(self, resp: SIPResponse, now: float) -> bool:
+        """Send a response through a server transaction; False when the state machine dropped it."""
+        actions = self.txn.respond(resp, now)                   # type: ignore[union-attr]
+        self._feed(actions)
+        return any(isinstance(a, Send) for a in actions)
+
+    def timer(self, now: float) -> list:
+        return self._feed(self.txn.on_timer(now))
+
+    def deadline(self) -> float | None:
+        if self._stopped or self.txn.state == "terminated":
+            return None
+        return self.txn.next_deadline()
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self.scheduler is not None:
+            self.scheduler(self)
+
+    def _feed(self, actions: list) -> list:
+        passed = []
+        for action in actions:
+            if isinstance(action, Send):
+                self.send(action.message, self.dest, self.transport)
+            elif isinstance(action, PassUp):
+                passed.append(action.message)
+            elif isinstance(action, Timeout) and self.on_timeout is not None:
+                self.on_timeout()
+        self._stopped = False
+        if self.scheduler is not None:
+            self.scheduler(self)
+        return passed

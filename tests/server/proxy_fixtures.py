@@ -6,7 +6,7 @@ import time
 
 from sipcore.media import MediaBackend
 from sipcore.message import parse_message
-from sipcore.proxy import Proxy
+from sipcore.proxy_driver import ProxyDriver
 from sipcore.registrar import Registrar
 from sipcore.stage_policy import StagePolicy
 
@@ -81,8 +81,8 @@ def make_proxy(stage=1, nat=None):
     wire, events, media = Wire(), EventLog(), RelayAt()
     policy = StagePolicy(stage, nat)
     reg = Registrar(contact_policy=policy.register_contact)
-    proxy = Proxy(host=SERVER[0], port=SERVER[1], policy=policy, registrar=reg, media=media,
-                  events=events, send=wire, user_exists=lambda u: u in ("1001", "1002"))
+    proxy = ProxyDriver(host=SERVER[0], port=SERVER[1], policy=policy, registrar=reg, media=media,
+                        events=events, send=wire, user_exists=lambda u: u in ("1001", "1002"))
     return proxy, wire, events, media, reg
 
 

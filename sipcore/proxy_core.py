@@ -1,40 +1,50 @@
-"""Record-routing stateful proxy with media relay hooks (the original server's call routing).
+"""The record-routing stateful proxy (the original server's call routing), sans-IO.
 
-The proxy receives parsed messages with their source and transport and sends through a
-``send(message, address, transport)`` callable, so it has no sockets of its own. Media backends
-are awaited for SDP rewriting, which is why the handlers are coroutines.
+Events in, actions out, one injected clock. ``ProxyCore`` never touches a socket, a timer or the
+event loop:
 
-Transactions (RFC 3261 §17, RFC 6026) come from sipcore.transaction, run on the loop by
-sipcore.transaction_runner: each incoming request gets a server transaction keyed by its top Via
-branch (retransmissions answered or absorbed, non-2xx finals retransmitted until ACKed over UDP),
-each forwarded branch a client transaction (Timer A/E retransmissions, B/F timeouts, the ACK of a
-non-2xx final), and each CANCEL its own client transaction, sent once the branch has a provisional
-answer (§9.1). The proxy adds what is a proxy's job: forking, best-response choice, Timer C for
-branches that only ring, and forwarding of 2xx. Requests the proxy originates itself (BYE from MML,
-keepalive OPTIONS) use the same client transactions through ``originate()``.
+* events: ``on_request`` / ``on_response`` (a parsed message, its source and transport),
+  ``on_timer`` (the time in ``next_deadline()`` has come), ``start_originated`` / ``end_call``;
+* actions: ``take_actions()`` returns what to do now - ``Transmit`` (send a message) and
+  ``OriginatedDone`` (a request we originated has its final answer or timed out);
+* the media backend is the one thing the core must wait for: the event methods are generators
+  that yield ``MediaOp`` (sipcore.media_session) and get the backend's answer sent back in.
+
+The asyncio side (socket, one loop timer, awaiting the media backend) is sipcore.proxy_driver.
+
+Transactions (RFC 3261 §17, RFC 6026) come from sipcore.transaction, bound here to where their
+messages go and run on the core's clock: each incoming request gets a server transaction keyed by
+its top Via branch (retransmissions answered or absorbed, non-2xx finals retransmitted until ACKed
+over UDP), each forwarded branch a client transaction (Timer A/E retransmissions, B/F timeouts,
+the ACK of a non-2xx final), and each CANCEL its own client transaction, sent once the branch has a
+provisional answer (§9.1). The core adds what is a proxy's job: forking, best-response choice,
+Timer C for branches that only ring, and forwarding of 2xx. The call/dialog model is
+sipcore.call, the media hand-off sipcore.media_session, requests we originate sipcore.originated,
+REGISTER a ``RegistrationHandler`` collaborator (sipcore.registration).
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
+import heapq
+import itertools
 import logging
 import os
-import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Generator, Protocol
 
 from sipcore.admission import Admission
-from sipcore.errors import MediaBackendError, SDPParseError, SIPParseError
-from sipcore.message import (Headers, SIPMessage, SIPRequest, SIPResponse, Via, build_response,
-                             new_branch, new_tag)
-from sipcore.offer_answer import CALLEE, CALLER, NONE, OFFER, OfferAnswer, other_leg
+from sipcore.call import Call, CallState
+from sipcore.errors import SDPParseError, SIPParseError
+from sipcore.media_session import MediaHandoff, MediaOp
+from sipcore.message import SIPMessage, SIPRequest, SIPResponse, Via, build_response, new_tag
+from sipcore.offer_answer import CALLER, OfferAnswer, other_leg
+from sipcore.originated import OriginatedDone, OriginatedRequests, build_bye
 from sipcore.record_route import Flow, RouteTokens
-from sipcore.registrar import Binding, Registrar, aor_user
+from sipcore.registrar import Binding, Registrar
 from sipcore.sdp import SessionDescription
 from sipcore.stage_policy import StagePolicy
-from sipcore.transaction import ClientTransaction, ServerTransaction, server_key
-from sipcore.transaction_runner import RunningTransaction
-from sipcore.uri import NameAddr, SipURI
+from sipcore.transaction import BoundTransaction, ClientTransaction, ServerTransaction, server_key
+from sipcore.uri import SipURI
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +54,29 @@ RELAYED_METHODS = frozenset(("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "MESSA
 T1 = 0.5
 TX_LINGER = 32.0          # 64*T1: how long finished transactions answer retransmissions
 TIMER_C = 180.0           # an INVITE branch that only rings gives up after this
+SWEEP_INTERVAL = 1.0      # how often finished transactions / Timer C are looked at
 
 
 Address = tuple[str, int]
-SendFn = Callable[[SIPMessage, Address, str], None]
+Steps = Generator[MediaOp, "SessionDescription | None", None]
+
+
+@dataclass(slots=True)
+class Transmit:
+    """Action: send ``message`` to ``dest`` over ``transport``."""
+    message: SIPMessage
+    dest: Address
+    transport: str
 
 
 class CallEvents(Protocol):
     """What the proxy reports (CDR writer adapter, statistics)."""
-    def call_started(self, call: "Call", request: SIPRequest) -> None: ...
-    def call_ringing(self, call: "Call", response: SIPResponse) -> None: ...
-    def call_answered(self, call: "Call", response: SIPResponse) -> None: ...
-    def call_ended(self, call: "Call", reason: str, request: SIPMessage | None) -> None: ...
-    def call_cancelled(self, call: "Call", request: SIPRequest) -> None: ...
-    def call_failed(self, call: "Call", status: int, reason: str) -> None: ...
+    def call_started(self, call: Call, request: SIPRequest) -> None: ...
+    def call_ringing(self, call: Call, response: SIPResponse) -> None: ...
+    def call_answered(self, call: Call, response: SIPResponse) -> None: ...
+    def call_ended(self, call: Call, reason: str, request: SIPMessage | None) -> None: ...
+    def call_cancelled(self, call: Call, request: SIPRequest) -> None: ...
+    def call_failed(self, call: Call, status: int, reason: str) -> None: ...
     def message(self, request: SIPRequest, source: Address, status: int, reason: str, callee: Binding | None) -> None: ...
     def options(self, request: SIPRequest, source: Address) -> None: ...
 
@@ -67,7 +86,12 @@ class Authorizer(Protocol):
         """None when authorised, else the response to send (401/407/403)."""
 
 
-@dataclass
+class RegistrationHandler(Protocol):
+    def handle(self, request: SIPRequest, source: Address, transport: str, now: float) -> SIPResponse:
+        """The final response to a REGISTER (authentication, binding update, CDR are its job)."""
+
+
+@dataclass(slots=True)
 class Branch:
     branch: str
     request: SIPRequest            # as forwarded
@@ -78,11 +102,11 @@ class Branch:
     final: int | None = None
     cancelled: bool = False        # CANCEL wanted (sent as soon as the branch has a provisional)
     started: float = 0.0
-    client: RunningTransaction | None = None
-    cancel_client: RunningTransaction | None = None
+    client: BoundTransaction | None = None
+    cancel_client: BoundTransaction | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class ServerTx:
     key: tuple                     # sipcore.transaction.server_key: (branch, host, port, method)
     request: SIPRequest            # as received
@@ -95,80 +119,92 @@ class ServerTx:
     finished_at: float | None = None
     cancelled: bool = False
     best: SIPResponse | None = None
-    call: "Call | None" = None
-    server: RunningTransaction | None = None    # None for ACK (no transaction of its own)
+    call: Call | None = None
+    server: BoundTransaction | None = None    # None for ACK (no transaction of its own)
     auth_user: str | None = None   # who authenticated the request (sipcore.admission)
     outbound: Flow | None = None   # the operator's OUTBOUND_ROUTE for a foreign destination
 
 
-@dataclass
-class Call:
-    call_id: str
-    caller_tag: str
-    caller_flow: Address
-    caller_transport: str
-    caller_from: str               # raw From header value (CDR caller_uri)
-    callee_to: str                 # raw To header value of the INVITE (CDR callee_uri)
-    caller_contact: str
-    started: float
-    callee_tag: str | None = None
-    callee_flow: Address | None = None
-    callee_transport: str = "udp"
-    callee_contact: str | None = None
-    state: str = "trying"          # trying / early / confirmed / ended
-    caller_cseq: int = 0
-    callee_cseq: int = 0
-    invite_cseq: int = 0
-    answered_at: float | None = None
-    ringing_at: float | None = None
-    media: bool = False
-    media_kinds: list[str] = field(default_factory=list)
-    codecs: list[str] = field(default_factory=list)
-    user_agent: str = ""
-    offer_answer: OfferAnswer = field(default_factory=OfferAnswer)
-    sdp_rewrites: dict = field(default_factory=dict)   # (sender, method, cseq, status, body) -> body sent
-    cancel_requested: bool = False
-    route_caller: list[str] = field(default_factory=list)   # Record-Route seen by the callee side
-    auth_user: str | None = None   # who authenticated the INVITE (CDR), None: nobody
-
-    def leg_of(self, from_tag: str | None) -> str:
-        return "caller" if from_tag == self.caller_tag else "callee"
-
-    def as_dict(self, now: float) -> dict:
-        return {"call_id": self.call_id, "state": self.state,
-                "caller": self.caller_from, "callee": self.callee_to,
-                "caller_flow": f"{self.caller_flow[0]}:{self.caller_flow[1]}",
-                "callee_flow": f"{self.callee_flow[0]}:{self.callee_flow[1]}" if self.callee_flow else "",
-                "duration": round(now - self.answered_at, 1) if self.answered_at else 0.0,
-                "media": ",".join(self.media_kinds)}
-
-
-class Proxy:
+class ProxyCore:
     def __init__(self, *, host: str, port: int, policy: StagePolicy, registrar: Registrar,
-                 media, events: CallEvents, send: SendFn, authorizer: Authorizer | None = None,
+                 events: CallEvents, clock: Callable[[], float],
+                 registration: RegistrationHandler | None = None,
+                 authorizer: Authorizer | None = None,
                  user_exists: Callable[[str], bool] = lambda u: False,
-                 server_header: str = "ims-migrate", clock: Callable[[], float] = time.monotonic,
-                 admission: Admission | None = None):
+                 server_header: str = "ims-migrate", admission: Admission | None = None):
         self.host = host
         self.port = port
         self.policy = policy
         self.registrar = registrar
-        self.media = media
         self.events = events
-        self.send = send
+        self.clock = clock
+        self.registration = registration
         self.user_exists = user_exists
         self.server_header = server_header
-        self.clock = clock
         self.admission = admission or Admission(
             tokens=RouteTokens(os.urandom(32), host, port), local_domains=(host, "sip.local"),
             realm="sip.local", user_exists=user_exists, authorizer=authorizer,
             auth_invite=authorizer is not None, server_header=server_header)
-        self.wall = time.time
-        self.server_txs: dict[tuple[str, str], ServerTx] = {}
+        self.media = MediaHandoff(policy)
+        self.server_txs: dict[tuple, ServerTx] = {}
         self.branches: dict[str, tuple[ServerTx, Branch]] = {}
         self.calls: dict[str, Call] = {}
-        self._originated: dict[str, tuple[RunningTransaction, asyncio.Future]] = {}
         self.stats = {"requests": 0, "responses": 0, "calls": 0, "dropped": 0}
+        self.pending: list[Transmit | OriginatedDone] = []       # actions not taken yet
+        self._timers: list[tuple[float, int, BoundTransaction]] = []     # heap; stale entries skipped
+        self._seq = itertools.count()
+        self._next_sweep = clock() + SWEEP_INTERVAL
+        self._timed_out: list[tuple[ServerTx, Branch]] = []
+        self.originated = OriginatedRequests(self.send, self._report, self._schedule)
+
+    # ==========================================================================================
+    # actions out, timers
+    # ==========================================================================================
+    def send(self, message: SIPMessage, dest: Address, transport: str) -> None:
+        self.pending.append(Transmit(message, dest, transport))
+
+    def take_actions(self) -> list[Transmit | OriginatedDone]:
+        """What to do now, in order (then the list is empty again)."""
+        out = self.pending
+        self.pending = []
+        return out
+
+    def _report(self, done: OriginatedDone) -> None:
+        self.pending.append(done)
+
+    def next_deadline(self) -> float:
+        """When ``on_timer`` is due next (on the core's clock)."""
+        if self._timers and self._timers[0][0] < self._next_sweep:
+            return self._timers[0][0]
+        return self._next_sweep
+
+    def _schedule(self, run: BoundTransaction) -> None:
+        deadline = run.deadline()
+        if deadline is not None and deadline != run.scheduled:
+            heapq.heappush(self._timers, (deadline, next(self._seq), run))
+        run.scheduled = deadline
+
+    def _bind(self, txn: ClientTransaction | ServerTransaction, dest: Address, transport: str,
+              on_timeout: Callable[[], None] | None = None) -> BoundTransaction:
+        return BoundTransaction(txn, self.send, dest, transport, on_timeout, self._schedule)
+
+    def on_timer(self) -> Steps:
+        """Transaction timers that are due, then (once a second) the sweep."""
+        now = self.clock()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            due, _, run = heapq.heappop(timers)
+            if run.scheduled == due:
+                run.scheduled = None
+            deadline = run.deadline()
+            if deadline is not None and deadline <= now:
+                run.timer(now)
+        while self._timed_out:
+            tx, b = self._timed_out.pop(0)
+            yield from self._conclude(tx)
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_INTERVAL
+            yield from self.sweep()
 
     # ==========================================================================================
     # helpers
@@ -211,7 +247,7 @@ class Proxy:
         """Answer through the request's server transaction; False when its state machine dropped
         the response (e.g. a second final). 2xx to INVITE always pass (RFC 3261 §16.7 step 10)."""
         if tx.server is not None:
-            sent = tx.server.respond(resp)
+            sent = tx.server.respond(resp, self.clock())
         else:
             sent = False
         if not sent and (tx.server is None or resp.status // 100 == 2 and tx.request.method == "INVITE"):
@@ -223,7 +259,7 @@ class Proxy:
                 tx.final_sent, tx.finished_at = True, self.clock()
         return sent
 
-    def _stamp_via(self, request: SIPRequest, source: Address) -> None:
+    def stamp_via(self, request: SIPRequest, source: Address) -> None:
         """Stage 2 (force_rport): received + rport written into the top Via (RFC 3261 §18.2.1,
         RFC 3581). Stages 0/1 keep the original behaviour: the Via is not touched and responses
         go back to the stored request source instead."""
@@ -241,7 +277,7 @@ class Proxy:
     # ==========================================================================================
     # requests
     # ==========================================================================================
-    async def on_request(self, req: SIPRequest, source: Address, transport: str) -> None:
+    def on_request(self, req: SIPRequest, source: Address, transport: str) -> Steps:
         self.stats["requests"] += 1
         try:
             top = req.top_via()
@@ -259,10 +295,10 @@ class Proxy:
         if method == "ACK":
             tx = self.server_txs.get(key)
             if tx is not None and tx.server is not None and tx.server.state in ("completed", "confirmed"):
-                tx.server.request(req)     # ACK for our non-2xx final: ends Timer G (hop by hop)
+                tx.server.request(req, self.clock())   # ACK for our non-2xx final: ends Timer G (hop by hop)
                 return
         elif method == "CANCEL":
-            await self._on_cancel(req, source, transport)
+            yield from self._on_cancel(req, source, transport)
             return
         else:
             tx = self.server_txs.get(key)
@@ -285,16 +321,16 @@ class Proxy:
                 return
         if method != "REGISTER":
             req.headers.set("Max-Forwards", str(max(0, hops - 1)))
-        self._stamp_via(req, source)
-        tx = ServerTx(key, req, source, transport, self.clock())
+        self.stamp_via(req, source)
+        now = self.clock()
+        tx = ServerTx(key, req, source, transport, now)
         if method != "ACK":
-            tx.server = RunningTransaction(ServerTransaction(req, reliable=transport != "udp",
-                                                             auto_trying_after=None),
-                                           self.send, source, transport)
-            tx.server.start()
+            tx.server = self._bind(ServerTransaction(req, reliable=transport != "udp", auto_trying_after=None),
+                                   source, transport)
+            tx.server.start(now)
             self.server_txs[tx.key] = tx
         if method == "REGISTER":
-            await self.on_register(tx)
+            self._on_register(tx)
             return
         if req.to_tag is None and method != "ACK":
             decision = self.admission.initial(req, source)    # destination + caller identity
@@ -304,27 +340,31 @@ class Proxy:
             tx.auth_user, tx.outbound = decision.auth_user, decision.outbound
         self.admission.strip_credentials(req)
         if req.to_tag is not None or method == "ACK":
-            await self._in_dialog(tx)
+            yield from self._in_dialog(tx)
         elif method == "OPTIONS" and (req.uri.user is None or self.is_us(req.uri)
-                                      or not self.registrar.lookup(req.uri.user or "", self.wall())):
+                                      or not self.registrar.lookup(req.uri.user or "", now)):
             self.events.options(req, source)
             self._respond(tx, 200, extra=[("Accept", "application/sdp"),
                                           ("Supported", "100rel, timer, path")])
         else:
-            await self._initial(tx)
+            yield from self._initial(tx)
 
-    async def on_register(self, tx: ServerTx) -> None:
-        raise NotImplementedError   # provided by the server (needs auth + CDR); see SIPServer
+    def _on_register(self, tx: ServerTx) -> None:
+        if self.registration is None:
+            log.warning("REGISTER from %s:%s but no registrar is wired in", *tx.source)
+            self._respond(tx, 501)
+            return
+        self.reply(tx, self.registration.handle(tx.request, tx.source, tx.transport, self.clock()))
 
     def _on_retransmission(self, tx: ServerTx, req: SIPRequest) -> None:
         """The server transaction re-sends its last response or absorbs the retransmission; an
         INVITE still waiting for its media offer gets its 100 Trying now."""
         if tx.server is not None:
-            tx.server.request(req)
+            tx.server.request(req, self.clock())
         if tx.request.method == "INVITE" and tx.last_response is None:
             self._respond(tx, 100)
 
-    async def _on_cancel(self, req: SIPRequest, source: Address, transport: str) -> None:
+    def _on_cancel(self, req: SIPRequest, source: Address, transport: str) -> Steps:
         tx = self.server_txs.get(server_key(req, "INVITE"))
         if tx is None:
             self._respond(req, 481, source=source, transport=transport)
@@ -339,9 +379,9 @@ class Proxy:
             if b.final is None:
                 self._send_cancel(b)
         if not tx.branches:      # still waiting for the media offer: nothing forwarded yet
-            await self._final_failure(tx, self._respond_obj(tx, 487), tx.call)
+            yield from self._final_failure(tx, self._respond_obj(tx, 487), tx.call)
         else:
-            await self._conclude(tx)    # done if no branch had a provisional to CANCEL
+            yield from self._conclude(tx)    # done if no branch had a provisional to CANCEL
 
     def _send_cancel(self, b: Branch) -> None:
         """CANCEL a pending INVITE branch. RFC 3261 §9.1 allows the CANCEL only once the branch
@@ -361,27 +401,26 @@ class Proxy:
     def _start_cancel(self, b: Branch) -> None:
         if b.cancel_client is not None or b.client is None:
             return
-        cancel = b.client.txn.build_cancel()
-        b.cancel_client = RunningTransaction(ClientTransaction(cancel, reliable=b.transport != "udp"),
-                                             self.send, b.dest, b.transport)
-        b.cancel_client.start()
+        cancel = b.client.txn.build_cancel()      # type: ignore[union-attr]
+        b.cancel_client = self._bind(ClientTransaction(cancel, reliable=b.transport != "udp"),
+                                     b.dest, b.transport)
+        b.cancel_client.start(self.clock())
 
     def _forward(self, tx: ServerTx, b: Branch) -> None:
         """Send a branch through its own client transaction (retransmissions, timeout, ACK)."""
-        b.client = RunningTransaction(ClientTransaction(b.request, reliable=b.transport != "udp"),
-                                      self.send, b.dest, b.transport,
-                                      on_timeout=lambda: self._branch_timed_out(tx, b))
-        b.client.start()
+        b.client = self._bind(ClientTransaction(b.request, reliable=b.transport != "udp"),
+                              b.dest, b.transport, on_timeout=lambda: self._branch_timed_out(tx, b))
+        b.client.start(self.clock())
 
     def _branch_timed_out(self, tx: ServerTx, b: Branch) -> None:
-        """Timer B/F: the branch never answered."""
+        """Timer B/F: the branch never answered (concluded by ``on_timer``)."""
         if b.final is not None:
             return
         log.info("%s %s: no answer from %s:%s (timeout)", tx.request.method, tx.request.call_id, *b.dest)
         b.final = 408
-        asyncio.get_running_loop().create_task(self._conclude(tx))
+        self._timed_out.append((tx, b))
 
-    async def _conclude(self, tx: ServerTx, call: Call | None = None) -> None:
+    def _conclude(self, tx: ServerTx, call: Call | None = None) -> Steps:
         """Once every branch is final and none succeeded: send the best answer (487 or 408 when
         no branch answered at all)."""
         if tx.final_sent or any(b.final is None for b in tx.branches):
@@ -390,7 +429,7 @@ class Proxy:
             return
         best = tx.best or self._respond_obj(tx, 487 if tx.cancelled else 408)
         if tx.request.method == "INVITE":
-            await self._final_failure(tx, best, call or tx.call)
+            yield from self._final_failure(tx, best, call or tx.call)
         else:
             self.reply(tx, best)
 
@@ -399,11 +438,10 @@ class Proxy:
                               extra_headers=[("Server", self.server_header)])
 
     # --- initial requests ---------------------------------------------------------------------
-    async def _initial(self, tx: ServerTx) -> None:
+    def _initial(self, tx: ServerTx) -> Steps:
         req = tx.request
         user = req.uri.user
-        now = self.wall()
-        bindings = self.registrar.lookup(user, now) if user else []
+        bindings = self.registrar.lookup(user, self.clock()) if user else []
         if tx.outbound is not None:
             bindings = [Binding(aor="", contact=str(req.uri), original_contact=str(req.uri),
                                 source=tx.outbound.address, transport=tx.outbound.transport,
@@ -425,16 +463,16 @@ class Proxy:
             elif req.method == "MESSAGE":
                 self.events.message(req, tx.source, status, resp.reason, None)
             return
-        if is_call:
+        if call is not None:
             self._respond(tx, 100)
             self.policy.on_request(req, tx.source)
-            if not await self._sdp_step(call, req, CALLER, tx.source, "INVITE", req.cseq[0]):
+            if not (yield from self.media.sdp_step(call, req, CALLER, tx.source, "INVITE", req.cseq[0])):
                 self._respond(tx, 488)
                 self.events.call_failed(call, 488, "Not Acceptable Here")
                 self.calls.pop(call.call_id, None)
                 return
             if tx.final_sent:        # CANCELled while the media backend answered
-                await self._delete_media(call)
+                yield from self.media.delete(call)
                 return
         else:
             self.policy.on_request(req, tx.source)
@@ -463,10 +501,10 @@ class Proxy:
         call = Call(call_id=req.call_id or "", caller_tag=req.from_tag or "", caller_flow=tx.source,
                     caller_transport=tx.transport, caller_from=req.headers.get("From") or "",
                     callee_to=req.headers.get("To") or "", caller_contact=contact,
-                    started=self.wall(), invite_cseq=req.cseq[0], caller_cseq=req.cseq[0],
+                    started=self.clock(), invite_cseq=req.cseq[0], caller_cseq=req.cseq[0],
                     user_agent=req.headers.get("User-Agent") or "")
         old = self.calls.get(call.call_id)
-        if old is not None and old.state != "ended":
+        if old is not None and not old.ended:
             return old
         call.auth_user = tx.auth_user
         call.offer_answer = OfferAnswer(legacy=self.policy.legacy_media_positions)
@@ -482,57 +520,11 @@ class Proxy:
         self.events.call_started(call, req)
         return call
 
-    async def _sdp_step(self, call: Call | None, msg: SIPMessage, sender: str, source: Address,
-                        method: str, cseq: int) -> bool:
-        """Show a message of an INVITE/ACK/PRACK/UPDATE transaction to the call's offer/answer
-        state (sipcore.offer_answer); an offer or answer goes to the relay, whose SDP replaces the
-        body. A retransmission gets the same rewrite again. False when the relay refused it."""
-        if call is None:
-            return True
-        status = msg.status if isinstance(msg, SIPResponse) else 0
-        key = (sender, method, cseq, status, msg.body)
-        if msg.body and key in call.sdp_rewrites:
-            msg.body = call.sdp_rewrites[key]
-            return True
-        has_sdp = msg.has_sdp()
-        if isinstance(msg, SIPResponse):
-            reliable = status >= 200 or msg.headers.get("RSeq") is not None
-            step = call.offer_answer.on_response(sender, method, cseq, status, reliable, has_sdp)
-        else:
-            step = call.offer_answer.on_request(sender, method, cseq, has_sdp)
-        if step.role == NONE:
-            return True
-        tags = {CALLER: call.caller_tag, CALLEE: call.callee_tag}
-        operation = self.media.offer if step.role == OFFER else self.media.answer
-        if not await self._media(operation, step.role, msg, source, call, tags[step.offerer], tags[step.answerer]):
-            return False
-        call.sdp_rewrites[key] = msg.body
-        return True
-
-    async def _media(self, operation, kind: str, msg: SIPMessage, source: Address, call: Call,
-                     from_tag: str | None, to_tag: str | None) -> bool:
-        """Hand the SDP (with the stage's relay targets) to the media backend; forward its SDP."""
-        try:
-            sd = SessionDescription.parse(msg.body)
-        except SDPParseError as exc:
-            log.warning("%s from %s:%s has bad SDP: %s", kind, *source, exc.reason)
-            return False
-        try:
-            out = await operation(msg.call_id, from_tag or "", to_tag, self.policy.media_target_sdp(sd, source), source)
-        except MediaBackendError as exc:
-            log.error("media %s failed for %s: %s", kind, msg.call_id, exc)
-            return False
-        msg.body = out.to_bytes()
-        call.media = True
-        if kind == OFFER:
-            call.media_kinds, call.codecs = sd.media_kinds(), sd.codec_names()
-        return True
-
     # --- in-dialog requests -------------------------------------------------------------------
-    async def _in_dialog(self, tx: ServerTx) -> None:
+    def _in_dialog(self, tx: ServerTx) -> Steps:
         req = tx.request
         call = self.calls.get(req.call_id or "")
-        parties = (call.caller_flow, call.callee_flow) if call is not None and call.state != "ended" else ()
+        parties = (call.caller_flow, call.callee_flow) if call is not None and not call.ended else ()
         check = self.admission.in_dialog(req, tx.source, parties)     # loose_route + route token
         if check.status is not None:
             if req.method != "ACK":
@@ -558,8 +550,8 @@ class Proxy:
                 call.callee_flow = tx.source
         self.policy.on_request(req, tx.source)
         if req.method in ("INVITE", "UPDATE", "PRACK", "ACK") and call is not None:
-            if not await self._sdp_step(call, req, call.leg_of(req.from_tag), tx.source, req.method, req.cseq[0]) \
-                    and req.method != "ACK":
+            if not (yield from self.media.sdp_step(call, req, call.leg_of(req.from_tag), tx.source,
+                                                   req.method, req.cseq[0])) and req.method != "ACK":
                 self._respond(tx, 488)
                 return
         fwd = req.copy()
@@ -574,10 +566,10 @@ class Proxy:
         b = Branch(branch, fwd, dest, transport, started=self.clock())
         tx.branches.append(b)
         self.branches[branch] = (tx, b)
-        if req.method == "BYE" and call is not None and call.state != "ended":
-            call.state = "ended"
+        if req.method == "BYE" and call is not None and not call.ended:
+            call.state = CallState.ENDED
             self.events.call_ended(call, "Normal", req)
-            await self._delete_media(call)
+            yield from self.media.delete(call)
         self._forward(tx, b)
 
     def _in_dialog_target(self, req: SIPRequest, call: Call | None, source: Address) -> tuple[Address | None, str]:
@@ -590,24 +582,15 @@ class Proxy:
         # a dialog admitted by its route token but not in memory: only a registered contact
         target = req.uri
         if target.is_sip and not self.is_us(target):
-            b = self.registrar.find_contact(str(target), self.wall())
+            b = self.registrar.find_contact(str(target), self.clock())
             if b is not None:
                 return b.source, b.transport
         return None, "udp"
 
-    async def _delete_media(self, call: Call) -> None:
-        if not call.media:
-            return
-        try:
-            await self.media.delete(call.call_id, call.caller_tag, call.callee_tag)
-        except MediaBackendError as exc:
-            log.warning("media delete failed for %s: %s", call.call_id, exc)
-        call.media = False
-
     # ==========================================================================================
     # responses
     # ==========================================================================================
-    async def on_response(self, resp: SIPResponse, source: Address, transport: str) -> None:
+    def on_response(self, resp: SIPResponse, source: Address, transport: str) -> Steps:
         self.stats["responses"] += 1
         try:
             via = resp.top_via()
@@ -616,17 +599,13 @@ class Proxy:
             return
         if via is None or via.branch is None:
             return
-        originated = self._originated.get(via.branch)
-        if originated is not None:
-            run, answer = originated
-            for passed in run.response(resp):
-                if passed.status >= 200 and not answer.done():
-                    answer.set_result(passed)
+        if via.branch in self.originated:
+            self.originated.on_response(via.branch, resp, self.clock())
             return
         entry = self.branches.get(via.branch)
         if entry is None:
             if via.host == self.host and (via.port or 5060) == self.port:
-                await self._stray_response(resp, source)
+                yield from self._stray_response(resp, source)
             else:
                 log.info("dropping response %d not for us (Via %s)", resp.status, via.host)
                 self.stats["dropped"] += 1
@@ -635,11 +614,11 @@ class Proxy:
         method = resp.cseq[1]
         if method == "CANCEL":
             if b.cancel_client is not None:
-                b.cancel_client.response(resp)   # our hop-by-hop CANCEL shares the INVITE's branch
+                b.cancel_client.response(resp, self.clock())   # our hop-by-hop CANCEL shares the INVITE's branch
             return
         if method != tx.request.method:
             return
-        if b.client is not None and not b.client.response(resp):
+        if b.client is not None and not b.client.response(resp, self.clock()):
             return     # absorbed by the client transaction (retransmitted final: re-ACKed there)
         resp.headers.remove_first("Via")
         if tx.request.to_tag is None and 100 < resp.status < 300 and resp.to_tag:
@@ -655,19 +634,20 @@ class Proxy:
                 return    # hop by hop
         call = tx.call if tx.call is not None else self.calls.get(resp.call_id or "")
         if method == "INVITE":
-            await self._invite_response(tx, b, resp, source, call)
+            yield from self._invite_response(tx, b, resp, source, call)
         else:
             self.policy.on_response(resp, source) if resp.has_sdp() else None
             if method in ("UPDATE", "PRACK") and call is not None:
-                await self._sdp_step(call, resp, other_leg(call.leg_of(tx.request.from_tag)), source, method, resp.cseq[0])
+                yield from self.media.sdp_step(call, resp, other_leg(call.leg_of(tx.request.from_tag)), source,
+                                               method, resp.cseq[0])
             if resp.status >= 200:
                 b.final = resp.status
             self.reply(tx, resp)
             if resp.status >= 200 and method == "MESSAGE" and tx.request.to_tag is None:
                 self.events.message(tx.request, tx.source, resp.status, resp.reason, b.binding)
 
-    async def _invite_response(self, tx: ServerTx, b: Branch, resp: SIPResponse, source: Address,
-                               call: Call | None) -> None:
+    def _invite_response(self, tx: ServerTx, b: Branch, resp: SIPResponse, source: Address,
+                         call: Call | None) -> Steps:
         initial = tx.request.to_tag is None
         status = resp.status
         if resp.has_sdp() or status >= 180:
@@ -679,19 +659,20 @@ class Proxy:
                 call.callee_flow, call.callee_transport = source, b.transport
                 call.callee_contact = resp.headers.get("Contact") or call.callee_contact
         if call is not None:
-            await self._sdp_step(call, resp, other_leg(call.leg_of(tx.request.from_tag)), source, "INVITE", resp.cseq[0])
+            yield from self.media.sdp_step(call, resp, other_leg(call.leg_of(tx.request.from_tag)), source,
+                                           "INVITE", resp.cseq[0])
         if status < 200:
             if call is not None and initial and status in (180, 183) and call.ringing_at is None:
-                call.ringing_at = self.wall()
-                call.state = "early"
+                call.ringing_at = self.clock()
+                call.state = CallState.EARLY
                 self.events.call_ringing(call, resp)
             self.reply(tx, resp)
             return
         b.final = status
         if status < 300:
-            if call is not None and initial and call.state not in ("confirmed", "ended"):
-                call.state = "confirmed"
-                call.answered_at = self.wall()
+            if call is not None and initial and call.state not in (CallState.CONFIRMED, CallState.ENDED):
+                call.state = CallState.CONFIRMED
+                call.answered_at = self.clock()
                 self.events.call_answered(call, resp)
             self.reply(tx, resp)
             # a 2xx ends the other forks
@@ -701,19 +682,19 @@ class Proxy:
             return
         if tx.best is None or _better(resp, tx.best):
             tx.best = resp
-        await self._conclude(tx, call)
+        yield from self._conclude(tx, call)
 
-    async def _final_failure(self, tx: ServerTx, resp: SIPResponse, call: Call | None) -> None:
+    def _final_failure(self, tx: ServerTx, resp: SIPResponse, call: Call | None) -> Steps:
         self.reply(tx, resp)
-        if call is not None and tx.request.to_tag is None and call.state != "ended":
-            call.state = "ended"
+        if call is not None and tx.request.to_tag is None and not call.ended:
+            call.state = CallState.ENDED
             if tx.cancelled or call.cancel_requested:
                 self.events.call_cancelled(call, tx.request)
             else:
                 self.events.call_failed(call, resp.status, resp.reason)
-            await self._delete_media(call)
+            yield from self.media.delete(call)
 
-    async def _stray_response(self, resp: SIPResponse, source: Address) -> None:
+    def _stray_response(self, resp: SIPResponse, source: Address) -> Steps:
         """A 2xx retransmission for a transaction we already forgot: relay by the next Via."""
         resp.headers.remove_first("Via")
         nxt = resp.top_via()
@@ -723,7 +704,8 @@ class Proxy:
         if call is not None and 200 <= resp.status < 300 and resp.cseq[1] == "INVITE":
             if resp.has_sdp():
                 self.policy.on_response(resp, source)
-            await self._sdp_step(call, resp, other_leg(call.leg_of(resp.from_tag)), source, "INVITE", resp.cseq[0])
+            yield from self.media.sdp_step(call, resp, other_leg(call.leg_of(resp.from_tag)), source,
+                                           "INVITE", resp.cseq[0])
             self.send(resp, call.caller_flow, call.caller_transport)
             return
         self.send(resp, nxt.response_address(), nxt.transport.lower())
@@ -731,77 +713,38 @@ class Proxy:
     # ==========================================================================================
     # requests we originate (RMV CALL, keepalive)
     # ==========================================================================================
-    async def originate(self, request: SIPRequest, dest: Address, transport: str = "udp",
-                        timeout: float = 32 * T1) -> SIPResponse | None:
-        """Send a request we originate through an RFC 3261 client transaction (sipcore.transaction)
-        and return its final response, or None on Timer B/F (or ``timeout``)."""
-        answer: asyncio.Future = asyncio.get_running_loop().create_future()
-        txn = ClientTransaction(request, reliable=transport != "udp")
-        run = RunningTransaction(txn, self.send, dest, transport,
-                                 on_timeout=lambda: answer.done() or answer.set_result(None))
-        branch = txn.key[0]
-        self._originated[branch] = (run, answer)
-        try:
-            run.start()
-            return await asyncio.wait_for(answer, timeout)
-        except asyncio.TimeoutError:
-            return None
-        finally:
-            run.stop()
-            self._originated.pop(branch, None)
+    def start_originated(self, request: SIPRequest, dest: Address, transport: str = "udp") -> str:
+        """Send a request of ours through a client transaction; its outcome comes back as an
+        ``OriginatedDone`` action carrying the returned branch."""
+        return self.originated.start(request, dest, transport, self.clock())
+
+    def forget_originated(self, branch: str) -> None:
+        self.originated.forget(branch)
 
     def build_bye(self, call: Call, to_leg: str) -> tuple[SIPRequest, Address, str]:
         """BYE on behalf of the other party, towards ``to_leg`` ('caller' or 'callee')."""
-        branch = new_branch()
-        headers = Headers()
-        headers.add("Via", self._via(branch, "udp"))
-        headers.add("Max-Forwards", "70")
-        if to_leg == "caller":
-            # from the callee to the caller: From = callee (To of the INVITE + its tag)
-            to_na = NameAddr.parse(call.caller_from)
-            from_na = NameAddr.parse(call.callee_to)
-            from_na.params["tag"] = call.callee_tag or new_tag()
-            call.callee_cseq = max(call.callee_cseq, 0) + 1
-            seq, target_contact, dest, tr = call.callee_cseq, call.caller_contact, call.caller_flow, call.caller_transport
-        else:
-            to_na = NameAddr.parse(call.callee_to)
-            to_na.params["tag"] = call.callee_tag or ""
-            from_na = NameAddr.parse(call.caller_from)
-            call.caller_cseq += 1
-            seq, target_contact, dest, tr = call.caller_cseq, call.callee_contact or call.callee_to, call.callee_flow, call.callee_transport
-        headers.add("From", str(from_na))
-        headers.add("To", str(to_na))
-        headers.add("Call-ID", call.call_id)
-        headers.add("CSeq", f"{seq} BYE")
-        headers.add("Reason", 'SIP;cause=200;text="Terminated by operator"')
-        try:
-            uri = NameAddr.parse(target_contact).uri or SipURI(host=dest[0], port=dest[1])
-        except SIPParseError:
-            uri = SipURI(host=dest[0], port=dest[1])
-        return SIPRequest("BYE", uri, headers), dest, tr
+        return build_bye(call, to_leg, self._via("{branch}", "udp"))
 
-    async def end_call(self, call_id: str, reason: str = "FORCED_TERMINATION_BY_MML") -> bool:
+    def end_call(self, call_id: str) -> tuple[Call, list[tuple[SIPRequest, Address, str]]] | None:
+        """Operator ends a call: the call is marked ended and returned with the BYEs to send (None
+        when there is no such live call). ``call_ended_by_operator`` follows once they are answered."""
         call = self.calls.get(call_id)
-        if call is None or call.state == "ended":
-            return False
-        call.state = "ended"
-        jobs = []
-        for leg in ("caller", "callee"):
-            if leg == "callee" and call.callee_flow is None:
-                continue
-            req, dest, tr = self.build_bye(call, leg)
-            jobs.append(self.originate(req, dest, tr, timeout=4.0))
-        results = await asyncio.gather(*jobs, return_exceptions=True)
+        if call is None or call.ended:
+            return None
+        call.state = CallState.ENDED
+        return call, [self.build_bye(call, leg) for leg in ("caller", "callee")
+                      if not (leg == "callee" and call.callee_flow is None)]
+
+    def call_ended_by_operator(self, call: Call, reason: str, answers: list) -> Steps:
         self.events.call_ended(call, reason, None)
-        await self._delete_media(call)
-        log.info("call %s ended by operator: BYE answers %s", call_id,
-                 [r.status if isinstance(r, SIPResponse) else None for r in results])
-        return True
+        yield from self.media.delete(call)
+        log.info("call %s ended by operator: BYE answers %s", call.call_id,
+                 [r.status if isinstance(r, SIPResponse) else None for r in answers])
 
     # ==========================================================================================
     # housekeeping
     # ==========================================================================================
-    async def sweep(self) -> None:
+    def sweep(self) -> Steps:
         """Forget finished transactions; Timer C for INVITE branches that only ring (the client
         transactions time out branches that never answered themselves)."""
         now = self.clock()
@@ -822,9 +765,9 @@ class Proxy:
                 b.final = 408
                 self._send_cancel(b)
             if ringing_too_long:
-                await self._conclude(tx)
+                yield from self._conclude(tx)
         for call_id, call in list(self.calls.items()):
-            if call.state == "ended" and self.wall() - call.started > TX_LINGER:
+            if call.ended and now - call.started > TX_LINGER:
                 del self.calls[call_id]
 
     def _forget(self, key, tx: ServerTx) -> None:
@@ -836,7 +779,7 @@ class Proxy:
             self.branches.pop(b.branch, None)
 
     def active_calls(self) -> list[Call]:
-        return [c for c in self.calls.values() if c.state != "ended"]
+        return [c for c in self.calls.values() if not c.ended]
 
 
 def _better(a: SIPResponse, b: SIPResponse) -> bool:
@@ -845,3 +788,5 @@ def _better(a: SIPResponse, b: SIPResponse) -> bool:
         cls = r.status // 100
         return (0 if cls == 6 else 1, cls, 1 if r.status == 503 else 0, r.status)
     return rank(a) < rank(b)
+
+

@@ -1,0 +1,79 @@
+"""The call/dialog model the proxy keeps per INVITE dialog (what CDR rows and MML are made from).
+
+A ``Call`` is plain data plus one state setter: every change of ``state`` goes through it and is
+logged old -> new, so a call's life can be read from the log.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass, field
+
+from sipcore.offer_answer import OfferAnswer
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+
+
+class CallState(enum.StrEnum):
+    TRYING = "trying"
+    EARLY = "early"
+    CONFIRMED = "confirmed"
+    ENDED = "ended"
+
+
+@dataclass
+class Call:
+    call_id: str
+    caller_tag: str
+    caller_flow: Address
+    caller_transport: str
+    caller_from: str               # raw From header value (CDR caller_uri)
+    callee_to: str                 # raw To header value of the INVITE (CDR callee_uri)
+    caller_contact: str
+    started: float
+    callee_tag: str | None = None
+    callee_flow: Address | None = None
+    callee_transport: str = "udp"
+    callee_contact: str | None = None
+    _state: CallState = field(default=CallState.TRYING, repr=False)
+    caller_cseq: int = 0
+    callee_cseq: int = 0
+    invite_cseq: int = 0
+    answered_at: float | None = None
+    ringing_at: float | None = None
+    media: bool = False
+    media_kinds: list[str] = field(default_factory=list)
+    codecs: list[str] = field(default_factory=list)
+    user_agent: str = ""
+    offer_answer: OfferAnswer = field(default_factory=OfferAnswer)
+    sdp_rewrites: dict = field(default_factory=dict)   # (sender, method, cseq, status, body) -> body sent
+    cancel_requested: bool = False
+    auth_user: str | None = None   # who authenticated the INVITE (CDR), None: nobody
+
+    @property
+    def state(self) -> CallState:
+        return self._state
+
+    @state.setter
+    def state(self, new: CallState) -> None:
+        new = CallState(new)
+        if new is not self._state:
+            log.debug("call %s: %s -> %s", self.call_id, self._state.value, new.value)
+            self._state = new
+
+    @property
+    def ended(self) -> bool:
+        return self._state is CallState.ENDED
+
+    def leg_of(self, from_tag: str | None) -> str:
+        return "caller" if from_tag == self.caller_tag else "callee"
+
+    def as_dict(self, now: float) -> dict:
+        return {"call_id": self.call_id, "state": self.state.value,
+                "caller": self.caller_from, "callee": self.callee_to,
+                "caller_flow": f"{self.caller_flow[0]}:{self.caller_flow[1]}",
+                "callee_flow": f"{self.callee_flow[0]}:{self.callee_flow[1]}" if self.callee_flow else "",
+                "duration": round(now - self.answered_at, 1) if self.answered_at else 0.0,
+                "media": ",".join(self.media_kinds)}
