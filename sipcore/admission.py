@@ -26,9 +26,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Iterable
 
 from sipcore.errors import SIPParseError
 from sipcore.message import SIPRequest, SIPResponse, build_response

@@ -61,7 +61,7 @@ class Flow:
         return f"{self.host}~{self.port}~{self.transport}"
 
     @classmethod
-    def decode(cls, text: str) -> "Flow | None":
+    def decode(cls, text: str) -> Flow | None:
         if not text:
             return None
         parts = text.rsplit("~", 2)

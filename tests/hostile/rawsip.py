@@ -36,7 +36,7 @@ class Peer:
             self.sock.settimeout(left)
             try:
                 data, _ = self.sock.recvfrom(65535)
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 return out
             try:
                 out.append(parse_message(data))

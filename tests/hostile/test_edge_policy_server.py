@@ -173,13 +173,15 @@ def test_mml_log_lines_cannot_be_forged_and_secrets_stay_hidden(server):
     server.mml(f'DSP USER USERNAME="nobody\n{forged}"')
     assert server.mml("ADD USER USERNAME=1077 PASSWORD=TopSecret77")["retcode"] == 0
     shown = server.mml("DSP USER USERNAME=1077 FORMAT=JSON")["output"]
-    users = json.load(open(server.env["USERS_FILE"]))
+    with open(server.env["USERS_FILE"]) as fh:
+        users = json.load(fh)
     assert "TopSecret77" not in shown and users["1077"]["ha1"] not in shown
     assert "TopSecret77" not in json.dumps(users) and "password" not in users["1077"]
     assert users["1077"]["ha1_realm"] == "sip.local" and len(users["1077"]["ha1_sha256"]) == 64
     assert users["1001"]["password"] == "1234"       # the original plain-text format is left as is
     cfg = server.mml("DSP SYSCFG")["output"]
-    secret = open(os.path.join(os.path.dirname(server.env["USERS_FILE"]), "rr_secret.key")).read().strip()
+    with open(os.path.join(os.path.dirname(server.env["USERS_FILE"]), "rr_secret.key")) as fh:
+        secret = fh.read().strip()
     assert secret not in cfg
     # the new (hashed) user and a plain-text one both authenticate over SIP
     new, old = agent("new", "1077", server, 0, password="TopSecret77"), agent("old", "1003", server, 1)
@@ -190,7 +192,8 @@ def test_mml_log_lines_cannot_be_forged_and_secrets_stay_hidden(server):
         old.close()
     time.sleep(0.2)
     [log_path] = glob.glob(os.path.join(server.env["LOG_DIR"], "*", "ims-sip-server.log"))
-    lines = open(log_path, encoding="utf-8").read().splitlines()
+    with open(log_path, encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
     assert not any(line.startswith(forged[:30]) for line in lines)
     assert any("FORGED-LINE" in line and "\\n" in line for line in lines)     # logged, escaped
     assert not any("TopSecret77" in line for line in lines)

@@ -6,14 +6,29 @@ import pytest
 
 from sipcore.admission import Admission, parse_outbound_route
 from sipcore.auth_policy import SipAuthorizer
-from sipcore.digest import DigestAuthenticator, compute_ha1, compute_response, parse_auth_params
+from sipcore.digest import (
+    DigestAuthenticator,
+    compute_ha1,
+    compute_response,
+    parse_auth_params,
+)
 from sipcore.errors import ConfigError
 from sipcore.message import parse_message
 from sipcore.record_route import Flow, RouteTokens, load_secret, loose_route
 from sipcore.uri import NameAddr
 
-from .proxy_fixtures import (ALICE, BOB, SDP_A, SDP_B, SERVER, in_dialog, invite, make_proxy, register,
-                             response_to)
+from .proxy_fixtures import (
+    ALICE,
+    BOB,
+    SDP_A,
+    SDP_B,
+    SERVER,
+    in_dialog,
+    invite,
+    make_proxy,
+    register,
+    response_to,
+)
 
 EVE = ("203.0.113.66", 5060)
 SECRET = b"0123456789abcdef0123456789abcdef"
@@ -104,12 +119,12 @@ def test_forged_in_dialog_request_is_refused_nothing_sent_no_media(method, body,
 
 
 def test_forged_bye_with_the_real_dialog_ids_does_not_end_the_call():
-    proxy, wire, events, media, reg = make_proxy(stage=1)
+    proxy, wire, _events, media, reg = make_proxy(stage=1)
     register(reg, "1002", BOB, "192.168.2.20")
     run(proxy.on_request(invite(), ALICE, "udp"))
     fwd = wire.take_request("INVITE")
     run(proxy.on_response(response_to(fwd, 200, "OK", body=SDP_B), BOB, "udp"))
-    ok = [m for m, _ in wire.take() if getattr(m, "status", 0) == 200][0]
+    ok = next(m for m, _ in wire.take() if getattr(m, "status", 0) == 200)
     for route in (None, f"<sip:{SERVER[0]}:{SERVER[1]};lr>", ok.headers.get("Record-Route") + "x"):
         run(proxy.on_request(in_dialog("BYE", "z9hG4bKeve", route=route), EVE, "udp"))
         [(resp, addr)] = wire.take()
@@ -119,7 +134,7 @@ def test_forged_bye_with_the_real_dialog_ids_does_not_end_the_call():
 
 def test_in_dialog_routing_survives_a_restart_through_the_token():
     """A new proxy (no calls in memory) with the same secret routes BYE both ways by the token."""
-    adm = lambda host, port: Admission(tokens=RouteTokens(SECRET, host, port), local_domains=(host, "sip.local"),  # noqa: E731
+    adm = lambda host, port: Admission(tokens=RouteTokens(SECRET, host, port), local_domains=(host, "sip.local"),
                                        realm="sip.local", user_exists=lambda u: True)
     proxy, wire, _, _, reg = make_proxy(stage=1)
     proxy.admission = adm(*SERVER)
@@ -128,7 +143,7 @@ def test_in_dialog_routing_survives_a_restart_through_the_token():
     fwd = wire.take_request("INVITE")
     callee_route = fwd.headers.get("Record-Route")
     run(proxy.on_response(response_to(fwd, 200, "OK", body=SDP_B), BOB, "udp"))
-    ok = [m for m, _ in wire.take() if getattr(m, "status", 0) == 200][0]
+    ok = next(m for m, _ in wire.take() if getattr(m, "status", 0) == 200)
     caller_route = ok.headers.get("Record-Route")
     assert caller_route != callee_route         # the caller's copy also names the callee's flow
 
@@ -145,7 +160,7 @@ def test_in_dialog_routing_survives_a_restart_through_the_token():
 
 # --- initial requests: destinations -----------------------------------------------------------
 def test_initial_request_to_a_foreign_domain_is_refused_without_outbound_route():
-    proxy, wire, events, media, reg = make_proxy(stage=1)
+    proxy, wire, _events, media, reg = make_proxy(stage=1)
     register(reg, "1002", BOB, "192.168.2.20")
     req = invite()
     req.uri.host = "203.0.113.99"
@@ -169,7 +184,7 @@ PASSWORDS = {"1001": "pw1001", "1002": "pw1002", "1003": "pw1003"}
 def identity_proxy(identity=True, foreign="challenge", outbound=None):
     proxy, wire, events, media, reg = make_proxy(stage=1)
     digest = DigestAuthenticator(realm="sip.local", algorithms=("MD5",))
-    lookup = lambda u, realm, alg="MD5": compute_ha1(u, realm, PASSWORDS[u], alg) if u in PASSWORDS else None  # noqa: E731
+    lookup = lambda u, realm, alg="MD5": compute_ha1(u, realm, PASSWORDS[u], alg) if u in PASSWORDS else None
     authz = SipAuthorizer(digest, lookup, lambda u: u in PASSWORDS)
     proxy.admission = Admission(tokens=RouteTokens(SECRET, *SERVER), local_domains=(SERVER[0], "sip.local"),
                                 realm="sip.local", user_exists=lambda u: u in PASSWORDS, authorizer=authz,
@@ -207,7 +222,7 @@ def test_spoofed_from_is_refused_and_own_identity_passes_without_our_credentials
     [(resp, _)] = authenticated_invite(proxy, wire, "1003", from_user="1001")
     assert resp.status == 403 and media.calls == [] and "call_started" not in events.names()
     sent = authenticated_invite(proxy, wire, "1001", from_user="1001", branch="z9hG4bKi3")
-    fwd = [m for m, _ in sent if getattr(m, "method", "") == "INVITE"][0]
+    fwd = next(m for m, _ in sent if getattr(m, "method", "") == "INVITE")
     assert proxy.calls["call1"].auth_user == "1001"
     # our realm's credentials are consumed here, another realm's pass on
     assert fwd.headers.get_raw("Proxy-Authorization") == [
@@ -215,7 +230,7 @@ def test_spoofed_from_is_refused_and_own_identity_passes_without_our_credentials
 
 
 def test_identity_off_lets_the_spoof_through_but_records_who_authenticated():
-    proxy, wire, events, media = identity_proxy(identity=False)
+    proxy, wire, _, _ = identity_proxy(identity=False)
     sent = authenticated_invite(proxy, wire, "1003", from_user="1001")
     assert any(getattr(m, "method", "") == "INVITE" for m, _ in sent)
     assert proxy.calls["call1"].auth_user == "1003"
