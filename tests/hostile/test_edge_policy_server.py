@@ -197,3 +197,30 @@ def test_mml_log_lines_cannot_be_forged_and_secrets_stay_hidden(server):
     assert not any(line.startswith(forged[:30]) for line in lines)
     assert any("FORGED-LINE" in line and "\\n" in line for line in lines)     # logged, escaped
     assert not any("TopSecret77" in line for line in lines)
+
+
+@pytest.mark.parametrize("stage", [0, 1])
+def test_in_dialog_requests_are_routed_after_a_restart_by_the_route_token(stage, tmp_path):
+    """A call set up before a restart is hung up after it: the BYE reaches the callee with no
+    dialog state left in the server (the route token names the callee's flow; a token made with
+    another secret is refused, see tests/server/test_edge_policy.py)."""
+    first = ServerProcess(stage, str(tmp_path))
+    with first:
+        alice, bob = agent("alice", "1001", first, 0), agent("bob", "1002", first, 1)
+        try:
+            assert alice.request("register")["code"] == 200 and bob.request("register")["code"] == 200
+            assert alice.request("call", target="1002")["code"] == 200
+        except BaseException:
+            alice.close()
+            bob.close()
+            raise
+    try:
+        second = ServerProcess(stage, str(tmp_path))
+        second.ports, second.env = first.ports, first.env           # same address, same key file
+        with second:
+            assert active_calls(second) == []                         # nothing survived in memory
+            assert alice.request("hangup")["code"] == 200
+            assert bob.request("wait", event="call_ended", timeout=5)["by"] == "remote"
+    finally:
+        alice.close()
+        bob.close()
