@@ -32,22 +32,20 @@ def _free(port: int) -> bool:
 
 
 class Ports:
-    """A block of 1000 ports per worker and per use: sip, mml, rtpproxy control, RTP ranges.
+    """A block of 1000 ports per use: sip, mml, rtpproxy control, RTP ranges (10000-29999).
     All below 32768, outside Linux's ephemeral range (32768-60999), so no client socket of another
     test can hold one of them by chance (a server once failed to bind 36000 that way)."""
 
-    _uses = 0
-
     def __init__(self):
-        Ports._uses += 1
-        base = 12000 + (worker_index() % 4) * 4000 + (Ports._uses % 4) * 1000
-        # other checkouts on this machine run the same suite: move to a block whose fixed ports
-        # are free right now (bounded; the first candidate is the deterministic one above)
+        # Other checkouts on this machine run the same suite at the same time, so a fixed block
+        # per worker collides with theirs: take a random free block of this worker's residue
+        # class (workers of one run never share a block), checked by binding its fixed ports.
         rng = random.Random()
-        for _ in range(20):
+        base = 10000
+        for _ in range(30):
+            base = 10000 + (worker_index() % 4 + 4 * rng.randrange(5)) * 1000
             if all(_free(base + off) for off in (0, 1, 2, 10, 20, 30, 100, 400)):
                 break
-            base = 10000 + rng.randrange(21) * 1000
         self.sip, self.mml, self.rtpproxy = base, base + 1, base + 2
         self.ua = [base + 10, base + 20, base + 30]
         self.rtp_ua = [base + 100, base + 120, base + 140]
