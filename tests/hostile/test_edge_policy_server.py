@@ -19,7 +19,10 @@ pytestmark = pytest.mark.xdist_group("hostile-edge-policy")
 
 @pytest.fixture(scope="module", params=[0, 1, 2], ids=["stage0", "stage1", "stage2"])
 def server(request, tmp_path_factory):
-    with ServerProcess(request.param, str(tmp_path_factory.mktemp(f"edge{request.param}"))) as srv:
+    # INVITE authentication on explicitly: stage 0 then shows what the identity rule adds
+    # (stage 0's own default for AUTH_INVITE is the legacy-fidelity helper's decision)
+    with ServerProcess(request.param, str(tmp_path_factory.mktemp(f"edge{request.param}")),
+                       extra_env={"AUTH_INVITE": "1"}) as srv:
         yield srv
 
 
