@@ -25,6 +25,7 @@ from sippy.Core.EventDispatcher import ED2
 from sippy.Exceptions.SdpParseError import SdpParseError
 from sippy.Network_server import Network_server, Network_server_opts, Remote_address
 from sippy.SipConf import SipConf
+from sippy.SipContact import SipContact
 from sippy.SipFrom import SipFrom
 from sippy.SipTo import SipTo
 from sippy.SipTransactionManager import SipTransactionManager
@@ -66,6 +67,14 @@ class _TransactionManager(SipTransactionManager):
     model_udp_server = (LinkSocket, Network_server_opts)
 
 
+def _contact() -> SipContact:
+    """Our Contact without Sippy's display name "Anonymous": some UAs (SIPp's [next_url]) build
+    the next Request-URI from the Contact value as a whole."""
+    contact = SipContact()
+    contact.address.name, contact.address.hadbrace = None, True
+    return contact
+
+
 class _RoutedTry(CCEventTry):
     """The caller's CCEventTry re-targeted at the callee's registered Contact, keeping the
     caller's From/To (Sippy would otherwise build them from the next-hop address)."""
@@ -99,6 +108,7 @@ class Call:
         self.uaA = UA(gc, self.recv_event, dead_cbs=(self._dead,))
         self.uaA.on_remote_sdp_change = partial(self._sdp_in, "A")
         self.uaA.local_ua = reactor.server_header
+        self.uaA.lContact = _contact()
         self.uaO: UA | None = None
         self.connected = False
         self.rang = False
@@ -122,6 +132,11 @@ class Call:
         if isinstance(event, CCEventDisconnect):
             self._outcome("ended" if self.connected else "cancelled", "Normal")
         if self.uaO is None:
+            if isinstance(event, CCEventFail):
+                # the caller's offer was refused by the media relay: Sippy answers it (488) itself
+                data = event.getData() or (488, "Not Acceptable Here")
+                self._outcome("failed", "", data[0], data[1])
+                return
             if not isinstance(event, CCEventTry):
                 self.uaA.recvEvent(CCEventDisconnect())
                 self._gone_check()
@@ -130,6 +145,7 @@ class Call:
                           dead_cbs=(self._dead,))
             self.uaO.on_remote_sdp_change = partial(self._sdp_in, "O")
             self.uaO.local_ua = self.reactor.server_header
+            self.uaO.lContact = _contact()
             event = _RoutedTry(event, self.target, self.uaA)
         self.uaO.recvEvent(event)
 

@@ -206,4 +206,5 @@ class SIPServer:
                 "active_calls": len(self.proxy.active_calls())
                 + (len(self.engine.active_calls()) if self.engine is not None else 0),
                 "media_sessions": len(self.media.sessions()),
-                **{f"sip_{k}": v for k, v in self.proxy.stats.items()}}
+                **{f"sip_{k}": v for k, v in self.proxy.stats.items()},
+                **({f"{self.engine.name}_{k}": v for k, v in self.engine.stats.items()} if self.engine else {})}
