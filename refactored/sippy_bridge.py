@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install sippy (in this project: .venv/bin/pip install -e '.[sippy]')"
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
+SETUP_LIMIT = 330.0       # Sippy's INVITE expiry (300 s) plus margin
 
 
 class SippyUnavailable(ConfigError):
@@ -255,6 +256,7 @@ class SippyBridge:
         self._seen[call.call_id] = {}
         self.stats["calls"] += 1
         server.events.call_started(call, req)
+        self._loop.call_later(SETUP_LIMIT, self._setup_expired, call.call_id, call)
         log.info("INVITE %s -> Sippy B2BUA, callee %s at %s:%s", call.call_id, uri, *dest)
         self._hand_over(req, source, (call.call_id, str(uri), dest))
         return True
@@ -337,6 +339,16 @@ class SippyBridge:
             self._spawn(self._delete_media(call))
         elif kind == "gone":
             self._loop.call_later(TX_LINGER, self._forget, call_id)
+
+    def _setup_expired(self, call_id: str, call: Call) -> None:
+        """Sippy gives an unanswered INVITE 300 s; a call still in setup after that never reached
+        a Sippy dialog (e.g. Sippy could not parse the INVITE): record it and let the Call-ID go."""
+        if self.calls.get(call_id) is call and call.state in ("trying", "early"):
+            log.warning("call %s: no outcome from Sippy after %.0fs, recorded as 408", call_id, SETUP_LIMIT)
+            call.state = "ended"
+            self.server.events.call_failed(call, 408, "Request Timeout")
+            self._spawn(self._delete_media(call))
+            self._forget(call_id)
 
     def _forget(self, call_id: str) -> None:
         self.calls.pop(call_id, None)
