@@ -31,6 +31,7 @@ keyed by the caller's Call-ID.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import threading
 import time
@@ -101,18 +102,42 @@ def normalise_transport_params(msg: SIPMessage) -> None:
 
 
 class Link:
-    """What the reactor thread may call: each method only schedules work on the asyncio loop."""
+    """What the reactor thread may call: each method only queues work for the asyncio loop.
+
+    Work is batched: ``loop.call_soon_threadsafe`` (one byte into the loop's self-pipe) is used only
+    when the queue was empty. One call per message overflowed that pipe under load, and the loop's
+    SIGTERM, which arrives through the same pipe, was then lost: the server ignored SIGTERM."""
 
     def __init__(self, bridge: "SippyBridge", loop: asyncio.AbstractEventLoop):
         self._bridge = bridge
         self._loop = loop
+        self._queue: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+        self._scheduled = False
         self.post = None          # ED2.callFromThread, set on the reactor thread
 
     def _call(self, fn, *args) -> None:
+        with self._lock:
+            self._queue.append((fn, args))
+            if self._scheduled:
+                return
+            self._scheduled = True
         try:
-            self._loop.call_soon_threadsafe(fn, *args)
+            self._loop.call_soon_threadsafe(self._drain)
         except RuntimeError:      # loop closed during shutdown
             pass
+
+    def _drain(self) -> None:
+        """On the loop: run everything the reactor queued."""
+        with self._lock:
+            items = list(self._queue)
+            self._queue.clear()
+            self._scheduled = False
+        for fn, args in items:
+            try:
+                fn(*args)
+            except Exception:   # noqa: BLE001 - one bad item must not drop the rest
+                log.exception("Sippy bridge: %s failed", getattr(fn, "__name__", fn))
 
     def send(self, data: bytes, dest: tuple[str, int]) -> None:
         self._call(self._bridge._send, data, dest)
@@ -123,20 +148,18 @@ class Link:
     def media(self, call_id: str, kind: str, from_tag: str, to_tag: str | None, sdp: bytes, leg: str,
               reply) -> None:
         """Rewrite ``sdp`` on the loop; ``reply(out_bytes_or_None, error_or_None)`` runs on the reactor."""
+        self._call(self._start_media, (call_id, kind, from_tag, to_tag, sdp, leg), reply)
+
+    def _start_media(self, args: tuple, reply) -> None:
         post = self.post
 
-        def done(fut) -> None:
+        def done(task: asyncio.Task) -> None:
             try:
-                out, error = fut.result()
+                out, error = task.result()
             except Exception as exc:   # noqa: BLE001 - any failure becomes a 488 on the leg
                 out, error = None, str(exc)
             post(reply, out, error)
-        try:
-            fut = asyncio.run_coroutine_threadsafe(
-                self._bridge._media(call_id, kind, from_tag, to_tag, sdp, leg), self._loop)
-        except RuntimeError:
-            return
-        fut.add_done_callback(done)
+        self._bridge._spawn(self._bridge._media(*args)).add_done_callback(done)
 
 
 class SippyBridge:
@@ -364,10 +387,11 @@ class SippyBridge:
         except MediaBackendError as exc:
             log.warning("media delete failed for %s: %s", call.call_id, exc)
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro) -> asyncio.Task:
         task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # --- management ---------------------------------------------------------------------------
     def active_calls(self) -> list[Call]:
