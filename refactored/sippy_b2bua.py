@@ -211,8 +211,8 @@ class Call:
         return None
 
     def _sdp_done(self, leg: str, text: str, body, done, out: bytes | None, error: str | None) -> None:
-        if out is None:
-            done(body, ex=SdpParseError(error or "media relay failed"))
+        if out is None:   # the reason is in our log; the caller gets a plain 488
+            done(body, ex=SdpParseError("media relay refused the offer"))
             return
         out_text = out.decode("utf-8")
         self.last[leg] = (text, out_text)

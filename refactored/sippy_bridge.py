@@ -37,9 +37,9 @@ import threading
 import time
 from importlib import metadata, util
 
+from sipcore.call import Call, CallState
 from sipcore.errors import ConfigError, MediaBackendError, SDPParseError, SIPParseError
 from sipcore.message import SIPMessage, SIPRequest, SIPResponse
-from sipcore.call import Call
 from sipcore.proxy_core import TX_LINGER
 from sipcore.sdp import SessionDescription
 from sipcore.uri import NameAddr, SipURI
@@ -201,8 +201,8 @@ class SippyBridge:
 
     async def stop(self) -> None:
         for call in list(self.calls.values()):
-            if call.state != "ended":
-                call.state = "ended"
+            if not call.ended:
+                call.state = CallState.ENDED
                 self.server.events.call_ended(call, "SERVER_SHUTDOWN", None)
         if self._thread is None or not self._thread.is_alive():
             return
@@ -340,19 +340,19 @@ class SippyBridge:
         seen = self._seen.get(call_id, {})
         if kind == "ringing":
             if call.ringing_at is None:
-                call.ringing_at, call.state = time.time(), "early"
+                call.ringing_at, call.state = time.time(), CallState.EARLY
                 events.call_ringing(call, seen.get("1"))
         elif kind == "answered":
             call.callee_tag = args[0] if args else None
-            call.state, call.answered_at = "confirmed", time.time()
+            call.state, call.answered_at = CallState.CONFIRMED, time.time()
             answer = seen.get("2")
             if answer is not None:
                 call.callee_contact = answer.headers.get("Contact")
                 events.call_answered(call, answer)
         elif kind in ("ended", "cancelled", "failed"):
-            if call.state == "ended":
+            if call.ended:
                 return
-            call.state = "ended"
+            call.state = CallState.ENDED
             if kind == "ended":
                 events.call_ended(call, "Normal", seen.get("BYE"))
             elif kind == "cancelled":
@@ -366,9 +366,9 @@ class SippyBridge:
     def _setup_expired(self, call_id: str, call: Call) -> None:
         """Sippy gives an unanswered INVITE 300 s; a call still in setup after that never reached
         a Sippy dialog (e.g. Sippy could not parse the INVITE): record it and let the Call-ID go."""
-        if self.calls.get(call_id) is call and call.state in ("trying", "early"):
+        if self.calls.get(call_id) is call and call.state in (CallState.TRYING, CallState.EARLY):
             log.warning("call %s: no outcome from Sippy after %.0fs, recorded as 408", call_id, SETUP_LIMIT)
-            call.state = "ended"
+            call.state = CallState.ENDED
             self.server.events.call_failed(call, 408, "Request Timeout")
             self._spawn(self._delete_media(call))
             self._forget(call_id)
@@ -395,14 +395,14 @@ class SippyBridge:
 
     # --- management ---------------------------------------------------------------------------
     def active_calls(self) -> list[Call]:
-        return [c for c in self.calls.values() if c.state != "ended"]
+        return [c for c in self.calls.values() if not c.ended]
 
     async def end_call(self, call_id: str, reason: str) -> bool:
         """MML RMV CALL: the CDR row is written here, Sippy sends the BYEs (or CANCEL)."""
         call = self.calls.get(call_id)
-        if call is None or call.state == "ended":
+        if call is None or call.ended:
             return False
-        call.state = "ended"
+        call.state = CallState.ENDED
         self.server.events.call_ended(call, reason, None)
         self._link.post(self._reactor.end_call, call_id)
         await self._delete_media(call)
