@@ -220,8 +220,8 @@ class Registrar:
         return outcome
 
     def _ok(self, request: SIPRequest, bindings: list[Binding], now: float) -> SIPResponse:
-        extra = [("Contact", f"<{b.original_contact if self.echo_registered_contact else b.contact}>;"
-                             f"expires={b.expires_in(now)}") for b in bindings]
+        extra = [("Contact", (f"<{b.original_contact if self.echo_registered_contact else b.contact}>;"
+                              f"expires={b.expires_in(now)}")) for b in bindings]
         return build_response(request, 200, to_tag=_register_tag(request), extra_headers=extra)
 
 

@@ -107,7 +107,7 @@ def register(server_port: int, user: str, local_port: int, cwd: str, domain: str
                            # no retransmission: a late second 200 would reach the callee's SIPp, which
                            # takes over this port next and would abort on the stray response
                            "-nr"],
-                          cwd=cwd, capture_output=True, text=True, timeout=30)
+                          cwd=cwd, capture_output=True, text=True, timeout=30, check=False)
 
 
 def _finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:

@@ -43,9 +43,8 @@ def test_every_offer_answer_position_relays_rtp_both_ways(stage, tmp_path):
         return run_flow(flow, srv.ports.sip, relay, str(2001 + i), (base, base + 1, base + 2, base + 6),
                         os.path.join(str(tmp_path), flow), media=flow in MEDIA_FLOWS)
 
-    with srv:
-        with ThreadPoolExecutor(max_workers=len(flows)) as pool:
-            results = list(pool.map(one, range(len(flows))))
+    with srv, ThreadPoolExecutor(max_workers=len(flows)) as pool:
+        results = list(pool.map(one, range(len(flows))))
     figures = {r.flow: {"caller->callee": r.a_to_b, "callee->caller": r.b_to_a, "not via relay": r.direct}
                for r in results}
     print(f"\nstage {stage}: RTP packets through the relay, of {PACKETS} sent each way")

@@ -6,8 +6,17 @@ from sipcore.errors import MediaBackendError
 from sipcore.message import parse_message
 from sipcore.sdp import SessionDescription
 
-from .proxy_fixtures import (ALICE, BOB, SDP_A, SDP_B, in_dialog, invite, make_proxy, register,
-                             response_to)
+from .proxy_fixtures import (
+    ALICE,
+    BOB,
+    SDP_A,
+    SDP_B,
+    in_dialog,
+    invite,
+    make_proxy,
+    register,
+    response_to,
+)
 
 
 def run(coro):
@@ -21,7 +30,7 @@ def with_body(msg, body: str):
 
 
 def setup(stage=1):
-    proxy, wire, events, media, reg = make_proxy(stage=stage)
+    proxy, wire, _events, media, reg = make_proxy(stage=stage)
     register(reg, "1002", BOB, "192.168.2.20")
     return proxy, wire, media
 
@@ -31,7 +40,7 @@ def late_offer_call(proxy, wire):
     fwd = wire.take_request("INVITE")
     assert not fwd.body
     run(proxy.on_response(response_to(fwd, 200, "OK", body=SDP_B), BOB, "udp"))
-    [(ok, addr)] = wire.take()
+    [(ok, _)] = wire.take()
     return fwd, ok
 
 
@@ -81,7 +90,7 @@ def test_reinvite_without_sdp_from_the_callee():
     run(proxy.on_request(reinv, BOB, "udp"))
     fwd_re = wire.take_request("INVITE")
     assert not fwd_re.body
-    ok = parse_message((f"SIP/2.0 200 OK\r\n" + "".join(f"Via: {v}\r\n" for v in fwd_re.headers.get_raw("Via"))
+    ok = parse_message(("SIP/2.0 200 OK\r\n" + "".join(f"Via: {v}\r\n" for v in fwd_re.headers.get_raw("Via"))
                         + f"From: {fwd_re.headers.get('From')}\r\nTo: {fwd_re.headers.get('To')}\r\n"
                         f"Call-ID: call1\r\nCSeq: 1 INVITE\r\nContact: <sip:1001@192.168.1.10>\r\n"
                         f"Content-Type: application/sdp\r\nContent-Length: {len(SDP_A)}\r\n\r\n{SDP_A}").encode())
