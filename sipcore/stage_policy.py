@@ -49,7 +49,8 @@ class StagePolicy:
     @property
     def legacy_media_positions(self) -> bool:
         """Stage 0 relays only what the original rewrote: offers in INVITE bodies and answers in
-        2xx-to-INVITE bodies (no late offer, 183, PRACK or UPDATE SDP); see sipcore.offer_answer."""
+        2xx-to-INVITE bodies, every one taken as the answer (so no late offer; no 183, PRACK, UPDATE
+        or ACK SDP); see sipcore.offer_answer."""
         return self.stage == 0
 
     @property
