@@ -2,8 +2,9 @@
 count RTP both ways through its relay with the test's own RTP endpoints.
 
 Each side's endpoint is a UDP socket whose port goes into every SDP that side's SIPp sends
-(``-set mport``). When the side's last offer/answer exchange is done, its scenario writes the
-media port it learned from the last SDP it received into ``mfile``; the endpoint then sends
+(``-set mport``). When the side's last offer/answer exchange is done, its scenario logs the media
+port it learned from the last SDP it received (``<log message="media PORT">``, written and flushed
+at once to the SIPp log file the test names, ``-trace_logs -log_file``); the endpoint then sends
 marked RTP there and counts what reaches it from the other side, separately for packets coming
 from a relay port and packets coming from anywhere else (an SDP the server did not rewrite makes
 the UAs talk directly, which on loopback would otherwise look like working audio).
@@ -61,14 +62,22 @@ class Endpoint:
             else:
                 self.direct += 1
 
+    @staticmethod
+    def _learned(mfile: str) -> int | None:
+        try:
+            with open(mfile) as fh:
+                lines = [line.split() for line in fh if line.startswith("media ")]
+        except FileNotFoundError:
+            return None
+        return int(lines[-1][-1]) if lines else None
+
     def _run(self, mfile: str) -> None:
         deadline = time.monotonic() + FILE_WAIT
-        while not os.path.exists(mfile) and time.monotonic() < deadline:
+        while self._learned(mfile) is None and time.monotonic() < deadline:
             self._drain(time.monotonic() + 0.02)
-        if not os.path.exists(mfile):
+        self.target = self._learned(mfile)
+        if self.target is None:
             return
-        with open(mfile) as fh:
-            self.target = int(fh.read().split()[-1])
         ssrc = ssrc_for(self.name, "oa")
         for seq in range(PACKETS):
             self.sock.sendto(build_rtp(self.name, 1, seq, ssrc, seq * 160), ("127.0.0.1", self.target))
@@ -122,13 +131,13 @@ def _finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
 
 def _media_vars(xml: str, endpoint: Endpoint, mfile: str) -> list[str]:
     """-set for the global variables the scenario declares (SIPp refuses undeclared ones);
-    mport2 is a second media port nobody listens on (an SDP a later one replaces, a video stream)."""
+    mport2 is a second media port nobody listens on (an SDP a later one replaces, a video stream).
+    The scenario's log actions (the learned media port) go to ``mfile``."""
     with open(xml) as fh:
         declared = re.search(r'<Global variables="([^"]*)"', fh.read())
     names = declared.group(1).split(",") if declared else []
-    values = {"mport": endpoint.port, "mfile": mfile,
-              "mport2": endpoint.port + 1 if endpoint.port < 65535 else endpoint.port - 1}
-    return [arg for name in names for arg in ("-set", name, str(values[name]))]
+    values = {"mport": endpoint.port, "mport2": endpoint.port + 1 if endpoint.port < 65535 else endpoint.port - 1}
+    return [arg for name in names for arg in ("-set", name, str(values[name]))] + ["-trace_logs", "-log_file", mfile]
 
 
 def run_flow(flow: str, server_port: int, relay: tuple[int, int], user: str, ports: tuple[int, int, int, int],

@@ -35,9 +35,8 @@ def test_every_offer_answer_position_relays_rtp_both_ways(stage, tmp_path):
     users = {str(2001 + i): {"username": str(2001 + i), "password": "1234", "status": "ACTIVE"} for i in range(len(flows))}
     with open(os.path.join(str(tmp_path), "users.json"), "w") as fh:
         json.dump(users, fh)
-    relay = (srv.ports.relay_min, srv.ports.relay_max)
-
     def one(i: int):
+        relay = (srv.ports.relay_min, srv.ports.relay_max)     # known once the server runs (it may move)
         base = srv.ports.sip + 200 + 10 * i
         flow = flows[i]
         return run_flow(flow, srv.ports.sip, relay, str(2001 + i), (base, base + 1, base + 2, base + 6),
