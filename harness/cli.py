@@ -163,6 +163,37 @@ def run(stage, pattern, backend, workers, output, as_json, scenarios_path) -> No
     sys.exit(1 if failed else 0)
 
 
+@cli.command()
+@click.option("--from", "from_stage", type=click.IntRange(0, 2), required=True, help="stage running before the cutover")
+@click.option("--to", "to_stage", type=click.IntRange(0, 2), required=True, help="stage copied over run.py")
+@click.option("--backend", type=click.Choice(["netns", "docker"]), default="netns", show_default=True)
+@click.option("--output", default="harness-out/drill", show_default=True, help="installation, logs, CDR, drill.json")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def drill(from_stage, to_stage, backend, output, as_json) -> None:
+    """Rehearse a cutover FROM -> TO and its rollback in a NAT lab, pm2-style restarts.
+
+    Per phase: a call set up before the restart must keep RTP both ways, get its BYE relayed and
+    its CDR row; a new call after the restart (no new REGISTER) must be answered. Prints the
+    signalling outage and the calls lost; exit status 1 when a call was lost."""
+    _need_root()
+    from dataclasses import asdict
+    from harness.drill import run_drill
+    from tabulate import tabulate
+    phases = run_drill(from_stage, to_stage, backend=backend, output=output)
+    if as_json:
+        click.echo(json.dumps([{**asdict(p), "lost": p.lost} for p in phases], indent=2))
+    else:
+        rows = []
+        for p in phases:
+            for c in p.calls:
+                rows.append([f"{p.name} {p.from_stack}->{p.to_stack}", f"{p.outage_seconds:.2f}", c.name,
+                             "kept" if c.kept else "LOST: " + "; ".join(c.reasons)])
+        click.echo(tabulate(rows, headers=["phase", "outage s", "call", "result"]))
+        lost = sum(p.lost for p in phases)
+        click.echo(f"\n{lost} call(s) lost; evidence in {output}/")
+    sys.exit(1 if any(p.lost for p in phases) else 0)
+
+
 @cli.group()
 def scenarios() -> None:
     """List and show scenarios."""

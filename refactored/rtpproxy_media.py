@@ -28,9 +28,19 @@ class RTPProxyBackend(MediaBackend):
     async def start(self) -> None:
         await self.pool.start()
 
+    def keeps_sessions_on_stop(self) -> bool:
+        """True when the relay is not ours (pm2/systemd runs it): it outlives this process."""
+        return self.launcher is None and getattr(self.pool, "local", None) is None
+
     async def stop(self) -> None:
-        for call_id in list(self._calls):
-            await self.delete(call_id)
+        if not self.keeps_sessions_on_stop():
+            for call_id in list(self._calls):
+                await self.delete(call_id)
+        elif self._calls:
+            # an external relay (pm2/systemd app) outlives this process: a restart or cutover keeps
+            # the calls' audio flowing; sessions of calls that never end again time out in RTPProxy
+            log.info("leaving %d RTPProxy sessions to the relay (restart keeps their audio)", len(self._calls))
+            self._calls.clear()
         self.pool.close()
         if self.launcher is not None:
             self.launcher.stop()

@@ -521,6 +521,9 @@ class ProxyCore:
         return call
 
     # --- in-dialog requests -------------------------------------------------------------------
+    def on_stateless_bye(self, req: SIPRequest) -> None:
+        """Hook: a BYE routed by its route token alone (the server wires the call hand-over)."""
+
     def _in_dialog(self, tx: ServerTx) -> Steps:
         req = tx.request
         call = self.calls.get(req.call_id or "")
@@ -533,6 +536,8 @@ class ProxyCore:
         if call is None and check.route is not None:
             flow = check.route.target_for(req.from_tag)       # no state (restart): the token says
             dest, transport = (flow.address, flow.transport) if flow else (None, "udp")
+            if req.method == "BYE" and flow is not None:
+                self.on_stateless_bye(req)                     # a call handed over by a restart
         else:
             dest, transport = self._in_dialog_target(req, call, tx.source)
         if dest is None:

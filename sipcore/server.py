@@ -10,6 +10,7 @@ import logging
 import time
 
 from sipcore.admission import Admission, parse_outbound_route
+from sipcore import call_handover
 from sipcore.auth_policy import SipAuthorizer
 from sipcore.call import CallState
 from sipcore.call_records import CDREvents
@@ -93,6 +94,7 @@ class SIPServer:
         self._handlers: set[asyncio.Task] = set()
         self.mml = None
         self.accepting = False
+        self.handed_over: dict = {}
         # Another signalling engine for INVITE dialogs (SIGNALLING=sippy: refactored.sippy_bridge):
         # start()/stop() with the server, take(msg, source, transport) -> True for its messages.
         self.engine = None
@@ -100,6 +102,8 @@ class SIPServer:
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         await self.media.start()
+        self.handed_over = call_handover.load(call_handover.handover_path(self.config.cdr_dir))
+        self.proxy.core.on_stateless_bye = self._handed_over_bye   # type: ignore[method-assign]
         if self.engine is not None:
             await self.engine.start()
         await self.transport.listen_udp(self.config.bind_ip, self.config.server_port)
@@ -129,15 +133,22 @@ class SIPServer:
         for t in list(self._handlers):
             t.cancel()
         await asyncio.gather(*self._tasks, *self._handlers, return_exceptions=True)
+        keeps = getattr(self.media, "keeps_sessions_on_stop", lambda: False)()
+        handed = [c for c in self.proxy.active_calls() if keeps and c.state == CallState.CONFIRMED]
+        call_handover.save(call_handover.handover_path(self.config.cdr_dir), handed)
         for call in self.proxy.active_calls():
             call.state = CallState.ENDED
-            self.events.call_ended(call, "SERVER_SHUTDOWN", None)
+            if call not in handed:
+                self.events.call_ended(call, "SERVER_SHUTDOWN", None)
         try:
             await self.media.stop()
         except Exception:   # noqa: BLE001 - shutdown must finish
             log.exception("media backend stop failed")
         self.events.flush()
         self.cdr.close()                # fsync what the sync thread has not yet
+        close_store = getattr(self.registrar.store, "close", None)    # a location store: flush writes
+        if close_store is not None:
+            close_store()
         log.info("stopped (stage %d)", self.stage)
 
     async def _housekeeping(self) -> None:
@@ -182,6 +193,16 @@ class SIPServer:
             if isinstance(msg, SIPRequest) and msg.method != "ACK":
                 self.transport.send(build_response(msg, 500, extra_headers=[("Server", self.server_header)]),
                                     source, transport)
+
+    def _handed_over_bye(self, req: SIPRequest) -> None:
+        """The BYE of a call the previous process handed over: its CDR row and relay session end."""
+        call = self.handed_over.pop(req.call_id or "", None)
+        if call is None:
+            return
+        self.events.call_ended(call, "Normal", req)
+        task = asyncio.get_running_loop().create_task(self.media.delete(call.call_id, call.caller_tag, call.callee_tag))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
 
     def _user_exists(self, username: str) -> bool:
         return self.users.get(username) is not None

@@ -1,0 +1,44 @@
+"""`harness drill`: cutover 1->2 and rollback with pm2-style restarts in a NAT lab keep the call in
+progress (RTP both ways after the restart, BYE relayed, its CDR row a normal end) and take a new
+call without a new REGISTER; 0->1 loses the call in progress (the Python relay dies with the
+process) and says so with exit status 1."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.privileged,
+              pytest.mark.skipif(os.geteuid() != 0, reason="NAT labs need root (CI runs as root)")]
+HARNESS = [sys.executable, "-m", "harness"]
+
+
+def drill(tmp_path, a, b):
+    out = subprocess.run(HARNESS + ["drill", "--from", str(a), "--to", str(b), "--json", "--output",
+                                    str(tmp_path / f"drill{a}{b}")], capture_output=True, text=True, timeout=300)
+    return out, json.loads(out.stdout) if out.stdout.strip().startswith("[") else None
+
+
+def test_drill_1_to_2_and_back_loses_nothing(tmp_path):
+    out, phases = drill(tmp_path, 1, 2)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert [p["name"] for p in phases] == ["cutover", "rollback"]
+    for p in phases:
+        assert p["lost"] == 0 and 0 < p["outage_seconds"] < 10, p
+        ongoing, incoming = p["calls"]
+        assert ongoing["kept"] and incoming["kept"], p
+        got, sent = map(int, ongoing["details"]["after_restart_alice_to_bob"].split(" of "))
+        assert sent > 50 and got >= 0.5 * sent
+        assert ongoing["details"]["bye"] == 200 and ongoing["details"]["cdr"] == ["ENDED/Normal"]
+    assert not os.path.exists(tmp_path / "drill12" / "install" / "CDR" / ".calls-in-progress.json")
+
+
+def test_drill_0_to_1_reports_the_lost_call(tmp_path):
+    out, phases = drill(tmp_path, 0, 1)
+    assert out.returncode == 1, out.stdout + out.stderr
+    cutover = phases[0]
+    assert cutover["lost"] >= 1
+    ongoing, incoming = cutover["calls"]
+    assert not ongoing["kept"] and any("audio" in r for r in ongoing["reasons"])
+    assert incoming["kept"]                                   # registrations survived the restart
