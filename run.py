@@ -14,6 +14,6 @@ STAGE = 0
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from sipcore.app import main
+    from assembly import main
 
     sys.exit(main(STAGE, sys.argv[1:]))

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import click
 
+from sipcore.stages import STAGES
+
 
 @dataclass(frozen=True)
 class Stack:
@@ -20,10 +22,8 @@ class Stack:
 
 
 STACKS: dict[str, Stack] = {
-    "0": Stack(0, 0, "run.py"),
-    "1": Stack(1, 1, "run_refactored.py"),
-    "2": Stack(2, 2, "run_sippy.py"),
-    "2-sippy": Stack("2-sippy", 2, "run_sippy.py", {"SIGNALLING": "sippy"}),
+    **{str(n): Stack(n, n, spec.entrypoint) for n, spec in STAGES.items()},        # the stage table
+    "2-sippy": Stack("2-sippy", 2, STAGES[2].entrypoint, {"SIGNALLING": "sippy"}),
 }
 
 

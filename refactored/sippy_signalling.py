@@ -8,6 +8,7 @@ command, instead of silently running sipcore signalling.
 from __future__ import annotations
 
 from sipcore.errors import ConfigError
+from sipcore.stages import STAGES, stage_of
 
 SIGNALLING_CHOICES = ("sipcore", "sippy")
 
@@ -18,8 +19,11 @@ def require_signalling(signalling: str, stage: int) -> None:
         raise ConfigError("SIGNALLING", f"must be one of {', '.join(SIGNALLING_CHOICES)}, got {signalling!r}")
     if signalling == "sipcore":
         return
-    if stage != 2:
-        raise ConfigError("SIGNALLING", "sippy signalling exists only for stage 2 (run_sippy.py)")
+    spec = stage_of(stage)
+    if signalling not in spec.signalling:
+        allowed = [s for s in STAGES.values() if signalling in s.signalling]
+        raise ConfigError("SIGNALLING", f"{signalling} signalling exists only for "
+                          + ", ".join(f"stage {s.number} ({s.entrypoint})" for s in allowed))
     from refactored.sippy_bridge import INSTALL_HINT, sippy_version
     if sippy_version() is None:
         raise ConfigError("SIGNALLING", f"sippy signalling needs the sippy package, which is not installed: "

@@ -1,6 +1,8 @@
-"""Assemble and run the server for one stage: what run.py, run_refactored.py and run_sippy.py call.
+"""Run the server for one stage: command line, configuration, start, signals, stop.
 
-The stage is passed in by the entrypoint (a literal in each file), never inferred from its name.
+The stage's plug-ins (media backend, signalling engine) are built by the assembly module above
+sipcore (``assembly``), which hands them in as ``Plugins``; run.py, run_refactored.py and
+run_sippy.py call ``assembly.main`` with their literal stage (never inferred from a file name).
 """
 from __future__ import annotations
 
@@ -12,15 +14,13 @@ import signal
 import sys
 
 from sipcore.errors import ConfigError, MediaBackendError
-from sipcore.stage_policy import STAGE_NAMES
+from dataclasses import dataclass
+from typing import Callable
+
+from sipcore.stages import STAGES, stage_of
 
 log = logging.getLogger(__name__)
 
-STAGE_DOC = {
-    0: "stage 0 (legacy): custom Python RTP relay, REGISTER Contact rewritten to the source",
-    1: "stage 1 (refactored): RTPProxy media relay, basic NAT handling",
-    2: "stage 2 (sippy): RTPProxy + NAT helper (fix_contact, fix_nated_sdp, force_rport, keepalive)",
-}
 
 ENV_HELP = """environment (original names and defaults):
   SERVER_IP            address to advertise (AUTO_DETECT = the local address), default AUTO_DETECT
@@ -59,7 +59,7 @@ edge policy (see MIGRATION.md "Edge policy"):
 def parse_args(stage: int, argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else f"stage{stage}",
-        description=f"ims-migrate SIP server, {STAGE_DOC[stage]}.",
+        description=f"ims-migrate SIP server, {stage_of(stage).summary}.",
         epilog=ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check-config", action="store_true",
                         help="check what a start needs, then exit (1 if something fails): configuration, users "
@@ -68,35 +68,18 @@ def parse_args(stage: int, argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_media(stage: int, config):
-    if stage == 0:
-        from legacy.rtp_relay import LegacyRelay
-        return LegacyRelay(advertised_ip=config.advertised_host, bind_ip=config.bind_ip,
-                           port_min=config.rtp_port_min, port_max=config.rtp_port_max,
-                           inactivity_timeout=config.rtp_inactivity_timeout)
-    from refactored.rtpproxy_media import build_rtpproxy_backend
-    return build_rtpproxy_backend(config)
+@dataclass(frozen=True)
+class Plugins:
+    """What the assembly module (above sipcore) provides for a stage."""
+    build_media: Callable        # (stage, config) -> sipcore.media.MediaBackend
+    build_server: Callable       # (stage, config) -> sipcore.server.SIPServer with its plug-ins
+    check_signalling: Callable   # (stage, config) -> None, raises ConfigError naming SIGNALLING
 
 
-def build_server(stage: int, config):
-    from sipcore.cdr import CDRWriter
-    from sipcore.server import SIPServer
-    from sipcore.users import UserStore
-    from refactored.sippy_signalling import build_signalling, require_signalling
-    require_signalling(config.signalling, stage)
-    users = UserStore(config.users_file, realm=config.realm)
-    cdr = CDRWriter(config.cdr_dir)
-    from sipcore.location_store import open_location_store
-    location = open_location_store(config.location_store)      # ConfigError naming LOCATION_STORE
-    server = SIPServer(stage, config, build_media(stage, config), users=users, cdr=cdr, location=location)
-    build_signalling(server)
-    return server
-
-
-async def serve(stage: int, config) -> int:
+async def serve(stage: int, config, plugins: Plugins) -> int:
     from sipcore.mml.http_api import start_mml_server
     try:
-        server = build_server(stage, config)
+        server = plugins.build_server(stage, config)
     except ConfigError as exc:          # e.g. a corrupt users.json or a bad SIGNALLING value
         print(f"configuration error: {exc.key}: {exc.message}", file=sys.stderr)
         return 2
@@ -118,7 +101,7 @@ async def serve(stage: int, config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"ims-migrate {STAGE_DOC[stage]} ready on {config.advertised_host}:{config.advertised_port}",
+    print(f"ims-migrate {stage_of(stage).summary} ready on {config.advertised_host}:{config.advertised_port}",
           flush=True)
     await stop.wait()
     log.info("shutting down (signal)")
@@ -127,8 +110,8 @@ async def serve(stage: int, config) -> int:
     return 0
 
 
-def main(stage: int, argv: list[str] | None = None) -> int:
-    if stage not in STAGE_NAMES:
+def main(stage: int, argv: list[str] | None, plugins: Plugins) -> int:
+    if stage not in STAGES:
         print(f"error: unknown stage {stage}", file=sys.stderr)
         return 2
     args = parse_args(stage, list(argv or []))
@@ -136,23 +119,22 @@ def main(stage: int, argv: list[str] | None = None) -> int:
     from sipcore.logsetup import setup_logging
     try:
         config = Config.from_env(os.environ)
-        from refactored.sippy_signalling import require_signalling
-        require_signalling(config.signalling, stage)
+        plugins.check_signalling(stage, config)
     except ConfigError as exc:
         print(f"configuration error: {exc.key}: {exc.message}", file=sys.stderr)
         return 2
     setup_logging(config.log_level, config.log_dir)
     if args.check_config:
         from sipcore.preflight import run_checks
-        checks = asyncio.run(run_checks(stage, config))
+        checks = asyncio.run(run_checks(stage, config, plugins.build_media))
         for check in checks:
             print(check.line())
         if all(c.ok for c in checks):
-            print(f"configuration ok for {STAGE_DOC[stage]}")
+            print(f"configuration ok for {stage_of(stage).summary}")
             return 0
-        print(f"configuration NOT ok for {STAGE_DOC[stage]}: fix the FAIL lines above", file=sys.stderr)
+        print(f"configuration NOT ok for {stage_of(stage).summary}: fix the FAIL lines above", file=sys.stderr)
         return 1
     try:
-        return asyncio.run(serve(stage, config))
+        return asyncio.run(serve(stage, config, plugins))
     except KeyboardInterrupt:
         return 130

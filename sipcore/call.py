@@ -58,9 +58,10 @@ class Call:
 
     @state.setter
     def state(self, new: CallState) -> None:
-        new = CallState(new)
+        if type(new) is not CallState:
+            new = CallState(new)          # a plain "ended" from an older caller
         if new is not self._state:
-            log.debug("call %s: %s -> %s", self.call_id, self._state.value, new.value)
+            log.debug("call %s: %s -> %s", self.call_id, self._state, new)
             self._state = new
 
     @property

@@ -23,6 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from sipcore.errors import ConfigError, MediaBackendError
+from sipcore.stages import MEDIA_LEGACY_RELAY, stage_of
 
 
 @dataclass
@@ -106,8 +107,7 @@ def check_token(config) -> Check:
                                     "logins (scripts/setup.sh creates config/mml.token)", warning=True)
 
 
-async def check_media(stage: int, config) -> Check:
-    from sipcore.app import build_media
+async def check_media(stage: int, config, build_media) -> Check:
     try:
         media = build_media(stage, config)
     except ConfigError as exc:
@@ -125,7 +125,7 @@ async def check_media(stage: int, config) -> Check:
             await media.stop()
         except Exception:   # noqa: BLE001 - the check result matters, not the cleanup
             pass
-    if stage == 0:
+    if stage_of(stage).media == MEDIA_LEGACY_RELAY:
         return Check("MEDIA", True, f"Python relay, ports {config.rtp_port_min}-{config.rtp_port_max}")
     nodes = ", ".join(spec for spec, _ in config.rtpproxy_nodes)
     return Check("RTPPROXY", True, f"{nodes} answers" + (" (auto-started for the check, stopped again)"
@@ -147,7 +147,8 @@ def check_location_store(spec: str) -> Check:
     return Check("LOCATION_STORE", True, f"{spec}: {n} unexpired bindings")
 
 
-async def run_checks(stage: int, config) -> list[Check]:
+async def run_checks(stage: int, config, build_media) -> list[Check]:
+    """``build_media(stage, config)``: the stage's media backend factory (from the assembly)."""
     running = _our_server_answers(config.mml_host, config.mml_port)
     checks = [check_users(config.users_file), check_directory("CDR_DIR", config.cdr_dir),
               check_directory("LOG_DIR", config.log_dir),
@@ -157,5 +158,5 @@ async def run_checks(stage: int, config) -> list[Check]:
     checks.append(check_port("MML_PORT", config.mml_host, config.mml_port, socket.SOCK_STREAM, running))
     checks.append(check_token(config))
     checks.append(check_location_store(config.location_store))
-    checks.append(await check_media(stage, config))
+    checks.append(await check_media(stage, config, build_media))
     return checks

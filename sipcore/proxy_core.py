@@ -479,7 +479,7 @@ class ProxyCore:
         for index, binding in enumerate(bindings):
             uri, dest = binding.target()
             fwd = req.copy()
-            if self.policy.stage < 2:
+            if self.policy.spec.strip_target_params:
                 # the original strips ;ob and ;transport from the target before relaying
                 uri.params.pop("ob", None)
                 uri.params.pop("transport", None)

@@ -24,7 +24,8 @@ from sipcore.record_route import RouteTokens, load_secret
 from sipcore.registrar import Registrar
 from sipcore.registration import Registration
 from sipcore.security import Blacklist, FailureLimiter
-from sipcore.stage_policy import STAGE_NAMES, StagePolicy
+from sipcore.stage_policy import StagePolicy
+from sipcore.stages import stage_of
 from sipcore.transport import SIPTransport
 
 log = logging.getLogger(__name__)
@@ -48,14 +49,15 @@ def build_admission(config, policy: StagePolicy, authorizer, user_exists, server
 class SIPServer:
     def __init__(self, stage: int, config, media, *, users, cdr, location=None):
         self.stage = stage
+        self.spec = stage_of(stage)
         self.config = config
         self.media = media
         self.users = users
         self.cdr = cdr
         self.started_at = time.time()
-        self.server_header = SERVER_HEADER.format(stage=f"{stage}-{STAGE_NAMES[stage]}")
+        self.server_header = SERVER_HEADER.format(stage=f"{stage}-{self.spec.name}")
         nat = None
-        if stage >= 2:
+        if self.spec.nat_helper:
             nat = init_nat_helper(server_ip=config.advertised_host, local_networks=config.local_networks)
         # CALLER_IDENTITY overrides the stage's default; AUTH_INVITE=0 alone turns the rule off
         identity = config.caller_identity if config.caller_identity is not None else \
@@ -64,7 +66,7 @@ class SIPServer:
         self.registrar = Registrar(min_expires=config.min_expires, max_expires=config.max_expires,
                                    default_expires=config.default_expires,
                                    contact_policy=self.policy.register_contact,
-                                   echo_registered_contact=stage >= 1, store=location)
+                                   echo_registered_contact=self.spec.echo_registered_contact, store=location)
         self.blacklist = Blacklist(config.blacklist_file)
         self.limiter = FailureLimiter(block_after=config.rate_limit_fails, window=60.0,
                                       blacklist=self.blacklist)
@@ -115,7 +117,7 @@ class SIPServer:
         if self.keepalive is not None:
             self.keepalive.start()
         log.info("stage %d (%s) listening on %s:%d udp%s, advertised %s:%d, media %s",
-                 self.stage, STAGE_NAMES[self.stage], self.config.bind_ip, self.config.server_port,
+                 self.stage, self.spec.name, self.config.bind_ip, self.config.server_port,
                  "+tcp" if self.config.enable_tcp else "", self.config.advertised_host,
                  self.config.advertised_port, self.media.name)
 
@@ -220,7 +222,7 @@ class SIPServer:
 
     def stats(self) -> dict:
         now = time.time()
-        return {"stage": self.stage, "stage_name": STAGE_NAMES[self.stage],
+        return {"stage": self.stage, "stage_name": self.spec.name,
                 "uptime": round(now - self.started_at, 1),
                 "registrations": self.registrar.count(now),
                 "signalling_engine": self.engine.engine if self.engine is not None else "sipcore",

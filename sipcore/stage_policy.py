@@ -1,4 +1,5 @@
-"""What differs between the three stages, apart from the media backend: the NAT policy.
+"""The policy of one stage as the proxy and registrar apply it: the NAT handling plus the stage's
+knobs from the stage table (sipcore.stages, where every per-stage difference is declared).
 
 stage 0 (legacy)      REGISTER Contact host:port rewritten to the packet source; the relay's
                       initial target is the signalling source IP + the SDP port; nothing else.
@@ -15,15 +16,14 @@ open-relay protection (route tokens, local destinations only) applies to every s
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sipcore.message import SIPMessage, SIPRequest
 from sipcore.nat_helper import NATHelper
 from sipcore.sdp import SessionDescription
+from sipcore.stages import Stage, stage_of
 from sipcore.uri import NameAddr
 
-STAGE_NAMES = {0: "legacy", 1: "refactored", 2: "sippy"}
-CALLER_IDENTITY_DEFAULT = {0: False, 1: True, 2: True}
 
 
 @dataclass
@@ -32,15 +32,20 @@ class StagePolicy:
     nat: NATHelper | None = None
     identity_override: bool | None = None     # CALLER_IDENTITY; None: the stage's default
 
+    spec: Stage = field(init=False, repr=False)     # this stage's row of the stage table
+
+    def __post_init__(self) -> None:
+        self.spec = stage_of(self.stage)
+
     @property
     def caller_identity(self) -> bool:
         if self.identity_override is not None:
             return self.identity_override
-        return CALLER_IDENTITY_DEFAULT[self.stage]
+        return self.spec.caller_identity
 
     @property
     def name(self) -> str:
-        return STAGE_NAMES[self.stage]
+        return self.spec.name
 
     @property
     def force_rport(self) -> bool:
@@ -51,7 +56,7 @@ class StagePolicy:
         """Stage 0 relays only what the original rewrote: offers in INVITE bodies and answers in
         2xx-to-INVITE bodies, every one taken as the answer (so no late offer; no 183, PRACK, UPDATE
         or ACK SDP); see sipcore.offer_answer."""
-        return self.stage == 0
+        return self.spec.legacy_media_positions
 
     @property
     def keepalive(self) -> bool:
@@ -89,7 +94,7 @@ class StagePolicy:
 
     def media_target_sdp(self, sd: SessionDescription, source: tuple[str, int]) -> SessionDescription:
         """The SDP handed to the media backend: its addresses are the relay's initial targets."""
-        if self.stage == 0:
+        if self.spec.relay_targets_source_ip:
             # the original relay sends to the signalling source IP + the SDP port
             out = sd.copy()
             for i in range(len(out.media)):

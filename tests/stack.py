@@ -10,9 +10,10 @@ import sys
 import time
 import urllib.request
 
+from sipcore.stages import ENTRYPOINTS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
-ENTRYPOINTS = {0: "run.py", 1: "run_refactored.py", 2: "run_sippy.py"}
 
 
 def worker_index() -> int:

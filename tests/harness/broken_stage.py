@@ -11,7 +11,7 @@ STAGE = 2
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     from refactored import rtpproxy_media
-    from sipcore.app import main
+    from assembly import main
 
     original = rtpproxy_media.RTPProxyBackend._rewrite
 

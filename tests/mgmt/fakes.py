@@ -4,6 +4,7 @@ from __future__ import annotations
 import ipaddress
 
 from sipcore.config import Config
+from sipcore.stages import STAGES
 
 
 class FakeRegistrar:
@@ -101,7 +102,7 @@ class FakeContext:
         self.registrar = FakeRegistrar()
         self.calls = FakeCalls()
         self.media = FakeMedia()
-        self.nat = FakeNAT() if stage >= 2 else None
+        self.nat = FakeNAT() if STAGES[stage].nat_helper else None
         self.blacklist = FakeBlacklist()
         self.stage = stage
         self.levels: list[str] = []

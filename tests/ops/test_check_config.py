@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 
+from sipcore.stages import ENTRYPOINTS
 from tests.ops.ports import OpsPorts
 from tests.stack import PYTHON, ROOT, ServerProcess
 
@@ -21,7 +22,7 @@ def check(tmp_path, stage=2, **extra):
                USERS_FILE=str(tmp_path / "data" / "users.json"), CDR_DIR=str(tmp_path / "CDR"),
                LOG_DIR=str(tmp_path / "logs"))
     env.update({k: str(v) for k, v in extra.items()})
-    entry = {0: "run.py", 1: "run_refactored.py", 2: "run_sippy.py"}[stage]
+    entry = ENTRYPOINTS[stage]
     out = subprocess.run([PYTHON, os.path.join(ROOT, entry), "--check-config"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=60)
     lines = {line.split("]", 1)[1].split(":", 1)[0].strip(): line for line in out.stdout.splitlines()
