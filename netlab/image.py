@@ -42,7 +42,7 @@ IMAGE_LABEL = "ims-migrate.image"        # value: "base" or "lab"
 VENV_PYTHON = "/opt/ims-venv/bin/python"
 EXTRAS = ("sippy",)
 BUILD_REQUIREMENTS = ("setuptools", "wheel")   # to install the project inside the image, offline
-PACKAGES = ("sipcore", "legacy", "refactored", "netlab", "harness")
+PACKAGES = ("sipcore", "assembly", "legacy", "refactored", "netlab", "harness")
 
 
 class ImageBuildError(RuntimeError):
