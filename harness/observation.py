@@ -1,43 +1,22 @@
 """Observation record of one scenario run, normalised so runs and stages can be compared.
 
-Addresses become role names (<server>, <alice>, <nat_a>, ...), ports and ids become placeholders,
-times are dropped; what is left is what a stage changes: final codes, audio direction per leg,
-NAT fix-ups seen on the wire, CDR rows.
+Addresses, ports and ids become placeholders through the one normaliser, harness.normalise
+(<server>, <alice>, <alice-public>, <nat_a-lan_a>, <port>, ...); times are dropped; what is left
+is what a stage changes: final codes, audio direction per leg, NAT fix-ups seen on the wire, CDR rows.
 """
 from __future__ import annotations
 
 import csv
 import glob
 import os
-import re
 
+from harness.normalise import Normaliser, roles_of_lab
 from harness.scenario import USERS
 
 AUDIO_THRESHOLD = 0.5
 CDR_FIELDS = ("record_type", "call_state", "caller_number", "callee_number", "caller_ip", "callee_ip",
               "status_code", "status_text", "termination_reason", "call_type", "codec", "contact", "expires",
               "message_body")
-_IP = re.compile(r"\b(\d{1,3}(?:\.\d{1,3}){3})\b")
-
-
-def role_map(lab) -> dict[str, str]:
-    roles = {}
-    for h in lab.topology.hosts:
-        for seg, addr in h.addresses.items():
-            roles[addr] = h.name if seg == "public" or h.role == "host" else f"{h.name}-{seg}"
-    return roles
-
-
-def norm_addr(text, roles: dict[str, str]):
-    if text is None:
-        return None
-    return _IP.sub(lambda m: f"<{roles.get(m.group(1), 'other' if m.group(1) != '0.0.0.0' else '0.0.0.0')}>",
-                   str(text))
-
-
-def norm_uri(text: str, roles: dict[str, str]) -> str:
-    text = norm_addr(text, roles)
-    return re.sub(r"(>):\d+", r"\1:<port>", text)
 
 
 def direction(a_to_b: bool, b_to_a: bool) -> str:
@@ -79,39 +58,34 @@ def read_cdr(cdr_dir: str) -> list[dict]:
     return rows
 
 
-def normalise_cdr(rows: list[dict], roles: dict[str, str]) -> list[dict]:
-    out = []
-    for r in rows:
-        n = {k: r.get(k, "") for k in CDR_FIELDS}
-        for k in ("caller_ip", "callee_ip", "contact"):
-            n[k] = norm_uri(n[k], roles) if n[k] else ""
-        out.append(n)
-    return out
+def normalise_cdr(rows: list[dict], norm: Normaliser) -> list[dict]:
+    """The CDR columns a stage may change, with addresses and ports as placeholders."""
+    return [norm.cdr_row({k: r.get(k, "") for k in CDR_FIELDS}) for r in rows]
 
 
 def build_observation(sc, lab, steps, agent_obs: dict, registrar: list, cdr_dir: str,
                       edge: dict | None = None) -> dict:
-    roles = role_map(lab)
+    norm = Normaliser(roles_of_lab(lab))
     codes: dict[str, object] = {}
     for label, code in steps:
         key, i = label, 2
         while key in codes:
             key, i = f"{label}#{i}", i + 1
         codes[key] = code
-    nat = {"registrar": sorted(f"{b['aor']} -> {norm_uri(b['contact'], roles)}" for b in registrar)}
+    nat = {"registrar": sorted(f"{b['aor']} -> {norm.text(b['contact'])}" for b in registrar)}
     for who in ("alice", "bob"):
         o = agent_obs.get(who, {})
         sdps = []
         for s in o.get("sdp_received", []):
-            sdps.append({"where": s["where"], "c": norm_addr(s["c"], roles), "o": norm_addr(s["o"], roles),
-                         "rtcp": None if not s.get("rtcp") else f"{'<port>'} {norm_addr(s['rtcp'][1], roles)}",
+            sdps.append({"where": s["where"], "c": norm.text(s["c"]), "o": norm.text(s["o"]),
+                         "rtcp": None if not s.get("rtcp") else f"<port> {norm.text(s['rtcp'][1])}",
                          "direction": s.get("direction")})
         nat[f"sdp_to_{who}"] = sdps
-        vias = {(v["method"], norm_addr(v.get("received"), roles), "rport" if v.get("rport") else "-")
+        vias = {(v["method"], norm.text(v.get("received")), "rport" if v.get("rport") else "-")
                 for v in o.get("vias", []) if v.get("status", 0) >= 200}
         nat[f"via_to_{who}"] = sorted(f"{m} received={r} {p}" for m, r, p in vias)
     out = {"scenario": sc.name, "steps": codes, "audio": audio_of(agent_obs), "nat": nat,
-           "cdr": normalise_cdr(read_cdr(cdr_dir), roles),
+           "cdr": normalise_cdr(read_cdr(cdr_dir), norm),
            "messages_received": {w: agent_obs.get(w, {}).get("messages", []) for w in ("alice", "bob")}}
     if edge:
         out["edge"] = edge      # hostile peer: per attack relayed / media_added / alive (harness.runner)
