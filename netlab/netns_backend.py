@@ -15,7 +15,7 @@ import time
 
 from netlab import profiles
 from netlab.base import Capture, Lab
-from netlab.lifecycle import claim_lab, delete_namespaces, new_lab_id, release_lab, release_slot, require_root
+from netlab.lifecycle import claim_lab, delete_namespaces, new_lab_id, release_lab, require_root
 from netlab.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,6 @@ class NetnsLab(Lab):
         self.id = lab_id or new_lab_id()
         self._cleanup_key: int | None = None
         self._created: list[str] = []
-        self._slot_claimed: int | None = None
         self.up_seconds: float | None = None
 
     def ns(self, host: str) -> str:
@@ -112,9 +111,6 @@ class NetnsLab(Lab):
         if self._created:
             delete_namespaces(self._created)
             self._created = []
-        if self._slot_claimed is not None:
-            release_slot(self._slot_claimed)
-            self._slot_claimed = None
         release_lab(self.id, self._cleanup_key)
         self._cleanup_key = None
 
@@ -159,10 +155,4 @@ class NetnsLab(Lab):
 
     def iface(self, host: str, segment: str) -> str:
         return ifname(segment)
-
-
-def open_netns(topology: Topology, slot_claimed: int | None = None) -> NetnsLab:
-    lab = NetnsLab(topology)
-    lab._slot_claimed = slot_claimed
-    return lab
 

@@ -5,8 +5,6 @@ netns and the Docker backends so the same profile gives the same behaviour on bo
 """
 from __future__ import annotations
 
-import ipaddress
-
 from netlab.topology import Host, Topology
 
 
@@ -64,8 +62,3 @@ def lab_routes(topo: Topology, host: Host) -> list[tuple[str, str]]:
     if host.gateway:
         routes.append(("default", host.gateway))
     return routes
-
-
-def is_lab_address(topo: Topology, addr: str) -> bool:
-    ip = ipaddress.ip_address(addr)
-    return any(ip in ipaddress.ip_network(s.subnet) for s in topo.segments)

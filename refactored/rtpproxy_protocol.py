@@ -168,13 +168,3 @@ def parse_query_reply(text: str) -> dict:
     parts = text.split()
     keys = ("ttl", "packets_from_callee", "packets_from_caller", "packets_relayed", "packets_dropped")
     return {k: int(v) for k, v in zip(keys, parts) if v.lstrip("-").isdigit()}
-
-
-def parse_info_reply(text: str) -> dict:
-    check_error(text)
-    out = {}
-    for line in text.splitlines():
-        k, _, v = line.partition(":")
-        if v.strip().isdigit():
-            out[k.strip().replace(" ", "_")] = int(v.strip())
-    return out

@@ -1,8 +1,8 @@
 """Server-side NAT handling for stage 2, modelled on Kamailio's nathelper module.
 
-The seed API is kept: ``init_nat_helper(server_ip=..., local_networks=[...])``, ``get_nat_helper()``,
-``process_register_contact(msg, source_addr)``, ``process_invite_sdp(msg, source_addr)`` and
-``process_response_sdp(msg, source_addr)``. Everything here is sans-IO: messages in, messages
+The seed API is kept (without its module-level global: the server holds its helper):
+``init_nat_helper(server_ip=..., local_networks=[...])``, ``process_register_contact(msg, source_addr)``,
+``process_invite_sdp(msg, source_addr)`` and ``process_response_sdp(msg, source_addr)``. Everything here is sans-IO: messages in, messages
 changed in place, booleans/reasons out. The keepalive loop that pings NATed contacts lives in
 ``sipcore.nat_keepalive``.
 
@@ -250,15 +250,7 @@ def _contacts(msg: SIPMessage) -> list[NameAddr]:
     return out
 
 
-_HELPER: NATHelper | None = None
-
-
 def init_nat_helper(server_ip: str, local_networks: list[str] | None = None, **kwargs) -> NATHelper:
-    global _HELPER
-    _HELPER = NATHelper(server_ip, local_networks, **kwargs)
-    log.info("NAT helper initialised, local networks: %s", [str(n) for n in _HELPER.local_networks])
-    return _HELPER
-
-
-def get_nat_helper() -> NATHelper | None:
-    return _HELPER
+    helper = NATHelper(server_ip, local_networks, **kwargs)
+    log.info("NAT helper initialised, local networks: %s", [str(n) for n in helper.local_networks])
+    return helper
