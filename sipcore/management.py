@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 
 class RegistrarView:
@@ -25,7 +26,7 @@ class CallsView:
     def __init__(self, proxy, engine=None):
         self._owners = [proxy] + ([engine] if engine is not None else [])
 
-    def _active(self) -> list[tuple[object, object]]:
+    def _active(self) -> list[tuple[Any, Any]]:
         return [(owner, c) for owner in self._owners for c in owner.active_calls()]
 
     def list(self) -> list[dict]:

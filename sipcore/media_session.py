@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Generator
 
 from sipcore.call import Call
-from sipcore.errors import MediaBackendError, SDPParseError
+from sipcore.errors import MediaBackendError, SDPParseError, SIPError
 from sipcore.message import SIPMessage, SIPResponse
 from sipcore.offer_answer import CALLEE, CALLER, NONE, OFFER
 from sipcore.sdp import SessionDescription
@@ -38,6 +38,7 @@ class MediaOp:
 
 
 MediaSteps = Generator[MediaOp, "SessionDescription | None", bool]
+RelaySteps = Generator[MediaOp, "SessionDescription | None", "SIPError | None"]
 
 
 class MediaHandoff:
@@ -45,17 +46,18 @@ class MediaHandoff:
         self.policy = policy
 
     def sdp_step(self, call: Call | None, msg: SIPMessage, sender: str, source: Address,
-                 method: str, cseq: int) -> MediaSteps:
+                 method: str, cseq: int) -> RelaySteps:
         """Show a message of an INVITE/ACK/PRACK/UPDATE transaction to the call's offer/answer
         state (sipcore.offer_answer); an offer or answer goes to the relay, whose SDP replaces the
-        body. A retransmission gets the same rewrite again. False when the relay refused it."""
+        body. A retransmission gets the same rewrite again. Returns None, or the error (with the
+        SIP status it maps to) when the SDP could not be relayed."""
         if call is None:
-            return True
+            return None
         status = msg.status if isinstance(msg, SIPResponse) else 0
         key = (sender, method, cseq, status, msg.body)
         if msg.body and key in call.sdp_rewrites:
             msg.body = call.sdp_rewrites[key]
-            return True
+            return None
         has_sdp = msg.has_sdp()
         if isinstance(msg, SIPResponse):
             reliable = status >= 200 or msg.headers.get("RSeq") is not None
@@ -63,12 +65,13 @@ class MediaHandoff:
         else:
             step = call.offer_answer.on_request(sender, method, cseq, has_sdp)
         if step.role == NONE:
-            return True
+            return None
+        assert step.offerer is not None and step.answerer is not None      # an offer or an answer
         tags = {CALLER: call.caller_tag, CALLEE: call.callee_tag}
-        if not (yield from self._exchange(step.role, msg, source, call, tags[step.offerer], tags[step.answerer])):
-            return False
-        call.sdp_rewrites[key] = msg.body
-        return True
+        failure = yield from self._exchange(step.role, msg, source, call, tags[step.offerer], tags[step.answerer])
+        if failure is None:
+            call.sdp_rewrites[key] = msg.body
+        return failure
 
     def delete(self, call: Call) -> MediaSteps:
         if not call.media:
@@ -81,22 +84,23 @@ class MediaHandoff:
         return True
 
     def _exchange(self, kind: str, msg: SIPMessage, source: Address, call: Call,
-                  from_tag: str | None, to_tag: str | None) -> MediaSteps:
-        """Hand the SDP (with the stage's relay targets) to the media backend; forward its SDP."""
+                  from_tag: str | None, to_tag: str | None) -> RelaySteps:
+        """Hand the SDP (with the stage's relay targets) to the media backend; forward its SDP.
+        None when done, else the error that stopped it."""
         try:
             sd = SessionDescription.parse(msg.body)
         except SDPParseError as exc:
             log.warning("%s from %s:%s has bad SDP: %s", kind, *source, exc.reason)
-            return False
+            return exc
         try:
             out = yield MediaOp(kind, msg.call_id or "", from_tag or "", to_tag,
                                 self.policy.media_target_sdp(sd, source), source)
         except MediaBackendError as exc:
             log.error("media %s failed for %s: %s", kind, msg.call_id, exc)
-            return False
+            return exc
         assert out is not None
         msg.body = out.to_bytes()
         call.media = True
         if kind == OFFER:
             call.media_kinds, call.codecs = sd.media_kinds(), sd.codec_names()
-        return True
+        return None

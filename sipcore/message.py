@@ -572,7 +572,7 @@ def parse_message(data: bytes, max_size: int = MAX_MESSAGE_SIZE,
             raise SIPParseError(f"bad method: {method[:20]!r}")
         if version.upper() != SIP_VERSION:
             err = SIPParseError(f"unsupported SIP version {version[:20]!r}")
-            err.version_not_supported = True  # type: ignore[attr-defined]
+            err.version_not_supported = True
             raise err
         try:
             uri = SipURI.parse(uri_text)

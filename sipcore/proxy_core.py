@@ -268,7 +268,7 @@ class ProxyCore:
         values = request.headers.get_raw("Via")
         if not values:
             return
-        via = Via.parse(request.headers.get("Via"))
+        via = Via.parse(request.headers.get("Via") or "")
         via.params["received"] = source[0]
         via.params["rport"] = str(source[1])
         request.headers.remove_first("Via")
@@ -466,9 +466,10 @@ class ProxyCore:
         if call is not None:
             self._respond(tx, 100)
             self.policy.on_request(req, tx.source)
-            if not (yield from self.media.sdp_step(call, req, CALLER, tx.source, "INVITE", req.cseq[0])):
-                self._respond(tx, 488)
-                self.events.call_failed(call, 488, "Not Acceptable Here")
+            failure = yield from self.media.sdp_step(call, req, CALLER, tx.source, "INVITE", req.cseq[0])
+            if failure is not None:
+                resp = self._respond(tx, failure.status)
+                self.events.call_failed(call, resp.status, resp.reason)
                 self.calls.pop(call.call_id, None)
                 return
             if tx.final_sent:        # CANCELled while the media backend answered
@@ -527,7 +528,7 @@ class ProxyCore:
     def _in_dialog(self, tx: ServerTx) -> Steps:
         req = tx.request
         call = self.calls.get(req.call_id or "")
-        parties = (call.caller_flow, call.callee_flow) if call is not None and not call.ended else ()
+        parties: tuple = (call.caller_flow, call.callee_flow) if call is not None and not call.ended else ()
         check = self.admission.in_dialog(req, tx.source, parties)     # loose_route + route token
         if check.status is not None:
             if req.method != "ACK":
@@ -555,9 +556,10 @@ class ProxyCore:
                 call.callee_flow = tx.source
         self.policy.on_request(req, tx.source)
         if req.method in ("INVITE", "UPDATE", "PRACK", "ACK") and call is not None:
-            if not (yield from self.media.sdp_step(call, req, call.leg_of(req.from_tag), tx.source,
-                                                   req.method, req.cseq[0])) and req.method != "ACK":
-                self._respond(tx, 488)
+            failure = yield from self.media.sdp_step(call, req, call.leg_of(req.from_tag), tx.source,
+                                                     req.method, req.cseq[0])
+            if failure is not None and req.method != "ACK":
+                self._respond(tx, failure.status)
                 return
         fwd = req.copy()
         if req.method == "INVITE":

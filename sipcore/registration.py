@@ -28,7 +28,8 @@ class Registration:
             if decision.failed:
                 self.events.register_failed(req, source, decision.response.status, decision.reason)
             return decision.response
-        to_user = req.to_addr().uri.user if req.to_addr().uri else None
+        to_uri = req.to_addr().uri
+        to_user = to_uri.user if to_uri is not None else None
         if decision.username and to_user and decision.username != to_user:
             self.events.register_failed(req, source, 403, "credentials do not match the AOR")
             return build_response(req, 403, "Forbidden", to_tag="auth",

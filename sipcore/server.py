@@ -15,8 +15,8 @@ from sipcore.auth_policy import SipAuthorizer
 from sipcore.call import CallState
 from sipcore.call_records import CDREvents
 from sipcore.digest import DigestAuthenticator
-from sipcore.errors import SIPParseError
-from sipcore.message import SIPRequest, build_response
+from sipcore.errors import SIPError, error_response
+from sipcore.message import SIPRequest
 from sipcore.nat_helper import init_nat_helper
 from sipcore.nat_keepalive import NATKeepalive
 from sipcore.proxy_driver import ProxyDriver
@@ -188,13 +188,19 @@ class SIPServer:
             else:
                 log.debug("RX %d %s from %s:%s call-id=%s", msg.status, msg.reason, *source, msg.call_id)
                 await self.proxy.on_response(msg, source, transport)
-        except SIPParseError as exc:
-            log.warning("dropping message from %s:%s: %s", *source, exc.reason)
+        except SIPError as exc:          # the status it maps to is answered (never a traceback)
+            reply = error_response(msg, exc, self.server_header, warn_host=self.config.advertised_host)
+            if reply is None:
+                log.warning("dropping message from %s:%s: %s", *source, exc.reason)
+            else:
+                log.warning("%s from %s:%s: %s -> %d", getattr(msg, "method", "response"), *source,
+                            exc.reason, reply.status)
+                self.transport.send(reply, source, transport)
         except Exception:   # noqa: BLE001 - one bad message must not stop the server
             log.exception("error handling message from %s:%s", *source)
-            if isinstance(msg, SIPRequest) and msg.method != "ACK":
-                self.transport.send(build_response(msg, 500, extra_headers=[("Server", self.server_header)]),
-                                    source, transport)
+            reply = error_response(msg, SIPError("internal error"), self.server_header)
+            if reply is not None:
+                self.transport.send(reply, source, transport)
 
     def _handed_over_bye(self, req: SIPRequest) -> None:
         """The BYE of a call the previous process handed over: its CDR row and relay session end."""

@@ -15,9 +15,13 @@ sender chose plus the CSeq method (§17.1.3).
 """
 from __future__ import annotations
 
+import enum
+import logging
 from dataclasses import dataclass
 
 from sipcore.message import Headers, SIPRequest, SIPResponse, build_response
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,12 +51,39 @@ class Terminated:
     pass
 
 
+class TxState(enum.StrEnum):
+    INIT = "init"
+    CALLING = "calling"
+    TRYING = "trying"
+    PROCEEDING = "proceeding"
+    COMPLETED = "completed"
+    CONFIRMED = "confirmed"
+    ACCEPTED = "accepted"
+    TERMINATED = "terminated"
+
+
 class _Base:
     def __init__(self, timers: Timers, reliable: bool):
         self.timers = timers
         self.reliable = reliable
-        self.state = "init"
+        self._state = TxState.INIT
         self._deadlines: dict[str, float] = {}
+
+    @property
+    def state(self) -> TxState:
+        return self._state
+
+    @state.setter
+    def state(self, new: TxState) -> None:
+        """The one place a transaction changes state; logged old -> new."""
+        if new is not self._state:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s %s: %s -> %s", type(self).__name__, self._label(), self._state, new)
+            self._state = new
+
+    def _label(self) -> str:
+        request = getattr(self, "request", None)
+        return f"{request.method} {request.call_id}" if request is not None else "?"
 
     def next_deadline(self) -> float | None:
         return min(self._deadlines.values()) if self._deadlines else None
@@ -68,7 +99,7 @@ class _Base:
         return sorted((n for n, t in self._deadlines.items() if t <= now), key=lambda n: self._deadlines[n])
 
     def _terminate(self) -> list:
-        self.state = "terminated"
+        self.state = TxState.TERMINATED
         self._deadlines.clear()
         return [Terminated()]
 
@@ -85,11 +116,12 @@ class ClientTransaction(_Base):
 
     @property
     def key(self) -> tuple[str, str]:
-        return self.request.top_via().branch, self.request.method
+        via = self.request.top_via()
+        return (via.branch if via is not None else None) or "", self.request.method
 
     def start(self, now: float) -> list:
         t = self.timers
-        self.state = "calling" if self.invite else "trying"
+        self.state = TxState.CALLING if self.invite else TxState.TRYING
         if not self.reliable:
             self._set("A" if self.invite else "E", now + t.T1)
         self._set("B" if self.invite else "F", now + 64 * t.T1)
@@ -102,29 +134,30 @@ class ClientTransaction(_Base):
         if self.invite:
             if self.state in ("calling", "proceeding"):
                 if resp.status < 200:
-                    self.state = "proceeding"
+                    self.state = TxState.PROCEEDING
                     self._clear("A", "B")
                     return [PassUp(resp)]
                 if resp.status < 300:                               # the TU ACKs 2xx end to end
-                    self.state = "accepted"
+                    self.state = TxState.ACCEPTED
                     self._clear("A", "B")
                     self._set("M", now + 64 * t.T1)
                     return [PassUp(resp)]
-                self.state = "completed"
+                self.state = TxState.COMPLETED
                 self._clear("A", "B")
                 self.ack = self._build_ack(resp)
                 self._set("D", now + (0 if self.reliable else 32.0))
                 return [Send(self.ack), PassUp(resp)]
             if self.state == "completed" and resp.status >= 300:
+                assert self.ack is not None                         # built with the first final
                 return [Send(self.ack)]                            # retransmitted final: ACK again
             if self.state == "accepted" and 200 <= resp.status < 300:
                 return [PassUp(resp)]                              # 2xx retransmission or another fork
             return []
         if self.state in ("trying", "proceeding"):
             if resp.status < 200:
-                self.state = "proceeding"
+                self.state = TxState.PROCEEDING
                 return [PassUp(resp)]
-            self.state = "completed"
+            self.state = TxState.COMPLETED
             self._clear("E", "F")
             self._set("K", now + (0 if self.reliable else t.T4))
             return [PassUp(resp)]
@@ -164,10 +197,10 @@ class ClientTransaction(_Base):
         for v in req.headers.get_raw("Route"):
             h.add("Route", v)
         h.add("Max-Forwards", req.headers.get("Max-Forwards") or "70")
-        h.add("From", req.headers.get("From"))
+        h.add("From", req.headers.get("From") or "")
         if to_value is not None:
             h.add("To", to_value)
-        h.add("Call-ID", req.call_id)
+        h.add("Call-ID", req.call_id or "")
         h.add("CSeq", f"{req.cseq[0]} {method}")
         return SIPRequest(method, req.uri.copy(), h)
 
@@ -185,7 +218,7 @@ class ServerTransaction(_Base):
         self.auto_trying_after = auto_trying_after
 
     def start(self, now: float) -> list:
-        self.state = "proceeding" if self.invite else "trying"
+        self.state = TxState.PROCEEDING if self.invite else TxState.TRYING
         if self.invite and self.auto_trying_after is not None:
             if self.auto_trying_after <= 0:
                 return self.respond(build_response(self.request, 100), now) + [PassUp(self.request)]
@@ -198,7 +231,7 @@ class ServerTransaction(_Base):
             return []                                   # RFC 6026: INVITE retransmissions absorbed
         if request.method == "ACK" and self.invite:
             if self.state == "completed":
-                self.state = "confirmed"
+                self.state = TxState.CONFIRMED
                 self._clear("G", "H")
                 self._set("I", now + (0 if self.reliable else self.timers.T4))
             return []
@@ -215,13 +248,13 @@ class ServerTransaction(_Base):
         self._clear("trying")
         self.last_response = resp
         if resp.status < 200:
-            self.state = "proceeding"
+            self.state = TxState.PROCEEDING
             return [Send(resp)]
         if self.invite and resp.status < 300:
-            self.state = "accepted"                     # 2xx retransmission is the TU's job
+            self.state = TxState.ACCEPTED                     # 2xx retransmission is the TU's job
             self._set("L", now + 64 * t.T1)
             return [Send(resp)]
-        self.state = "completed"
+        self.state = TxState.COMPLETED
         if self.invite:
             if not self.reliable:
                 self._set("G", now + t.T1)
@@ -240,6 +273,7 @@ class ServerTransaction(_Base):
             elif name == "G":
                 self._interval = min(self._interval * 2, self.timers.T2)
                 self._set("G", now + self._interval)
+                assert self.last_response is not None              # G runs only after a final
                 out.append(Send(self.last_response))
             elif name == "H":
                 return out + [Timeout()] + self._terminate()

@@ -11,8 +11,8 @@ import asyncio
 import logging
 from typing import Callable
 
-from sipcore.errors import SIPParseError
-from sipcore.message import SIPMessage, SIPRequest, build_response, parse_message
+from sipcore.errors import SIPParseError, error_response
+from sipcore.message import SIPMessage, SIPResponse, parse_message
 
 log = logging.getLogger(__name__)
 
@@ -20,20 +20,9 @@ OnMessage = Callable[[SIPMessage, tuple[str, int], str], None]
 KEEPALIVE_PAYLOADS = (b"\r\n", b"\r\n\r\n", b"\n", b"\0\0\0\0")
 
 
-def error_reply(data: bytes, exc: SIPParseError, host: str) -> SIPMessage | None:
+def error_reply(data: bytes, exc: SIPParseError, host: str) -> SIPResponse | None:
     """The 400/505 to send for unparsable ``data``, or None when no response can be built."""
-    partial = exc.partial
-    if not isinstance(partial, SIPRequest) or partial.method == "ACK":
-        return None
-    needed = ("Via", "From", "To", "Call-ID", "CSeq")
-    if not all(h in partial.headers for h in needed):
-        return None
-    status = 505 if getattr(exc, "version_not_supported", False) else 400
-    reason = exc.reason.replace('"', "'")[:120]
-    try:
-        return build_response(partial, status, extra_headers=[("Warning", f'399 {host} "{reason}"')])
-    except SIPParseError:
-        return None
+    return error_response(exc.partial, exc, warn_host=host)
 
 
 class _UDPProtocol(asyncio.DatagramProtocol):
