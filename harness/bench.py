@@ -56,7 +56,7 @@ def machine() -> dict:
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as fh:
-            cpu = next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), cpu)
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
@@ -67,7 +67,7 @@ def _sipp_version() -> str | None:
     if not shutil.which("sipp"):
         return None
     out = subprocess.run(["sipp", "-v"], capture_output=True, text=True).stdout
-    return next((l.strip() for l in out.splitlines() if "SIPp" in l), "sipp")
+    return next((ln.strip() for ln in out.splitlines() if "SIPp" in ln), "sipp")
 
 
 def _server_rtp(base: int) -> tuple[int, int]:

@@ -25,7 +25,7 @@ def as_json(verdicts, summary: str, meta: dict) -> str:
 
 def junit(verdicts, summary: str, meta: dict) -> str:
     failures = sum(1 for v in verdicts if v.verdict == "REGRESSED")
-    out = [f'<?xml version="1.0" encoding="UTF-8"?>',
+    out = ['<?xml version="1.0" encoding="UTF-8"?>',
            f'<testsuite name={quoteattr("harness compare stage %s vs %s" % (meta.get("candidate"), meta.get("baseline")))} '
            f'tests="{len(verdicts)}" failures="{failures}" time="{meta.get("seconds", 0):.1f}">']
     for v in verdicts:

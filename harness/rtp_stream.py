@@ -198,7 +198,8 @@ class RtpStream:
     def stats(self) -> dict:
         return {"local_port": self.port, "from_port": self.from_port, "remote": list(self.remote) if self.remote else None,
                 "sent": self.sent, "rtcp_sent": self.rtcp_sent, "rtcp_received": self.rtcp_rx,
-                "unmarked": self.unmarked, "received_on_send_port": self.received_on_send_port, "received": {k: v.summary() for k, v in self.rx.items()}}
+                "unmarked": self.unmarked, "received_on_send_port": self.received_on_send_port,
+                "received": {k: v.summary() for k, v in self.rx.items()}}
 
 
 def free_udp_port(ip: str = "127.0.0.1") -> int:

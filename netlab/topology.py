@@ -136,7 +136,7 @@ class Topology:
                 hosts.append(Host(name=name, addresses=dict(h["addresses"]), role=h.get("role", "host"),
                                   gateway=h.get("gateway"), nat=h.get("nat"), wan=h.get("wan"),
                                   routes=[tuple(r) for r in h.get("routes", [])]))
-            loss = [LinkLoss(l["router"], float(l["probability"]), l.get("sip_only", True)) for l in d.get("loss", [])]
+            loss = [LinkLoss(x["router"], float(x["probability"]), x.get("sip_only", True)) for x in d.get("loss", [])]
         except (KeyError, TypeError, AttributeError) as exc:
             raise TopologyError(f"topology is missing or has a malformed field: {exc}") from None
         return cls(d.get("name", "lab"), segs, hosts, d.get("udp_timeout"), loss, d.get("slot", 0)).validate()
@@ -160,7 +160,7 @@ class Topology:
                 "hosts": {h.name: {"addresses": h.addresses, "role": h.role, "gateway": h.gateway,
                                    "nat": h.nat, "wan": h.wan, "routes": [list(r) for r in h.routes]}
                           for h in self.hosts},
-                "loss": [{"router": l.router, "probability": l.probability, "sip_only": l.sip_only} for l in self.loss]}
+                "loss": [{"router": x.router, "probability": x.probability, "sip_only": x.sip_only} for x in self.loss]}
 
 
 def public_slice(slot: int) -> ipaddress.IPv4Network:

@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# the gate: lint (ruff: pyflakes, pycodestyle, complexity) and types (mypy on sipcore), config in pyproject.toml
+.venv/bin/ruff check .
+.venv/bin/mypy
 WORKERS=${IMS_TEST_WORKERS:-2}
 # As root (CI) the setup above provides everything, so a skip means a broken environment: fail it.
 if [ "$(id -u)" -eq 0 ]; then export IMS_TESTS_FORBID_SKIP=${IMS_TESTS_FORBID_SKIP:-1}; fi

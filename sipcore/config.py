@@ -49,7 +49,8 @@ FILE_KEYS_IGNORED = {
 FIELD_VARIABLES = {"bind_ip": "UDP_BIND_IP", "advertised_host": "SERVER_PUBLIC_HOST",
                    "advertised_port": "SERVER_PUBLIC_PORT", "local_networks": "LOCAL_NETWORK_CIDR",
                    "realm": "SIP_REALM", "server_ip_auto": "SERVER_IP_AUTO_DETECTED"}
-_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}$)({_LABEL})(\.{_LABEL})*\.?$")
 
 
 def detect_local_ip(probe: tuple[str, int] = TEST_NET_PROBE) -> str:

@@ -144,7 +144,8 @@ class Registrar:
         if any(c.wildcard for c in contacts):
             # RFC 3261 §10.3 step 6: '*' only alone and with Expires: 0
             if len(contacts) != 1 or header_expires != 0:
-                outcome.response = build_response(request, 400, extra_headers=[("Warning", '399 - "Contact * needs Expires: 0 and no other Contact"')])
+                outcome.response = build_response(
+                    request, 400, extra_headers=[("Warning", '399 - "Contact * needs Expires: 0 and no other Contact"')])
                 return outcome
             outcome.removed = list(current)
             self.store.put(aor, [])

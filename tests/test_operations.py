@@ -8,10 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import time
 
-import pytest
 
 from harness.cli import cli
 from tests.ops.ports import OpsPorts

@@ -1,6 +1,5 @@
 """SIPp (Debian sip-tester) as an independent UA: a SIPp UAS registered through our registrar
 and a SIPp UAC placing INVITE/ACK/BYE calls through each stage's server."""
-import os
 import shutil
 import subprocess
 import time

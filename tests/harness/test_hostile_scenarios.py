@@ -54,7 +54,7 @@ def test_the_peer_counts_what_an_open_relay_forwards_to_its_victim():
             except TimeoutError:
                 continue
             if data.startswith(b"OPTIONS sip:127.0.0.1"):
-                call_id = next(l for l in data.split(b"\r\n") if l.startswith(b"Call-ID"))
+                call_id = next(ln for ln in data.split(b"\r\n") if ln.startswith(b"Call-ID"))
                 relay.sendto(b"SIP/2.0 200 OK\r\n" + call_id + b"\r\n\r\n", src)
                 continue
             uri = data.split(b" ", 2)[1].decode(errors="replace")

@@ -2,7 +2,6 @@
 real RTPProxy (rtp.io), weighted failover between two relays, and the legacy Python relay."""
 import asyncio
 import socket
-import time
 
 import pytest
 from hypothesis import given, strategies as st
