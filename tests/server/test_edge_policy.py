@@ -134,8 +134,9 @@ def test_forged_bye_with_the_real_dialog_ids_does_not_end_the_call():
 
 def test_in_dialog_routing_survives_a_restart_through_the_token():
     """A new proxy (no calls in memory) with the same secret routes BYE both ways by the token."""
-    adm = lambda host, port: Admission(tokens=RouteTokens(SECRET, host, port), local_domains=(host, "sip.local"),
-                                       realm="sip.local", user_exists=lambda u: True)
+    def adm(host, port):
+        return Admission(tokens=RouteTokens(SECRET, host, port), local_domains=(host, "sip.local"),
+                                           realm="sip.local", user_exists=lambda u: True)
     proxy, wire, _, _, reg = make_proxy(stage=1)
     proxy.admission = adm(*SERVER)
     register(reg, "1002", BOB, "192.168.2.20")
@@ -184,7 +185,8 @@ PASSWORDS = {"1001": "pw1001", "1002": "pw1002", "1003": "pw1003"}
 def identity_proxy(identity=True, foreign="challenge", outbound=None):
     proxy, wire, events, media, reg = make_proxy(stage=1)
     digest = DigestAuthenticator(realm="sip.local", algorithms=("MD5",))
-    lookup = lambda u, realm, alg="MD5": compute_ha1(u, realm, PASSWORDS[u], alg) if u in PASSWORDS else None
+    def lookup(u, realm, alg="MD5"):
+        return compute_ha1(u, realm, PASSWORDS[u], alg) if u in PASSWORDS else None
     authz = SipAuthorizer(digest, lookup, lambda u: u in PASSWORDS)
     proxy.admission = Admission(tokens=RouteTokens(SECRET, *SERVER), local_domains=(SERVER[0], "sip.local"),
                                 realm="sip.local", user_exists=lambda u: u in PASSWORDS, authorizer=authz,
