@@ -82,7 +82,7 @@ def bench_users(n: int) -> list[str]:
 
 
 class BenchServer:
-    def __init__(self, stage: int | str, workdir: str, base: int, users: int = 0):
+    def __init__(self, stage: int | str, workdir: str, base: int, users: int = 0, extra_env: dict | None = None):
         self.stage, self.workdir, self.port = stage, workdir, base
         names = ["1001", "1002", *bench_users(users)]
         with open(os.path.join(workdir, "users.json"), "w") as fh:
@@ -94,6 +94,7 @@ class BenchServer:
                         RTPPROXY_UDP_PORT=str(base + 2), RTP_PORT_MIN=str(_server_rtp(base)[0]),
                         RTP_PORT_MAX=str(_server_rtp(base)[1]), LOG_LEVEL="WARNING", AUTH_INVITE="0",
                         RATE_LIMIT_FAILS="100000", PYTHONPATH=ROOT, **stack(stage).env)
+        self.env.update(extra_env or {})
         self.proc = None
 
     def __enter__(self):
@@ -119,6 +120,7 @@ class BenchServer:
 
 
 KAMAILIO_CFG = os.path.join(ROOT, "stacks", "kamailio", "bench.cfg")
+UVLOOP_ROW = "2-uvloop"
 
 
 class KamailioServer:
@@ -228,10 +230,16 @@ def call_setup(stage: int | str, rates: list[int], seconds: float, workdir: str,
     registered first; server CPU per call from /proc."""
     if not shutil.which("sipp"):
         raise click.ClickException("SIPp is not installed (apt-get install sip-tester)")
-    slot = len(STACKS) if stage == "kamailio" else list(STACKS).index(str(stage))
+    extra = {"kamailio": len(STACKS), UVLOOP_ROW: len(STACKS) + 1}
+    slot = extra[stage] if stage in extra else list(STACKS).index(str(stage))
     base = CALL_SETUP_BASE + slot * STAGE_STRIDE
     results = []
-    server = KamailioServer(workdir, base) if stage == "kamailio" else BenchServer(stage, workdir, base, users)
+    if stage == "kamailio":
+        server = KamailioServer(workdir, base)
+    elif stage == UVLOOP_ROW:                    # stage 2 on uvloop (EVENT_LOOP=uvloop)
+        server = BenchServer("2", workdir, base, users, extra_env={"EVENT_LOOP": "uvloop"})
+    else:
+        server = BenchServer(stage, workdir, base, users)
     registration = None
     with server as srv:
         uas_port = base + 20
@@ -504,7 +512,7 @@ def plot(data: dict, path: str) -> None:
     if calls:
         labels = [f"{c['stage'] if c['stage'] == 'kamailio' else 'stage ' + str(c['stage'])}\n{c.get('users', 0) // 1000}k users"
                   for c in calls]
-        colours = {"kamailio": "#a72", "0": "#999", "1": "#4a7", "2": "#27a", "2-sippy": "#72a"}
+        colours = {"kamailio": "#a72", "0": "#999", "1": "#4a7", "2": "#27a", "2-sippy": "#72a", UVLOOP_ROW: "#2aa"}
         ax1.bar(range(len(calls)), [c["max_cps_under_1pct_fail"] for c in calls],
                 color=[colours.get(str(c["stage"]), "#555") for c in calls])
         ax1.set_xticks(range(len(calls)), labels, fontsize=6, rotation=90)
@@ -531,6 +539,8 @@ def plot(data: dict, path: str) -> None:
 @click.option("--media-seconds", type=float, default=4.0, show_default=True)
 @click.option("--kamailio/--no-kamailio", default=True, show_default=True,
               help="add the Kamailio reference row (stacks/kamailio/bench.cfg) to the call setup rounds")
+@click.option("--uvloop/--no-uvloop", "uvloop_row", default=True, show_default=True,
+              help="add a stage 2 row with EVENT_LOOP=uvloop (when uvloop is installed)")
 @click.option("--users", "users_axis", default="0,10000,50000", show_default=True,
               help="registered users before the call rounds (each value is a row per stage)")
 @click.option("--register-rate", type=int, default=2000, show_default=True, help="offered REGISTER/s for --users")
@@ -541,7 +551,7 @@ def plot(data: dict, path: str) -> None:
 @click.option("--skip-calls", is_flag=True)
 @click.option("--skip-media", is_flag=True)
 @click.option("--output", default="benchmarks/results", show_default=True)
-def bench(stages, rates, kamailio_rates, seconds, streams, media_seconds, kamailio, users_axis, register_rate, relays, generator,
+def bench(stages, rates, kamailio_rates, seconds, streams, media_seconds, kamailio, uvloop_row, users_axis, register_rate, relays, generator,
           skip_calls, skip_media, output) -> None:
     """Capacity per stage, side by side: SIPp call setup rate and media relay streams."""
     from tabulate import tabulate
@@ -557,8 +567,15 @@ def bench(stages, rates, kamailio_rates, seconds, streams, media_seconds, kamail
             rows: list[int | str] = ["kamailio"] if kamailio and shutil.which("kamailio") else []
             if kamailio and not rows:
                 click.echo("kamailio not installed (apt-get install kamailio): reference row skipped", err=True)
+            extra_rows: list[int | str] = []
+            if uvloop_row:
+                try:
+                    import uvloop  # noqa: F401
+                    extra_rows.append(UVLOOP_ROW)
+                except ImportError:
+                    click.echo("uvloop not installed (pip install uvloop): its row is skipped", err=True)
             for users in [int(u) for u in users_axis.split(",") if u != ""]:
-                for st in rows + stage_list:
+                for st in rows + stage_list + extra_rows:
                     wd = os.path.join(tmp, f"calls-{st}-{users}")
                     os.makedirs(wd)
                     click.echo(f"call setup, {'stage ' if st != 'kamailio' else ''}{st}, {users} users ...", err=True)

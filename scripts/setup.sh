@@ -50,7 +50,7 @@ WANT=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "[setup] installing the project into .venv"
   .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/pip install -q -e ".[test,sippy]"
+  .venv/bin/pip install -q -e ".[test,sippy,fast]"
   echo "$WANT" > "$STAMP"
 fi
 

@@ -44,6 +44,7 @@ ENV_HELP = """environment (original names and defaults):
   MML_HOST (127.0.0.1), MML_PORT (8888), MML_TOKEN, or MML_TOKEN_FILE (default config/mml.token,
                        read when it exists; scripts/setup.sh creates it, mode 0600)
   SIGNALLING           sipcore|sippy (stage 2)
+  EVENT_LOOP           asyncio (default) | uvloop (needs the PyPI package uvloop)
 edge policy (see MIGRATION.md "Edge policy"):
   CALLER_IDENTITY      1 = a From naming a local user must authenticate as that user (default:
                        on in stages 1 and 2, off in stage 0; AUTH_INVITE=0 alone turns it off)
@@ -78,6 +79,8 @@ class Plugins:
 
 async def serve(stage: int, config, plugins: Plugins) -> int:
     from sipcore.mml.http_api import start_mml_server
+    log.info("event loop: %s (EVENT_LOOP=%s)", type(asyncio.get_running_loop()).__module__.split(".")[0],
+             config.event_loop)
     try:
         server = plugins.build_server(stage, config)
     except ConfigError as exc:          # e.g. a corrupt users.json or a bad SIGNALLING value
@@ -135,6 +138,10 @@ def main(stage: int, argv: list[str] | None, plugins: Plugins) -> int:
         print(f"configuration NOT ok for {stage_of(stage).summary}: fix the FAIL lines above", file=sys.stderr)
         return 1
     try:
+        if config.event_loop == "uvloop":
+            import uvloop
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(serve(stage, config, plugins))
         return asyncio.run(serve(stage, config, plugins))
     except KeyboardInterrupt:
         return 130

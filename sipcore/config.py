@@ -33,6 +33,7 @@ DEFAULT_CONFIG_FILE = "config/config.json"
 DIGEST_ALGORITHMS = ("MD5", "SHA-256")
 MEDIA_BACKENDS = ("auto", "builtin", "rtpproxy")
 SIGNALLING_MODES = ("sipcore", "sippy")
+EVENT_LOOPS = ("asyncio", "uvloop")
 FOREIGN_CALLER_POLICIES = ("challenge", "reject", "allow")
 RTPPROXY_SPEC_KINDS = ("udp", "udp6", "tcp", "unix")
 TEST_NET_PROBE = ("192.0.2.1", 9)          # RFC 5737 TEST-NET-1; only used for a route lookup
@@ -131,6 +132,7 @@ class Config:
     rr_secret_file: str = "data/rr_secret.key"
     location_store: str = "memory"
     config_file: str | None = None
+    event_loop: str = "asyncio"              # asyncio | uvloop (PyPI, optional extra "fast")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, config_file: str | None = None, *,
@@ -188,6 +190,15 @@ class Config:
         signalling = get("SIGNALLING", "sipcore").strip().lower()
         if signalling not in SIGNALLING_MODES:
             raise ConfigError("SIGNALLING", f"must be one of {', '.join(SIGNALLING_MODES)}, got {signalling!r}")
+        event_loop = get("EVENT_LOOP", "asyncio").strip().lower()
+        if event_loop not in EVENT_LOOPS:
+            raise ConfigError("EVENT_LOOP", f"must be one of {', '.join(EVENT_LOOPS)}, got {event_loop!r}")
+        if event_loop == "uvloop":
+            try:
+                import uvloop  # noqa: F401
+            except ImportError:
+                raise ConfigError("EVENT_LOOP", "uvloop is not installed: pip install uvloop "
+                                  "(or .venv/bin/pip install -e '.[fast]')") from None
         backend = get("MEDIA_RELAY_BACKEND", "auto").strip().lower()
         if backend not in MEDIA_BACKENDS:
             raise ConfigError("MEDIA_RELAY_BACKEND", f"must be builtin or rtpproxy, got {backend!r}")
@@ -231,7 +242,7 @@ class Config:
                 raise ConfigError(name, "path contains a NUL character")
 
         return cls(
-            server_ip=server_ip, server_port=port, bind_ip=bind_ip,
+            server_ip=server_ip, server_port=port, bind_ip=bind_ip, event_loop=event_loop,
             advertised_host=public_host, advertised_port=public_port,
             enable_tcp=_bool("ENABLE_TCP", get("ENABLE_TCP", "0")),
             local_networks=_networks("LOCAL_NETWORK_CIDR", get("LOCAL_NETWORK_CIDR", DEFAULT_LOCAL_NETWORKS)),
