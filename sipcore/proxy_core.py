@@ -34,6 +34,7 @@ from typing import Callable, Generator, Protocol
 
 from sipcore.admission import Admission
 from sipcore.call import Call, CallState
+from sipcore.deadlines import Deadlines
 from sipcore.errors import SDPParseError, SIPParseError
 from sipcore.media_session import MediaHandoff, MediaOp
 from sipcore.message import SIPMessage, SIPRequest, SIPResponse, Via, build_response, new_tag
@@ -54,6 +55,8 @@ RELAYED_METHODS = frozenset(("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "MESSA
 T1 = 0.5
 TX_LINGER = 32.0          # 64*T1: how long finished transactions answer retransmissions
 TIMER_C = 180.0           # an INVITE branch that only rings gives up after this
+TX_RECHECK = 2.0          # a transaction still in use is looked at again after this
+CALL_RECHECK = 5.0        # a call not ended (or ended within TX_LINGER of its start): again after this
 SWEEP_INTERVAL = 1.0      # how often finished transactions / Timer C are looked at
 
 
@@ -149,6 +152,10 @@ class ProxyCore:
         self.server_txs: dict[tuple, ServerTx] = {}
         self.branches: dict[str, tuple[ServerTx, Branch]] = {}
         self.calls: dict[str, Call] = {}
+        # housekeeping looks only at what is due, not at every transaction and call each second
+        self._tx_due: Deadlines[tuple] = Deadlines()       # server transaction key -> next look
+        self._calls_due: Deadlines[str] = Deadlines()      # Call-ID -> next look
+        self._invites: dict[tuple, ServerTx] = {}          # INVITEs that may still ring (Timer C)
         self.stats = {"requests": 0, "responses": 0, "calls": 0, "dropped": 0}
         self.pending: list[Transmit | OriginatedDone] = []       # actions not taken yet
         self._timers: list[tuple[float, int, BoundTransaction]] = []     # heap; stale entries skipped
@@ -329,6 +336,9 @@ class ProxyCore:
                                    source, transport)
             tx.server.start(now)
             self.server_txs[tx.key] = tx
+            self._tx_due.add(tx.key, now + TX_LINGER)
+            if method == "INVITE":
+                self._invites[tx.key] = tx
         if method == "REGISTER":
             self._on_register(tx)
             return
@@ -510,6 +520,7 @@ class ProxyCore:
         call.auth_user = tx.auth_user
         call.offer_answer = OfferAnswer(legacy=self.policy.legacy_media_positions)
         self.calls[call.call_id] = call
+        self._calls_due.add(call.call_id, call.started + TX_LINGER)
         tx.call = call
         self.stats["calls"] += 1
         if req.has_sdp():
@@ -752,18 +763,27 @@ class ProxyCore:
     # housekeeping
     # ==========================================================================================
     def sweep(self) -> Steps:
-        """Forget finished transactions; Timer C for INVITE branches that only ring (the client
-        transactions time out branches that never answered themselves)."""
+        """Forget finished transactions and ended calls once they have lingered; Timer C for INVITE
+        branches that only ring (the client transactions time out branches that never answered
+        themselves). Only what is due is looked at (``Deadlines``), and Timer C only walks the
+        INVITEs that have not been answered finally."""
         now = self.clock()
-        for key, tx in list(self.server_txs.items()):
-            if tx.finished_at is not None and now - tx.finished_at > TX_LINGER:
-                self._forget(key, tx)
+        for key in self._tx_due.pop_due(now):
+            tx = self.server_txs.get(key)
+            if tx is None:
                 continue
-            if tx.final_sent or not tx.branches:
-                if not tx.final_sent and now - tx.created > TX_LINGER:
+            if tx.finished_at is not None:
+                if now - tx.finished_at > TX_LINGER:
                     self._forget(key, tx)
-                continue
-            if tx.request.method != "INVITE":
+                else:
+                    self._tx_due.add(key, tx.finished_at + TX_LINGER + SWEEP_INTERVAL)
+            elif not tx.final_sent and not tx.branches and now - tx.created > TX_LINGER:
+                self._forget(key, tx)
+            else:                                   # still in use: look again soon
+                self._tx_due.add(key, now + TX_RECHECK)
+        for key, tx in list(self._invites.items()):
+            if tx.final_sent or self.server_txs.get(key) is not tx:
+                del self._invites[key]
                 continue
             ringing_too_long = [b for b in tx.branches
                                 if b.final is None and b.provisional and now - b.started > TIMER_C]
@@ -773,12 +793,19 @@ class ProxyCore:
                 self._send_cancel(b)
             if ringing_too_long:
                 yield from self._conclude(tx)
-        for call_id, call in list(self.calls.items()):
+        for call_id in self._calls_due.pop_due(now):
+            call = self.calls.get(call_id)
+            if call is None:
+                continue
             if call.ended and now - call.started > TX_LINGER:
                 del self.calls[call_id]
+            else:
+                self._calls_due.add(call_id, now + CALL_RECHECK)
 
     def _forget(self, key, tx: ServerTx) -> None:
         self.server_txs.pop(key, None)
+        self._tx_due.discard(key)
+        self._invites.pop(key, None)
         for run in (tx.server, *(r for b in tx.branches for r in (b.client, b.cancel_client))):
             if run is not None:
                 run.stop()
