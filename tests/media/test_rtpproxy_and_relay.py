@@ -198,6 +198,21 @@ def test_missing_rtpproxy_says_how_to_start_one():
     asyncio.run(run())
 
 
+async def call_through(spec: str, call_id: str):
+    """One call's offer/answer through the relay at ``spec``, 20 packets each way, deleted after:
+    (offer SDP, packets A got, packets B got)."""
+    pool = RTPProxyPool([(spec, 1)])
+    await wait_up(pool)
+    backend = RTPProxyBackend(pool, "127.0.0.1")
+    pa, pb = free_port(), free_port()
+    offer = await backend.offer(call_id, "ftag", None, sdp(pa), ("127.0.0.1", 1))
+    answer = await backend.answer(call_id, "ftag", "ttag", sdp(pb), ("127.0.0.1", 1))
+    got_a, got_b = await exchange(pa, pb, ("127.0.0.1", offer.media[0].port), ("127.0.0.1", answer.media[0].port))
+    await backend.delete(call_id)
+    pool.close()
+    return offer, got_a, got_b
+
+
 def _threads(pid: int) -> set[str]:
     import os
     names = set()
@@ -211,20 +226,7 @@ def test_embedded_rtpproxy_runs_without_rtp_io_default_modules(rtpproxy, tmp_pat
     """rtp-io loads acct_csv/catch_dtmf/dtls_gw/ice_lite by default: per-packet work and an
     accounting queue that overflowed under load. The launcher starts it without them."""
     spec, local = rtpproxy
-
-    async def run():
-        pool = RTPProxyPool([(spec, 1)])
-        await wait_up(pool)
-        backend = RTPProxyBackend(pool, "127.0.0.1")
-        pa, pb = free_port(), free_port()
-        offer = await backend.offer("m1", "ftag", None, sdp(pa), ("127.0.0.1", 1))
-        answer = await backend.answer("m1", "ftag", "ttag", sdp(pb), ("127.0.0.1", 1))
-        got = await exchange(pa, pb, ("127.0.0.1", offer.media[0].port), ("127.0.0.1", answer.media[0].port))
-        await backend.delete("m1")
-        pool.close()
-        return got
-
-    got_a, got_b = asyncio.run(run())
+    _, got_a, got_b = asyncio.run(call_through(spec, "m1"))
     assert got_a >= 18 and got_b >= 18
     threads = _threads(local.relay_pid())
     assert "rtpp_proc: RTP" in threads                      # it is the embedded rtpproxy
@@ -238,22 +240,9 @@ def test_rtpengine_engine_answers_the_rtpproxy_protocol_and_relays(relay_range, 
     local = LocalRTPProxy("127.0.0.1", spec, relay_range[0] + 450, relay_range[1], workdir=str(tmp_path),
                           engine="rtpengine")
     local.start()
-
-    async def run():
-        pool = RTPProxyPool([(spec, 1)])
-        await wait_up(pool)
-        backend = RTPProxyBackend(pool, "127.0.0.1")
-        pa, pb = free_port(), free_port()
-        offer = await backend.offer("e1", "ftag", None, sdp(pa), ("127.0.0.1", 1))
-        answer = await backend.answer("e1", "ftag", "ttag", sdp(pb), ("127.0.0.1", 1))
-        assert relay_range[0] + 450 <= offer.media[0].port <= relay_range[1]
-        got = await exchange(pa, pb, ("127.0.0.1", offer.media[0].port), ("127.0.0.1", answer.media[0].port))
-        await backend.delete("e1")
-        pool.close()
-        return got
-
     try:
-        got_a, got_b = asyncio.run(run())
+        offer, got_a, got_b = asyncio.run(call_through(spec, "e1"))
+        assert relay_range[0] + 450 <= offer.media[0].port <= relay_range[1]
         with open(f"/proc/{local.relay_pid()}/comm") as fh:
             assert fh.read().strip() == "rtpengine"
     finally:
