@@ -551,7 +551,8 @@ def plot(data: dict, path: str) -> None:
 @click.option("--skip-calls", is_flag=True)
 @click.option("--skip-media", is_flag=True)
 @click.option("--output", default="benchmarks/results", show_default=True)
-def bench(stages, rates, kamailio_rates, seconds, streams, media_seconds, kamailio, uvloop_row, users_axis, register_rate, relays, generator,
+def bench(stages, rates, kamailio_rates, seconds, streams, media_seconds, kamailio, uvloop_row, users_axis,
+          register_rate, relays, generator,
           skip_calls, skip_media, output) -> None:
     """Capacity per stage, side by side: SIPp call setup rate and media relay streams."""
     from tabulate import tabulate

@@ -34,6 +34,19 @@ DIGEST_ALGORITHMS = ("MD5", "SHA-256")
 MEDIA_BACKENDS = ("auto", "builtin", "rtpproxy")
 SIGNALLING_MODES = ("sipcore", "sippy")
 EVENT_LOOPS = ("asyncio", "uvloop")
+
+
+def _event_loop(text: str) -> str:
+    value = text.strip().lower()
+    if value not in EVENT_LOOPS:
+        raise ConfigError("EVENT_LOOP", f"must be one of {', '.join(EVENT_LOOPS)}, got {value!r}")
+    if value == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise ConfigError("EVENT_LOOP", "uvloop is not installed: pip install uvloop "
+                              "(or .venv/bin/pip install -e '.[fast]')") from None
+    return value
 FOREIGN_CALLER_POLICIES = ("challenge", "reject", "allow")
 RTPPROXY_SPEC_KINDS = ("udp", "udp6", "tcp", "unix")
 TEST_NET_PROBE = ("192.0.2.1", 9)          # RFC 5737 TEST-NET-1; only used for a route lookup
@@ -190,15 +203,7 @@ class Config:
         signalling = get("SIGNALLING", "sipcore").strip().lower()
         if signalling not in SIGNALLING_MODES:
             raise ConfigError("SIGNALLING", f"must be one of {', '.join(SIGNALLING_MODES)}, got {signalling!r}")
-        event_loop = get("EVENT_LOOP", "asyncio").strip().lower()
-        if event_loop not in EVENT_LOOPS:
-            raise ConfigError("EVENT_LOOP", f"must be one of {', '.join(EVENT_LOOPS)}, got {event_loop!r}")
-        if event_loop == "uvloop":
-            try:
-                import uvloop  # noqa: F401
-            except ImportError:
-                raise ConfigError("EVENT_LOOP", "uvloop is not installed: pip install uvloop "
-                                  "(or .venv/bin/pip install -e '.[fast]')") from None
+        event_loop = _event_loop(get("EVENT_LOOP", "asyncio"))
         backend = get("MEDIA_RELAY_BACKEND", "auto").strip().lower()
         if backend not in MEDIA_BACKENDS:
             raise ConfigError("MEDIA_RELAY_BACKEND", f"must be builtin or rtpproxy, got {backend!r}")
