@@ -41,8 +41,8 @@ class Endpoint:
         self.target: int | None = None
         self.thread: threading.Thread | None = None
 
-    def start(self, mfile: str) -> None:
-        self.thread = threading.Thread(target=self._run, args=(mfile,), daemon=True)
+    def start(self, mfile: str, both_learned: threading.Barrier) -> None:
+        self.thread = threading.Thread(target=self._run, args=(mfile, both_learned), daemon=True)
         self.thread.start()
 
     def _drain(self, until: float) -> None:
@@ -71,12 +71,18 @@ class Endpoint:
             return None
         return int(lines[-1][-1]) if lines else None
 
-    def _run(self, mfile: str) -> None:
+    def _run(self, mfile: str, both_learned: threading.Barrier) -> None:
         deadline = time.monotonic() + FILE_WAIT
         while self._learned(mfile) is None and time.monotonic() < deadline:
             self._drain(time.monotonic() + 0.02)
         self.target = self._learned(mfile)
         if self.target is None:
+            return
+        # both sides start together, once the last SDP of the flow reached both: by then the server
+        # has handed every offer and answer to the relay (a slow server must not eat the count)
+        try:
+            both_learned.wait()
+        except threading.BrokenBarrierError:
             return
         ssrc = ssrc_for(self.name, "oa")
         for seq in range(PACKETS):
@@ -168,8 +174,9 @@ def run_flow(flow: str, server_port: int, relay: tuple[int, int], user: str, por
         uac = sipp([f"127.0.0.1:{server_port}", "-sf", uac_xml, "-s", user, "-i", "127.0.0.1", "-p", str(ports[1]),
                     "-m", "1", "-timeout", "40", *_media_vars(uac_xml, a, afile)], workdir)
         if media:
-            a.start(afile)
-            b.start(bfile)
+            both_learned = threading.Barrier(2, timeout=FILE_WAIT)
+            a.start(afile, both_learned)
+            b.start(bfile, both_learned)
         res.uac_rc, res.logs["uac"] = _finish(uac, 60)
         if uas is not None:
             res.uas_rc, res.logs["uas"] = _finish(uas, 30)
