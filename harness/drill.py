@@ -17,8 +17,6 @@ each call kept or lost with the reason. Exit status 1 when a call was lost.
 """
 from __future__ import annotations
 
-import csv
-import glob
 import json
 import os
 import secrets
@@ -29,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from harness.agent_control import AgentError, AgentProcess
+from harness.observation import read_cdr
 from harness.runner import _wait_ready
 from harness.scenario import ROOT, USERS
 from harness.stacks import stack
@@ -67,14 +66,6 @@ def _rtp_totals(stats: dict, sender: str) -> tuple[int, int]:
         sent += s.get("sent", 0)
         recv += s.get("received", {}).get(sender, {}).get("packets", 0)
     return sent, recv
-
-
-def _cdr_rows(cdr_dir: str) -> list[dict]:
-    rows = []
-    for path in sorted(glob.glob(os.path.join(cdr_dir, "*", "cdr_*.csv"))):
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows.extend(csv.DictReader(fh))
-    return rows
 
 
 class DrillLab:
@@ -170,7 +161,7 @@ def _phase(dl: DrillLab, agents: dict[str, AgentProcess], name: str, a: str, b: 
     if bye != 200:
         ongoing.reasons.append(f"BYE after the restart answered {bye}")
     time.sleep(0.5)
-    rows = [r for r in _cdr_rows(dl.env["CDR_DIR"]) if r.get("call_id") == call_id and r.get("record_type") == "CALL"]
+    rows = [r for r in read_cdr(dl.env["CDR_DIR"]) if r.get("call_id") == call_id and r.get("record_type") == "CALL"]
     states = [f"{r.get('call_state')}/{r.get('termination_reason')}" for r in rows]
     ongoing.details["cdr"] = states
     if not any(r.get("call_state") == "ENDED" and "SHUTDOWN" not in (r.get("termination_reason") or "")
