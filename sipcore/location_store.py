@@ -25,6 +25,7 @@ import queue
 import sqlite3
 import threading
 import time
+import types
 from typing import Iterator
 from urllib.parse import urlparse
 
@@ -220,6 +221,7 @@ class RedisBackend:
     def close(self) -> None:
         try:
             self._listener.stop()
+            self._listener.join(2)          # its get_message() must not race the socket close
             self._pubsub.close()
             self.client.close()
         except Exception:   # noqa: BLE001 - closing must not fail the shutdown
@@ -238,6 +240,9 @@ class PersistentBindingStore(MemoryBindingStore):
         self._loading = False
         self._expiring = False
         self.shared = isinstance(backend, RedisBackend)
+        if not self.shared:     # nothing changes behind our back: the lookups are the memory index's
+            self.get = types.MethodType(MemoryBindingStore.get, self)                    # type: ignore[method-assign]
+            self.aors_of_user = types.MethodType(MemoryBindingStore.aors_of_user, self)  # type: ignore[method-assign]
         self.restored = 0
         self.write_errors = 0
         self._writer = threading.Thread(target=self._write_loop, name="location-writer", daemon=True)
