@@ -241,8 +241,8 @@ class PersistentBindingStore(MemoryBindingStore):
         self._expiring = False
         self.shared = isinstance(backend, RedisBackend)
         if not self.shared:     # nothing changes behind our back: the lookups are the memory index's
-            self.get = types.MethodType(MemoryBindingStore.get, self)                    # type: ignore[method-assign]
-            self.aors_of_user = types.MethodType(MemoryBindingStore.aors_of_user, self)  # type: ignore[method-assign]
+            self.get = types.MethodType(MemoryBindingStore.get, self)
+            self.aors_of_user = types.MethodType(MemoryBindingStore.aors_of_user, self)
         self.restored = 0
         self.write_errors = 0
         self._writer = threading.Thread(target=self._write_loop, name="location-writer", daemon=True)
