@@ -18,7 +18,8 @@ def build_media(stage: int, config):
         from legacy.rtp_relay import LegacyRelay
         return LegacyRelay(advertised_ip=config.advertised_host, bind_ip=config.bind_ip,
                            port_min=config.rtp_port_min, port_max=config.rtp_port_max,
-                           inactivity_timeout=config.rtp_inactivity_timeout)
+                           inactivity_timeout=config.rtp_inactivity_timeout,
+                           punch_packets=stage_of(stage).punch_packets)
     from refactored.rtpproxy_media import build_rtpproxy_backend
     return build_rtpproxy_backend(config)
 

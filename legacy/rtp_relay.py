@@ -8,6 +8,11 @@ RTP packet (>= 12 bytes) received on a leg sets that leg's target to the packet'
 by a new offer/answer. RTCP goes to target port+1 and is never latched. a=rtcp lines are left as
 the UA wrote them. Sessions end on delete and after an inactivity timeout.
 
+When a call is answered (and again on every later answer, which re-targets the legs) each leg
+sends ``punch_packets`` (the original: 20) small RTP packets to its party's target from the port
+that party sends to: payload type 0, 160 bytes of 0xFF, their own SSRC. The original did this
+to open NAT mappings before media ("NAT punch"); UAs treat them as silence.
+
 The NAT consequence the harness measures: a UA behind NAT that never sends RTP first is never
 latched, so the relay keeps sending to the initial target, which for a NATed UA is the NAT's
 address with the *private* SDP port: one-way audio when the NAT does not preserve that port.
@@ -16,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import struct
 import time
 from dataclasses import dataclass, field
 
@@ -69,8 +76,9 @@ class LegacyRelay(MediaBackend):
     name = "legacy-relay"
 
     def __init__(self, advertised_ip: str, bind_ip: str = "0.0.0.0", port_min: int = 20000,
-                 port_max: int = 29999, inactivity_timeout: float = 60.0):
+                 port_max: int = 29999, inactivity_timeout: float = 60.0, punch_packets: int = 20):
         self.advertised_ip = advertised_ip
+        self.punch_packets = punch_packets
         self.bind_ip = bind_ip
         self.pool = PortPool(port_min, port_max)
         self.inactivity_timeout = inactivity_timeout
@@ -177,7 +185,18 @@ class LegacyRelay(MediaBackend):
             answerer, offerer = (st.b, st.a) if from_caller_request else (st.a, st.b)
             answerer.target, answerer.latched = (sdp.media_address(i) or source[0], m.port), False
             legs.append((i, offerer))
+            for leg in (st.a, st.b):
+                self._punch(leg)
         return self._rewrite(sdp, session, legs)
+
+    def _punch(self, leg: Leg) -> None:
+        if not self.punch_packets or leg.target is None or leg.rtp_transport is None:
+            return
+        ssrc = random.getrandbits(32)
+        seq0, ts0 = random.getrandbits(16), random.getrandbits(32)
+        for n in range(self.punch_packets):
+            header = struct.pack("!BBHII", 0x80, 0, (seq0 + n) & 0xFFFF, (ts0 + 160 * n) & 0xFFFFFFFF, ssrc)
+            leg.rtp_transport.sendto(header + b"\xff" * 160, leg.target)
 
     async def delete(self, call_id, from_tag=None, to_tag=None) -> None:
         session = self._sessions.pop(call_id, None)

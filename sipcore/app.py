@@ -39,7 +39,11 @@ ENV_HELP = """environment (original names and defaults):
   LOCATION_STORE       where registrations are kept across restarts: sqlite:PATH (default
                        sqlite:location.sqlite next to USERS_FILE), redis://HOST:PORT/N (shared by
                        several servers), or memory
-  SIP_REALM, AUTH_INVITE, AUTH_ALGORITHMS, NONCE_TTL, MIN_EXPIRES, MAX_EXPIRES
+  AUTH_INVITE          1 = challenge INVITE/MESSAGE from our users with 407 (default: stage 0 no,
+                       stages 1/2 yes)      AUTH_ALGORITHMS  default: stage 0 MD5, stages 1/2 MD5,SHA-256
+  CDR_EXTENDED         1 = also CDR rows the original never wrote (failed REGISTER, refreshes,
+                       calls/MESSAGEs the server refused) and ringing_time; default 0
+  SIP_REALM, NONCE_TTL, MIN_EXPIRES, MAX_EXPIRES
   NAT_KEEPALIVE_INTERVAL, NAT_KEEPALIVE_METHOD (OPTIONS|CRLF), NAT_KEEPALIVE_FAILURES (stage 2)
   MML_HOST (127.0.0.1), MML_PORT (8888), MML_TOKEN, or MML_TOKEN_FILE (default config/mml.token,
                        read when it exists; scripts/setup.sh creates it, mode 0600)

@@ -24,7 +24,8 @@ class AuthDecision:
 class SipAuthorizer:
     def __init__(self, authenticator: DigestAuthenticator, lookup_ha1, user_exists,
                  limiter: FailureLimiter | None = None, server_header: str = "ims-migrate",
-                 clock=time.time, is_local=None):
+                 clock=time.time, is_local=None, failure_status: int = 403,
+                 server_on_challenge: bool = True):
         self.auth = authenticator
         self.lookup_ha1 = lookup_ha1
         self.user_exists = user_exists
@@ -32,6 +33,8 @@ class SipAuthorizer:
         self.server_header = server_header
         self.clock = clock
         self.is_local = is_local      # SipURI -> bool: names this server (digest uri check)
+        self.failure_status = failure_status     # 401: wrong credentials get a fresh challenge (stage 0)
+        self.server_on_challenge = server_on_challenge
 
     def decide(self, request: SIPRequest, source: tuple[str, int], header: str,
                force: bool = False) -> AuthDecision:
@@ -64,6 +67,9 @@ class SipAuthorizer:
         log.info("%s from %s:%s: authentication failed (%s)", request.method, *source, reason)
         if self.limiter is not None:
             self.limiter.failure(source[0], f"auth {request.method}")
+        if self.failure_status == status:
+            return AuthDecision(self._challenge(request, status, challenge_header, now, stale=False),
+                                username=result.username if result else None, failed=True, reason=reason)
         resp = build_response(request, 403, "Forbidden",
                               to_tag="auth", extra_headers=[("Server", self.server_header),
                                                             ("Warning", f'399 - "{reason}"')])
@@ -74,5 +80,6 @@ class SipAuthorizer:
 
     def _challenge(self, request: SIPRequest, status: int, header: str, now: float, stale: bool) -> SIPResponse:
         extra = [(header, value) for value in self.auth.challenge(now, stale=stale)]
-        extra.append(("Server", self.server_header))
+        if self.server_on_challenge:
+            extra.append(("Server", self.server_header))
         return build_response(request, status, to_tag="auth", extra_headers=extra)

@@ -4,24 +4,14 @@ Layout (compatible with the original): ``<base>/<YYYY-MM-DD>/cdr_<YYYY-MM-DD>.cs
 row when the file is created; exports in ``<base>/exports/``. Columns may only ever be appended at
 the end of ``COLUMNS``.
 
-The writer takes events as plain values (strings, ints, ``(ip, port)`` tuples), never SIP objects:
-
-* calls: ``call_started`` -> ``call_ringing`` -> ``call_answered`` -> one of ``call_ended`` /
-  ``call_cancelled`` / ``call_failed`` (one row, at the terminal event); ``call_rejected`` for an
-  INVITE refused before anything was forwarded (e.g. 480 callee not registered);
-* ``register`` (SUCCESS / UNREGISTERED / FAILED), ``message``, ``options``: one row each.
+Row content (which rows, which values) is decided in one place, ``sipcore.call_records``; this
+module only appends finished rows and reads them back (MML ``DSP/EXP/CLR CDR``).
 
 Durability: every row is written with one ``write()`` on an ``O_APPEND`` descriptor before the call
 returns, so the row is in the kernel and survives a SIGTERM, a ``kill -9`` or a crash of the
 process. Power-loss durability comes from an ``fsync`` done by a background thread (``Syncer``) at
 most ``fsync_interval`` seconds (1 s) after the row, never on the event loop's thread: a power cut
-can lose at most the last second of rows. ``close()`` fsyncs what is left. Calls still open at
-shutdown are written by ``flush_open_calls(reason)``.
-
-Differences from the original, on purpose: every outcome is written (the original wrote a Call-ID
-at most once per process, so REGISTER refreshes vanished); a call refused with 480 is written;
-``ringing_time`` is filled on the first 180/183; an unregister writes ``expires`` = ``0`` (the
-original left it blank); CANCELLED rows carry 487 (the original sometimes wrote 200).
+can lose at most the last second of rows. ``close()`` fsyncs what is left.
 """
 from __future__ import annotations
 
@@ -33,9 +23,8 @@ import re
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import date as Date, datetime, timedelta
-from typing import Callable, Iterable
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +39,8 @@ COLUMNS = (
 assert len(COLUMNS) == 34
 
 RECORD_TYPES = ("CALL", "REGISTER", "MESSAGE", "OPTIONS")
-REGISTER_STATES = ("SUCCESS", "UNREGISTERED", "FAILED")
-MESSAGE_BODY_MAX = 500
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _TYPE_RE = re.compile(r"^[A-Z]{1,20}$")
-
-Address = tuple[str, int]
 
 
 # --- formatting (local time, as the original) ----------------------------------------------------
@@ -91,75 +76,16 @@ def check_type(value: str | None) -> str | None:
     return value
 
 
-def uri_user(header_value: str) -> str:
-    """The user part of a From/To header value (``"A" <sip:1001@h>;tag=x`` -> ``1001``); '' if none."""
-    if not header_value:
-        return ""
-    text = header_value
-    lt = text.find("<")
-    if lt >= 0:
-        gt = text.find(">", lt)
-        text = text[lt + 1:gt if gt > lt else len(text)]
-    else:
-        text = text.split(";", 1)[0]
-    text = text.strip()
-    scheme, sep, rest = text.partition(":")
-    if not sep or scheme.lower() not in ("sip", "sips", "tel"):
-        return ""
-    if scheme.lower() == "tel":
-        return rest.split(";", 1)[0]
-    if "@" not in rest:
-        return ""
-    return rest.split("@", 1)[0].split(":", 1)[0].split(";", 1)[0]
-
-
-def call_type_of(media_kinds: Iterable[str]) -> str:
-    kinds = [k.upper() for k in dict.fromkeys(k.lower() for k in media_kinds) if k in ("audio", "video")]
-    return "+".join(kinds) or "AUDIO"
-
-
-def _addr(addr: Address | None) -> tuple[str, int | str]:
-    if not addr:
-        return "", ""
-    return str(addr[0]), int(addr[1])
-
-
-@dataclass
-class OpenCall:
-    """A call between its INVITE and its terminal event (kept in memory only)."""
-    call_id: str
-    caller_uri: str
-    callee_uri: str
-    caller_addr: Address
-    invite_at: float
-    user_agent: str = ""
-    contact: str = ""
-    cseq: int = 0
-    callee_addr: Address | None = None
-    ringing_at: float | None = None
-    answered_at: float | None = None
-    media_kinds: list[str] = field(default_factory=list)
-    codecs: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return {"call_id": self.call_id, "caller": uri_user(self.caller_uri),
-                "callee": uri_user(self.callee_uri), "invite_time": fmt_ms(self.invite_at),
-                "ringing_time": fmt_ms(self.ringing_at), "answer_time": fmt_ms(self.answered_at)}
-
-
 class CDRWriter:
-    """Append-only daily CSV files plus the in-memory state of open calls."""
+    """Append-only daily CSV files: writing rows, reading them back, export, stats, purge."""
 
     def __init__(self, base_dir: str = "CDR", clock: Callable[[], float] = time.time, *,
-                 server_ip: str = "", server_port: int | str = "", fsync_interval: float = 1.0):
+                 fsync_interval: float = 1.0):
         self.base_dir = base_dir
         self.syncer = Syncer(fsync_interval)
         self.clock = clock
-        self.server_ip = server_ip
-        self.server_port = server_port
         self._lock = threading.Lock()
         self._counter = 0
-        self._open: dict[str, OpenCall] = {}
         self._file = _AppendFile()
 
     # --- files --------------------------------------------------------------------------------
@@ -205,170 +131,6 @@ class CDRWriter:
         with self._lock:
             self._file.close()
         self.syncer.close()
-
-    def _base_row(self, record_type: str, state: str, call_id: str, start: float, end: float,
-                  caller_uri: str, callee_uri: str, caller_addr: Address | None,
-                  callee_addr: Address | None, status: int, text: str, cseq: int | str,
-                  user_agent: str) -> dict:
-        caller_ip, caller_port = _addr(caller_addr)
-        callee_ip, callee_port = _addr(callee_addr)
-        return {
-            "record_type": record_type, "call_state": state, "date": fmt_date(start),
-            "start_time": fmt_time(start), "end_time": fmt_time(end), "call_id": call_id,
-            "caller_uri": caller_uri, "caller_number": uri_user(caller_uri), "caller_ip": caller_ip,
-            "caller_port": caller_port, "callee_uri": callee_uri, "callee_number": uri_user(callee_uri),
-            "callee_ip": callee_ip, "callee_port": callee_port, "status_code": int(status),
-            "status_text": text, "user_agent": user_agent, "server_ip": self.server_ip,
-            "server_port": self.server_port, "cseq": cseq or "",
-        }
-
-    # --- calls --------------------------------------------------------------------------------
-    def call_started(self, call_id: str, caller_uri: str, callee_uri: str, caller_addr: Address, *,
-                     user_agent: str = "", contact: str = "", cseq: int = 0,
-                     media_kinds: Iterable[str] = (), codecs: Iterable[str] = (),
-                     at: float | None = None) -> bool:
-        """An initial INVITE was accepted for routing. False if the call is already open."""
-        with self._lock:
-            if call_id in self._open:
-                return False
-            self._open[call_id] = OpenCall(call_id, caller_uri, callee_uri, tuple(caller_addr),
-                                           self.clock() if at is None else at, user_agent=user_agent,
-                                           contact=contact, cseq=cseq, media_kinds=list(media_kinds),
-                                           codecs=list(codecs))
-            return True
-
-    def call_ringing(self, call_id: str, *, callee_addr: Address | None = None, at: float | None = None) -> None:
-        """A 180/183 for the initial INVITE: the first one sets ringing_time."""
-        call = self._open.get(call_id)
-        if call is None:
-            return
-        if call.ringing_at is None:
-            call.ringing_at = self.clock() if at is None else at
-        if callee_addr and not call.callee_addr:
-            call.callee_addr = tuple(callee_addr)
-
-    def call_answered(self, call_id: str, *, callee_addr: Address | None = None,
-                      media_kinds: Iterable[str] | None = None, codecs: Iterable[str] | None = None,
-                      at: float | None = None) -> None:
-        """A 2xx for the initial INVITE: the first one sets answer_time (and setup_time)."""
-        call = self._open.get(call_id)
-        if call is None:
-            return
-        if call.answered_at is None:
-            call.answered_at = self.clock() if at is None else at
-        if callee_addr:
-            call.callee_addr = tuple(callee_addr)
-        self.call_media(call_id, media_kinds, codecs)
-
-    def call_media(self, call_id: str, media_kinds: Iterable[str] | None = None,
-                   codecs: Iterable[str] | None = None) -> None:
-        """The last SDP seen (offer, answer, re-INVITE) sets call_type and codec."""
-        call = self._open.get(call_id)
-        if call is None:
-            return
-        if media_kinds is not None:
-            kinds = list(media_kinds)
-            if kinds:
-                call.media_kinds = kinds
-        if codecs is not None:
-            names = list(codecs)
-            if names:
-                call.codecs = names
-
-    def call_ended(self, call_id: str, reason: str = "Normal", *, cseq: int | None = None,
-                   at: float | None = None) -> dict | None:
-        """BYE (or forced end): CALL/ENDED, duration from answer to now."""
-        return self._close_call(call_id, "ENDED", 200, "OK", reason, cseq, at)
-
-    def call_cancelled(self, call_id: str, *, cseq: int | None = None, at: float | None = None) -> dict | None:
-        return self._close_call(call_id, "CANCELLED", 487, "Request Terminated", "User Cancelled", cseq, at)
-
-    def call_failed(self, call_id: str, code: int, text: str, *, reason: str | None = None,
-                    cseq: int | None = None, at: float | None = None) -> dict | None:
-        """A final 3xx-6xx to the initial INVITE (from the callee or from the server itself)."""
-        return self._close_call(call_id, "FAILED", code, text, reason or f"{code} {text}", cseq, at)
-
-    def call_rejected(self, call_id: str, caller_uri: str, callee_uri: str, caller_addr: Address,
-                      code: int, text: str, *, user_agent: str = "", cseq: int = 0,
-                      at: float | None = None) -> dict | None:
-        """An INVITE refused before it was routed (e.g. 480 callee not registered): CALL/FAILED."""
-        self.call_started(call_id, caller_uri, callee_uri, caller_addr, user_agent=user_agent, cseq=cseq, at=at)
-        return self.call_failed(call_id, code, text, at=at)
-
-    def _close_call(self, call_id: str, state: str, status: int, text: str, reason: str,
-                    cseq: int | None, at: float | None) -> dict | None:
-        with self._lock:
-            call = self._open.pop(call_id, None)
-        if call is None:
-            log.debug("CDR: no open call %s for %s", call_id, state)
-            return None
-        end = self.clock() if at is None else at
-        row = self._base_row("CALL", state, call.call_id, call.invite_at, end, call.caller_uri,
-                             call.callee_uri, call.caller_addr, call.callee_addr, status, text,
-                             cseq if cseq is not None else call.cseq, call.user_agent)
-        row.update({
-            "duration": f"{max(0.0, end - call.answered_at):.2f}" if call.answered_at else "",
-            "setup_time": f"{max(0.0, call.answered_at - call.invite_at):.2f}s" if call.answered_at else "",
-            "termination_reason": reason, "invite_time": fmt_ms(call.invite_at),
-            "ringing_time": fmt_ms(call.ringing_at), "answer_time": fmt_ms(call.answered_at),
-            "bye_time": fmt_ms(end) if state == "ENDED" else "", "call_type": call_type_of(call.media_kinds),
-            "codec": ", ".join(call.codecs), "contact": call.contact,
-        })
-        return self.write(row)
-
-    def open_calls(self) -> list[dict]:
-        return [c.as_dict() for c in list(self._open.values())]
-
-    def flush_open_calls(self, reason: str = "SERVER_SHUTDOWN") -> int:
-        """Write every call still open as CALL/ENDED with ``reason``; returns how many."""
-        n = 0
-        for call_id in list(self._open):
-            if self.call_ended(call_id, reason) is not None:
-                n += 1
-        return n
-
-    # --- other requests -----------------------------------------------------------------------
-    def register(self, call_id: str, state: str, *, from_uri: str, to_uri: str, source: Address,
-                 contact: str = "", expires: int | None = None, user_agent: str = "", cseq: int = 0,
-                 status: int | None = None, text: str | None = None, reason: str = "",
-                 at: float | None = None) -> dict:
-        """REGISTER outcome: SUCCESS (200, expires granted), UNREGISTERED (expires 0) or FAILED."""
-        state = state.upper()
-        if state not in REGISTER_STATES:
-            raise ValueError(f"register state must be one of {', '.join(REGISTER_STATES)}, got {state!r}")
-        if state == "FAILED":
-            status, text = status or 403, text or "Forbidden"
-        else:
-            status, text = status or 200, text or "OK"
-        if state == "UNREGISTERED":
-            expires = 0
-        now = self.clock() if at is None else at
-        row = self._base_row("REGISTER", state, call_id, now, now, from_uri, to_uri, source, None,
-                             status, text, cseq, user_agent)
-        row.update({"contact": contact, "expires": "" if expires is None else int(expires),
-                    "termination_reason": reason})
-        return self.write(row)
-
-    def message(self, call_id: str, cseq: int, *, from_uri: str, to_uri: str, source: Address,
-                body: str | bytes = "", status: int = 200, text: str = "OK",
-                callee_addr: Address | None = None, user_agent: str = "", at: float | None = None) -> dict:
-        """A MESSAGE with its real final status (COMPLETED for 2xx, FAILED otherwise)."""
-        if isinstance(body, bytes):
-            body = body.decode("utf-8", "replace")
-        now = self.clock() if at is None else at
-        state = "COMPLETED" if 200 <= int(status) < 300 else "FAILED"
-        row = self._base_row("MESSAGE", state, f"{call_id}-{cseq}", now, now, from_uri, to_uri, source,
-                             callee_addr, status, text, cseq, user_agent)
-        row["message_body"] = body[:MESSAGE_BODY_MAX]
-        if state == "FAILED":
-            row["termination_reason"] = f"{status} {text}"
-        return self.write(row)
-
-    def options(self, call_id: str, *, from_uri: str, to_uri: str, source: Address, user_agent: str = "",
-                cseq: int = 0, status: int = 200, text: str = "OK", at: float | None = None) -> dict:
-        now = self.clock() if at is None else at
-        return self.write(self._base_row("OPTIONS", "COMPLETED", call_id, now, now, from_uri, to_uri,
-                                         source, None, status, text, cseq, user_agent))
 
     # --- reading ------------------------------------------------------------------------------
     def today(self) -> str:

@@ -121,8 +121,9 @@ class Config:
     log_level: str
     blacklist_file: str
     realm: str
-    auth_invite: bool
-    auth_algorithms: tuple[str, ...]
+    auth_invite: bool | None               # None: the stage's default (sipcore.stage_policy)
+    auth_algorithms: tuple[str, ...] | None  # None: the stage's default
+    cdr_extended: bool
     nonce_ttl: int
     min_expires: int
     max_expires: int
@@ -259,8 +260,10 @@ class Config:
             users_file=users_file, cdr_dir=get("CDR_DIR", "CDR"),
             log_dir=get("LOG_DIR", "logs"), log_level=level,
             blacklist_file=get("BLACKLIST_FILE", "config/ip_blacklist.txt"),
-            realm=realm, auth_invite=_bool("AUTH_INVITE", get("AUTH_INVITE", "1")),
-            auth_algorithms=_algorithms(get("AUTH_ALGORITHMS", "MD5,SHA-256")),
+            realm=realm,
+            auth_invite=_bool("AUTH_INVITE", get("AUTH_INVITE")) if _given(get("AUTH_INVITE")) else None,
+            auth_algorithms=_algorithms(get("AUTH_ALGORITHMS")) if _given(get("AUTH_ALGORITHMS")) else None,
+            cdr_extended=_bool("CDR_EXTENDED", get("CDR_EXTENDED", "0")),
             nonce_ttl=_int("NONCE_TTL", get("NONCE_TTL", "300"), 5, 86400),
             min_expires=min_exp, max_expires=max_exp, default_expires=default_exp,
             nat_keepalive_interval=_float("NAT_KEEPALIVE_INTERVAL", get("NAT_KEEPALIVE_INTERVAL", "25")),
@@ -288,6 +291,11 @@ class Config:
         if self.rr_secret:
             out["RR_SECRET"] = "***"
         return out
+
+
+def _given(value) -> bool:
+    """Set to something (a per-stage default applies otherwise)."""
+    return value is not None and str(value).strip() != ""
 
 
 class _Getter:

@@ -30,6 +30,7 @@ import itertools
 import logging
 import os
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from typing import Callable, Generator, Protocol
 
 from sipcore.admission import Admission
@@ -49,9 +50,6 @@ from sipcore.uri import SipURI
 
 log = logging.getLogger(__name__)
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, PRACK, UPDATE, REFER, NOTIFY, SUBSCRIBE, MESSAGE, REGISTER, INFO"
-RELAYED_METHODS = frozenset(("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "MESSAGE", "UPDATE", "PRACK",
-                             "INFO", "REFER", "NOTIFY", "SUBSCRIBE"))
 T1 = 0.5
 TX_LINGER = 32.0          # 64*T1: how long finished transactions answer retransmissions
 TIMER_C = 180.0           # an INVITE branch that only rings gives up after this
@@ -80,6 +78,7 @@ class CallEvents(Protocol):
     def call_ended(self, call: Call, reason: str, request: SIPMessage | None) -> None: ...
     def call_cancelled(self, call: Call, request: SIPRequest) -> None: ...
     def call_failed(self, call: Call, status: int, reason: str) -> None: ...
+    def call_refused(self, call: Call, status: int, reason: str) -> None: ...
     def message(self, request: SIPRequest, source: Address, status: int, reason: str, callee: Binding | None) -> None: ...
     def options(self, request: SIPRequest, source: Address) -> None: ...
 
@@ -241,14 +240,23 @@ class ProxyCore:
         resp = build_response(req, status, reason,
                               to_tag=to_tag or (hashlib.sha1((req.call_id or "").encode()).hexdigest()[:10]
                                                 if status > 100 else None),
-                              extra_headers=list(extra) + [("Server", self.server_header)])
-        if status in (405, 200) and req.method in ("OPTIONS",) or status == 405:
-            resp.headers.add("Allow", ALLOW)
+                              extra_headers=list(extra) + self.local_headers())
+        if (status == 405 or status == 200 and req.method == "OPTIONS") and not resp.headers.get("Allow"):
+            resp.headers.add("Allow", ", ".join(self.policy.profile.allow))
         if isinstance(tx_or_req, ServerTx):
             self.reply(tx_or_req, resp)
         else:
             self.send(resp, source, transport)
         return resp
+
+    def local_headers(self) -> list[tuple[str, str]]:
+        """Headers of the responses the server generates itself (stage 0: Allow and Date as well,
+        as the original put them on every one)."""
+        out = [("Server", self.server_header)]
+        if self.policy.profile.allow_and_date:
+            out += [("Allow", ", ".join(self.policy.profile.allow)),
+                    ("Date", formatdate(self.clock(), usegmt=True))]
+        return out
 
     def reply(self, tx: ServerTx, resp: SIPResponse) -> bool:
         """Answer through the request's server transaction; False when its state machine dropped
@@ -312,7 +320,7 @@ class ProxyCore:
             if tx is not None:
                 self._on_retransmission(tx, req)
                 return
-        if method not in RELAYED_METHODS and method != "REGISTER":
+        if method not in self.policy.profile.allow:
             self._respond(req, 405, source=source, transport=transport)
             return
         if not req.uri.is_sip and method != "ACK":
@@ -351,8 +359,8 @@ class ProxyCore:
         self.admission.strip_credentials(req)
         if req.to_tag is not None or method == "ACK":
             yield from self._in_dialog(tx)
-        elif method == "OPTIONS" and (req.uri.user is None or self.is_us(req.uri)
-                                      or not self.registrar.lookup(req.uri.user or "", now)):
+        elif method == "OPTIONS" and (self.policy.profile.options_local or req.uri.user is None
+                                      or self.is_us(req.uri) or not self.registrar.lookup(req.uri.user or "", now)):
             self.events.options(req, source)
             self._respond(tx, 200, extra=[("Accept", "application/sdp"),
                                           ("Supported", "100rel, timer, path")])
@@ -444,8 +452,7 @@ class ProxyCore:
             self.reply(tx, best)
 
     def _respond_obj(self, tx: ServerTx, status: int) -> SIPResponse:
-        return build_response(tx.request, status, to_tag=new_tag(),
-                              extra_headers=[("Server", self.server_header)])
+        return build_response(tx.request, status, to_tag=new_tag(), extra_headers=self.local_headers())
 
     # --- initial requests ---------------------------------------------------------------------
     def _initial(self, tx: ServerTx) -> Steps:
@@ -464,11 +471,11 @@ class ProxyCore:
         if is_call:
             call = self._new_call(tx)
         if not bindings:
-            status = 480 if (user and self.user_exists(user)) else 404
+            status = 480 if (user and self.user_exists(user)) else self.policy.profile.unknown_user_status
             log.info("%s %s: callee %s not reachable -> %d", req.method, req.call_id, user, status)
             resp = self._respond(tx, status)
             if call is not None:
-                self.events.call_failed(call, status, resp.reason)
+                self.events.call_refused(call, status, resp.reason)
                 self.calls.pop(call.call_id, None)
             elif req.method == "MESSAGE":
                 self.events.message(req, tx.source, status, resp.reason, None)
@@ -479,7 +486,7 @@ class ProxyCore:
             failure = yield from self.media.sdp_step(call, req, CALLER, tx.source, "INVITE", req.cseq[0])
             if failure is not None:
                 resp = self._respond(tx, failure.status)
-                self.events.call_failed(call, resp.status, resp.reason)
+                self.events.call_refused(call, resp.status, resp.reason)
                 self.calls.pop(call.call_id, None)
                 return
             if tx.final_sent:        # CANCELled while the media backend answered
@@ -688,6 +695,8 @@ class ProxyCore:
             return
         b.final = status
         if status < 300:
+            if initial and self.policy.profile.route_on_invite_2xx:
+                resp.headers.add("Route", f"<sip:{self.host}:{self.port};lr>")   # the original's, inert
             if call is not None and initial and call.state not in (CallState.CONFIRMED, CallState.ENDED):
                 call.state = CallState.CONFIRMED
                 call.answered_at = self.clock()

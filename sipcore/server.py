@@ -30,10 +30,9 @@ from sipcore.transport import SIPTransport
 
 log = logging.getLogger(__name__)
 
-SERVER_HEADER = "ims-migrate/{stage}"
 
-
-def build_admission(config, policy: StagePolicy, authorizer, user_exists, server_header: str) -> Admission:
+def build_admission(config, policy: StagePolicy, authorizer, user_exists, server_header: str,
+                    auth_invite: bool) -> Admission:
     """The edge policy from the configuration (route secret loaded or created here, at start)."""
     secret = load_secret(config.rr_secret, config.rr_secret_file)
     domains = {config.realm, config.advertised_host, config.server_ip, *config.local_domains}
@@ -41,7 +40,7 @@ def build_admission(config, policy: StagePolicy, authorizer, user_exists, server
         domains.add(config.bind_ip)
     return Admission(tokens=RouteTokens(secret, config.advertised_host, config.advertised_port),
                      local_domains=domains, realm=config.realm, user_exists=user_exists,
-                     authorizer=authorizer, auth_invite=config.auth_invite,
+                     authorizer=authorizer, auth_invite=auth_invite,
                      identity=policy.caller_identity, foreign=config.foreign_callers,
                      outbound=parse_outbound_route(config.outbound_route), server_header=server_header)
 
@@ -55,13 +54,16 @@ class SIPServer:
         self.users = users
         self.cdr = cdr
         self.started_at = time.time()
-        self.server_header = SERVER_HEADER.format(stage=f"{stage}-{self.spec.name}")
         nat = None
         if self.spec.nat_helper:
             nat = init_nat_helper(server_ip=config.advertised_host, local_networks=config.local_networks)
+        profile = self.spec
+        self.server_header = profile.server_header
+        # AUTH_INVITE unset: the stage's default (stage 0 as the original: only REGISTER challenged)
+        auth_invite = profile.auth_invite if config.auth_invite is None else config.auth_invite
         # CALLER_IDENTITY overrides the stage's default; AUTH_INVITE=0 alone turns the rule off
         identity = config.caller_identity if config.caller_identity is not None else \
-            (None if config.auth_invite else False)
+            (None if auth_invite else False)
         self.policy = StagePolicy(stage, nat, identity_override=identity)
         self.registrar = Registrar(min_expires=config.min_expires, max_expires=config.max_expires,
                                    default_expires=config.default_expires,
@@ -70,17 +72,22 @@ class SIPServer:
         self.blacklist = Blacklist(config.blacklist_file)
         self.limiter = FailureLimiter(block_after=config.rate_limit_fails, window=60.0,
                                       blacklist=self.blacklist)
-        self.digest = DigestAuthenticator(realm=config.realm, algorithms=config.auth_algorithms,
+        self.digest = DigestAuthenticator(realm=config.realm,
+                                          algorithms=config.auth_algorithms or profile.auth_algorithms,
                                           nonce_ttl=config.nonce_ttl)
         self.authorizer = SipAuthorizer(self.digest, users.lookup_ha1, self._user_exists,
                                         limiter=self.limiter, server_header=self.server_header,
-                                        is_local=self._is_local_uri)
-        self.events = CDREvents(cdr, server_ip=config.advertised_host, server_port=config.advertised_port)
+                                        is_local=self._is_local_uri,
+                                        failure_status=profile.auth_failure_status,
+                                        server_on_challenge=profile.server_on_challenge)
+        self.events = CDREvents(cdr, server_ip=config.advertised_host, server_port=config.advertised_port,
+                                extended=config.cdr_extended)
         self.transport = SIPTransport(self._on_message, max_size=65535,
                                       bad_request_host=config.advertised_host)
         self.admission = build_admission(config, self.policy, self.authorizer, self._user_exists,
-                                         self.server_header)
-        self.registration = Registration(self.authorizer, self.registrar, self.events, self.server_header)
+                                         self.server_header, auth_invite)
+        self.registration = Registration(self.authorizer, self.registrar, self.events, self.server_header,
+                                         local_headers=lambda: self.proxy.core.local_headers())
         self.proxy = ProxyDriver(host=config.advertised_host, port=config.advertised_port, policy=self.policy,
                                  registrar=self.registrar, media=media, events=self.events,
                                  send=self.transport.send, registration=self.registration,

@@ -48,6 +48,11 @@ class StagePolicy:
         return self.spec.name
 
     @property
+    def profile(self) -> Stage:
+        """The stage's row of the stage table (sipcore.stages): what a client sees of it."""
+        return self.spec
+
+    @property
     def force_rport(self) -> bool:
         return self.nat is not None
 

@@ -17,6 +17,10 @@ from dataclasses import dataclass
 MEDIA_LEGACY_RELAY = "legacy-relay"     # legacy/rtp_relay.py: the original's Python relay
 MEDIA_RTPPROXY = "rtpproxy"             # refactored/rtpproxy_media.py: RTPProxy (rtp-io or a binary)
 
+ALLOW_LEGACY = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "PRACK", "UPDATE", "REFER", "NOTIFY",
+                "SUBSCRIBE", "MESSAGE", "REGISTER")
+ALLOW_ALL = ALLOW_LEGACY + ("INFO",)
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -34,6 +38,18 @@ class Stage:
     relay_targets_source_ip: bool      # relay's initial target = signalling source IP + SDP port
     strip_target_params: bool          # ;ob and ;transport dropped from the relayed Request-URI
     echo_registered_contact: bool      # REGISTER 200 lists each Contact as registered
+    # --- what a client sees (stage 0 = the original, measured into tests/golden/legacy/) -----
+    auth_invite: bool                  # INVITE/MESSAGE from our users challenged (AUTH_INVITE overrides)
+    auth_algorithms: tuple[str, ...]   # digest algorithms offered (AUTH_ALGORITHMS overrides)
+    auth_failure_status: int           # wrong REGISTER credentials: 401 (fresh challenge) or 403
+    unknown_user_status: int           # INVITE/MESSAGE to a user nobody has: 480 or 404
+    server_header: str                 # Server header text
+    server_on_challenge: bool          # Server header on 401/407 (the original had none)
+    allow: tuple[str, ...]             # methods handled (Allow header); the rest get 405
+    allow_and_date: bool               # Allow and Date on every response the server makes itself
+    route_on_invite_2xx: bool          # Route: <us> added to the 200 OK of an INVITE (the original)
+    options_local: bool                # every OPTIONS answered by the server, never relayed
+    punch_packets: int                 # legacy relay: packets sent to each UA at answer ("NAT punch")
 
 
 STAGES: dict[int, Stage] = {
@@ -41,17 +57,26 @@ STAGES: dict[int, Stage] = {
              "stage 0 (legacy): custom Python RTP relay, REGISTER Contact rewritten to the source",
              media=MEDIA_LEGACY_RELAY, nat_helper=False, signalling=("sipcore",),
              caller_identity=False, legacy_media_positions=True, relay_targets_source_ip=True,
-             strip_target_params=True, echo_registered_contact=False),
+             strip_target_params=True, echo_registered_contact=False,
+             auth_invite=False, auth_algorithms=("MD5",), auth_failure_status=401, unknown_user_status=480,
+             server_header="ims-sip-server/0.0.3", server_on_challenge=False, allow=ALLOW_LEGACY,
+             allow_and_date=True, route_on_invite_2xx=True, options_local=True, punch_packets=20),
     1: Stage(1, "refactored", "run_refactored.py",
              "stage 1 (refactored): RTPProxy media relay, basic NAT handling",
              media=MEDIA_RTPPROXY, nat_helper=False, signalling=("sipcore",),
              caller_identity=True, legacy_media_positions=False, relay_targets_source_ip=False,
-             strip_target_params=True, echo_registered_contact=True),
+             strip_target_params=True, echo_registered_contact=True,
+             auth_invite=True, auth_algorithms=("MD5", "SHA-256"), auth_failure_status=403, unknown_user_status=404,
+             server_header="ims-migrate/1-refactored", server_on_challenge=True, allow=ALLOW_ALL,
+             allow_and_date=False, route_on_invite_2xx=False, options_local=False, punch_packets=0),
     2: Stage(2, "sippy", "run_sippy.py",
              "stage 2 (sippy): RTPProxy + NAT helper (fix_contact, fix_nated_sdp, force_rport, keepalive)",
              media=MEDIA_RTPPROXY, nat_helper=True, signalling=("sipcore", "sippy"),
              caller_identity=True, legacy_media_positions=False, relay_targets_source_ip=False,
-             strip_target_params=False, echo_registered_contact=True),
+             strip_target_params=False, echo_registered_contact=True,
+             auth_invite=True, auth_algorithms=("MD5", "SHA-256"), auth_failure_status=403, unknown_user_status=404,
+             server_header="ims-migrate/2-sippy", server_on_challenge=True, allow=ALLOW_ALL,
+             allow_and_date=False, route_on_invite_2xx=False, options_local=False, punch_packets=0),
 }
 
 ENTRYPOINTS: dict[int, str] = {n: s.entrypoint for n, s in STAGES.items()}

@@ -155,8 +155,9 @@ class UA:
         return self.wait(lambda m: m.is_response and m.get("call-id") == call_id and m.cseq_method == method
                          and (m.status >= 200 or not final), timeout)
 
-    def request(self, method: str, timeout: float = 3.0) -> Msg | None:
-        return self.wait(lambda m: not m.is_response and m.method == method, timeout)
+    def request(self, method: str, call_id: str | None = None, timeout: float = 3.0) -> Msg | None:
+        return self.wait(lambda m: not m.is_response and m.method == method
+                         and (call_id is None or m.get("call-id") == call_id), timeout)
 
     def drain(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -365,10 +366,15 @@ def case_unregister(s: Session) -> dict:
 def _invite_to(s: Session, target: str) -> dict:
     a = s.alice
     call_id, tag = f"inv-{_rand()}", _rand()
-    a.send(s.invite_text(a, target, call_id, tag, _rand()), a.sdp())
+    branch = _rand()
+    text = s.invite_text(a, target, call_id, tag, branch)
+    a.send(text, a.sdp())
     final = a.response(call_id, "INVITE")
     provisional = [m for m in a.inbox if m.is_response and m.get("call-id") == call_id]
     a.inbox.clear()
+    if final is not None:     # ACK the non-2xx final (hop by hop, same branch)
+        a.send(f"ACK sip:{target}@{DOMAIN} SIP/2.0\nVia: {a.via(branch)}\nMax-Forwards: 70\n"
+               f"From: {final.get('from')}\nTo: {final.get('to')}\nCall-ID: {call_id}\nCSeq: 1 ACK\n")
     return {"responses": provisional + [final], "cdr": s.new_cdr_rows(), "final": final}
 
 
@@ -391,7 +397,7 @@ def case_message(s: Session) -> dict:
     a.send(f"MESSAGE sip:{CALLEE}@{DOMAIN} SIP/2.0\nVia: {a.via(_rand())}\nMax-Forwards: 70\n"
            f"From: <sip:{CALLER}@{DOMAIN}>;tag={_rand()}\nTo: <sip:{CALLEE}@{DOMAIN}>\nCall-ID: {call_id}\n"
            f"CSeq: 1 MESSAGE\nUser-Agent: golden-client/1\nContent-Type: text/plain\n", body)
-    got = b.request("MESSAGE")
+    got = b.request("MESSAGE", call_id)
     responses = []
     if got is not None:
         s.answer(b, got, 200, "OK", _rand())
@@ -405,7 +411,7 @@ def _call(s: Session, late_offer: bool = False, cancel: bool = False, busy: bool
     call_id, atag, btag = f"call-{_rand()}", _rand(), _rand()
     a.send(s.invite_text(a, CALLEE, call_id, atag, _rand(), has_body=not late_offer),
            b"" if late_offer else a.sdp())
-    invite = b.request("INVITE")
+    invite = b.request("INVITE", call_id)
     out: dict = {"callee_received": [invite], "responses": []}
     if invite is None:
         out["responses"].append(a.response(call_id, "INVITE"))
@@ -423,7 +429,7 @@ def _call(s: Session, late_offer: bool = False, cancel: bool = False, busy: bool
         out["responses"].append(final)
         if final is not None:
             s.ack_failure(a, invite, final, call_id)
-        out["callee_received"].append(b.request("ACK", timeout=1.0))
+        out["callee_received"].append(b.request("ACK", call_id, timeout=1.0))
         out["cdr"] = s.new_cdr_rows()
         return out
     if cancel:
@@ -431,7 +437,7 @@ def _call(s: Session, late_offer: bool = False, cancel: bool = False, busy: bool
                f"From: <sip:{CALLER}@{DOMAIN}>;tag={atag}\nTo: <sip:{CALLEE}@{DOMAIN}>\nCall-ID: {call_id}\n"
                f"CSeq: 1 CANCEL\n")
         out["responses"].append(a.response(call_id, "CANCEL"))
-        got_cancel = b.request("CANCEL")
+        got_cancel = b.request("CANCEL", call_id)
         out["callee_received"].append(got_cancel)
         if got_cancel is not None:
             s.answer(b, got_cancel, 200, "OK", btag)
@@ -440,9 +446,11 @@ def _call(s: Session, late_offer: bool = False, cancel: bool = False, busy: bool
         out["responses"].append(final)
         if final is not None:
             s.ack_failure(a, invite, final, call_id)
-        out["callee_received"].append(b.request("ACK", timeout=1.0))
+        out["callee_received"].append(b.request("ACK", call_id, timeout=1.0))
         # where did the 487 go, if not to the caller
-        stray = [m for m in (a.inbox + b.inbox) if m.is_response]
+        a.drain(0.3)
+        b.drain(0.3)
+        stray = [m for m in (a.inbox + b.inbox) if m.is_response and m.get("call-id") == call_id]
         out["stray_responses"] = stray
         a.inbox.clear()
         b.inbox.clear()
@@ -457,7 +465,7 @@ def _call(s: Session, late_offer: bool = False, cancel: bool = False, busy: bool
         out["cdr"] = s.new_cdr_rows()
         return out
     s.ack_2xx(a, ok, call_id, atag, a.sdp() if late_offer else b"")
-    ack = b.request("ACK")
+    ack = b.request("ACK", call_id)
     out["callee_received"].append(ack)
     more_a, more_b = a.rtp_collect(PUNCH_WINDOW / 2), b.rtp_collect(PUNCH_WINDOW / 2)
     out["punch"] = {"alice": _rtp_summary(punch_a, more_a), "bob": _rtp_summary(punch_b, more_b)}
@@ -475,8 +483,7 @@ def _call(s: Session, late_offer: bool = False, cancel: bool = False, busy: bool
     out["media"] = media
     time.sleep(0.4)
     s.in_dialog(a, "BYE", ok, call_id, atag, 2, True, ok)
-    out["responses"].append(a.response(call_id, "BYE"))
-    bye = b.request("BYE")
+    bye = b.request("BYE", call_id)
     out["callee_received"].append(bye)
     if bye is not None:
         s.answer(b, bye, 200, "OK", btag)
@@ -627,6 +634,34 @@ def normalise_case(norm: Normaliser, raw: dict) -> dict:
             out[key] = [norm.cdr(r) for r in value]
         else:
             out[key] = value
+    return out
+
+
+def flatten(obj, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}.{k}"))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out.update(flatten(v, f"{prefix}[{i}]"))
+    else:
+        out[prefix] = obj
+    return out
+
+
+def differences(golden: dict, observed: dict) -> dict[str, tuple]:
+    """path -> (golden value, observed value) for every leaf that differs ('<absent>' if missing)."""
+    g, o = flatten(golden), flatten(observed)
+    return {k: (g.get(k, "<absent>"), o.get(k, "<absent>")) for k in sorted(set(g) | set(o))
+            if g.get(k, "<absent>") != o.get(k, "<absent>")}
+
+
+def load_golden(directory: str) -> dict:
+    out = {}
+    for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
+        with open(path, encoding="utf-8") as fh:
+            out[os.path.basename(path)[:-5]] = json.load(fh)
     return out
 
 

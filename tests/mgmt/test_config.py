@@ -26,7 +26,9 @@ def test_defaults(tmp_path, monkeypatch):
     assert c.media_relay_backend == "auto" and not c.enable_tcp
     assert (c.log_level, c.log_dir, c.cdr_dir) == ("INFO", "logs", "CDR")
     assert (c.users_file, c.blacklist_file) == ("data/users.json", "config/ip_blacklist.txt")
-    assert c.realm == "sip.local" and c.auth_invite and c.auth_algorithms == ("MD5", "SHA-256")
+    # AUTH_INVITE / AUTH_ALGORITHMS unset: each stage's default applies (sipcore.stage_policy)
+    assert c.realm == "sip.local" and c.auth_invite is None and c.auth_algorithms is None
+    assert not c.cdr_extended
     assert (c.nonce_ttl, c.min_expires, c.max_expires, c.default_expires) == (300, 60, 3600, 3600)
     assert (c.nat_keepalive_interval, c.nat_keepalive_method, c.nat_keepalive_failures) == (25.0, "OPTIONS", 3)
     assert c.rate_limit_fails == 10 and (c.mml_host, c.mml_port, c.mml_token) == ("127.0.0.1", 8888, None)
@@ -41,7 +43,8 @@ def test_every_variable_is_read(tmp_path):
             BLACKLIST_FILE="/tmp/b.txt", SIP_REALM="ims.test", AUTH_INVITE=0, AUTH_ALGORITHMS="sha-256",
             NONCE_TTL=120, MIN_EXPIRES=30, MAX_EXPIRES=600, DEFAULT_EXPIRES=300, NAT_KEEPALIVE_INTERVAL=15,
             NAT_KEEPALIVE_METHOD="crlf", NAT_KEEPALIVE_FAILURES=5, RATE_LIMIT_FAILS=4, MML_HOST="::1",
-            MML_PORT=9999, MML_TOKEN="s3cret-token", SIGNALLING="sippy", RTP_INACTIVITY_TIMEOUT=30)
+            MML_PORT=9999, MML_TOKEN="s3cret-token", SIGNALLING="sippy", RTP_INACTIVITY_TIMEOUT=30,
+            CDR_EXTENDED=1)
     assert (c.server_ip, c.server_port, c.advertised_host, c.advertised_port) == ("10.1.2.3", 5070, "sip.example.org", 15060)
     assert not c.server_ip_auto and not c.rtpproxy_auto_start and c.enable_tcp
     assert c.local_networks == ("10.0.0.0/8", "100.64.0.0/10")
@@ -52,7 +55,7 @@ def test_every_variable_is_read(tmp_path):
     assert (c.min_expires, c.max_expires, c.default_expires) == (30, 600, 300)
     assert (c.nat_keepalive_interval, c.nat_keepalive_method, c.nat_keepalive_failures) == (15.0, "CRLF", 5)
     assert (c.rate_limit_fails, c.mml_host, c.mml_port, c.mml_token) == (4, "::1", 9999, "s3cret-token")
-    assert c.signalling == "sippy" and c.rtp_inactivity_timeout == 30.0
+    assert c.signalling == "sippy" and c.rtp_inactivity_timeout == 30.0 and c.cdr_extended
     assert c.describe()["MML_TOKEN"] == "***" and c.describe()["SERVER_PORT"] == 5070
 
 

@@ -99,8 +99,9 @@ def test_calls_are_really_ended(run, ctx):
 
 
 def test_cdr_commands(run, ctx, tmp_path):
-    ctx.cdr.options("o1", from_uri="<sip:1001@h>;tag=1", to_uri="<sip:1002@h>", source=("10.0.0.2", 5062))
-    ctx.cdr.call_rejected("c1", "<sip:1001@h>;tag=1", "<sip:1009@h>", ("10.0.0.2", 5062), 480, "Temporarily Unavailable")
+    ctx.cdr.write({"record_type": "OPTIONS", "call_state": "COMPLETED", "call_id": "o1", "status_code": 200})
+    ctx.cdr.write({"record_type": "CALL", "call_state": "FAILED", "call_id": "c1", "status_code": 480,
+                   "status_text": "Temporarily Unavailable"})
     today = date.today().isoformat()
     r = run("DSP CDR")
     assert r.retcode == 0 and "OPTIONS" in r.output and "480" in r.output

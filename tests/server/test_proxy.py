@@ -133,7 +133,7 @@ def test_unregistered_callee_gets_480_and_unknown_user_404(setup):
     run(proxy.on_request(invite(to_user="9999", call_id="c3", branch="z9hG4bKx3"), ALICE, "udp"))
     [(resp, _)] = wire.take()
     assert resp.status == 404
-    assert [e[1][1] for e in events.events if e[0] == "call_failed"] == [480, 404]
+    assert [e[1][1] for e in events.events if e[0] == "call_refused"] == [480, 404]
 
 
 def test_max_forwards_zero_gets_483(setup):
