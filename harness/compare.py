@@ -6,7 +6,13 @@ A field that differs between the two baseline runs is noise: reported, never cou
   same       nothing outside noise changed (NAT fix-ups / CDR changes are listed)
   REGRESSED  worse audio, a step that succeeded now fails, a CDR row disappears or a call that
              ended normally now fails, the run errored, or the candidate misses its expectation
+  changed    an accepted change: the candidate answers differently in a way MIGRATION.md lists
+             under "Changes at cutover" (ACCEPTED_CHANGES); not a regression, but the operator
+             must confirm that UAs and billing are ready for it (go_no_go names every one)
   noisy      the baseline disagreed with itself on audio or step results, so no verdict is safe
+
+A request the candidate challenges (401/407) that the baseline did not, and that no accepted
+change covers, is REGRESSED: phones that cannot answer it stop working.
 """
 from __future__ import annotations
 
@@ -49,6 +55,41 @@ def step_ok(code) -> bool:
     return isinstance(code, int) and 200 <= code < 300 or code in ("seen", "blocked")
 
 
+@dataclass(frozen=True)
+class AcceptedChange:
+    """A documented difference between stages (MIGRATION.md, "Changes at cutover")."""
+    name: str
+    what: str
+    needs: str          # what UAs or billing need
+
+    def covers(self, key: str, base, cand) -> bool:
+        if self.name == "invite-challenge":
+            if not key.startswith("auth."):
+                return False
+            added = set(cand or ()) - set(base or ())
+            return bool(added) and added <= {"INVITE 407", "MESSAGE 407"} and set(base or ()) <= set(cand or ())
+        label = key.removeprefix("steps.").split("#")[0]
+        if self.name == "register-403":
+            return label.startswith("register") and (base, cand) == (401, 403)
+        if self.name == "unknown-user-404":
+            return label.startswith(("call", "message")) and (base, cand) == (480, 404)
+        return False
+
+
+ACCEPTED_CHANGES = (
+    AcceptedChange("invite-challenge", "INVITE and MESSAGE from our users are challenged with 407",
+                   "every phone must answer 407 with its credentials (AUTH_INVITE=0 keeps stage 0's behaviour)"),
+    AcceptedChange("register-403", "a wrong REGISTER password gets 403 instead of a fresh 401",
+                   "phones show 'forbidden' instead of asking again; nothing to configure"),
+    AcceptedChange("unknown-user-404", "a call or MESSAGE to a number that does not exist gets 404 instead of 480",
+                   "dial plans / UAs that retry on 480 stop retrying; nothing to configure"),
+)
+
+
+def accepted_change(key: str, base, cand) -> AcceptedChange | None:
+    return next((rule for rule in ACCEPTED_CHANGES if rule.covers(key, base, cand)), None)
+
+
 def meets(obs: dict, expect: dict | None) -> tuple[bool, list[str]]:
     if not expect:
         return True, []
@@ -60,6 +101,10 @@ def meets(obs: dict, expect: dict | None) -> tuple[bool, list[str]]:
     for label, code in (expect.get("steps") or {}).items():
         if obs.get("steps", {}).get(label) != code:
             misses.append(f"{label} {obs.get('steps', {}).get(label)} != expected {code}")
+    for who, challenged in (expect.get("auth") or {}).items():
+        got = obs.get("auth", {}).get(who, [])
+        if sorted(got) != sorted(challenged):
+            misses.append(f"{who} challenged {sorted(got)} != expected {sorted(challenged)}")
     if "registrar_contains" in expect:
         reg = " ".join(obs.get("nat", {}).get("registrar", []))
         for text in expect["registrar_contains"]:
@@ -80,11 +125,12 @@ class Verdict:
     reasons: list[str] = field(default_factory=list)
     noise: list[str] = field(default_factory=list)
     changes: dict = field(default_factory=dict)
+    accepted: list[str] = field(default_factory=list)     # names of ACCEPTED_CHANGES seen
 
     def as_dict(self) -> dict:
         return {"scenario": self.scenario, "verdict": self.verdict, "baseline": self.baseline,
                 "candidate": self.candidate, "audio": self.audio, "nat_fixups": self.nat, "cdr": self.cdr,
-                "reasons": self.reasons, "noise_fields": self.noise,
+                "reasons": self.reasons, "noise_fields": self.noise, "accepted_changes": self.accepted,
                 "changes": {k: [str(x) for x in v] for k, v in self.changes.items()}}
 
 
@@ -107,6 +153,7 @@ def judge(scenario: str, base_runs: list[dict], cand_runs: list[dict], expect_ba
         noise |= set(diff(cand, other))
     changes = {k: v for k, v in diff(base, cand).items() if k not in noise}
     reasons: list[str] = []
+    accepted: list[str] = []
     better = worse = False
     b_audio = base.get("audio", {}).get("direction", "none")
     c_audio = cand.get("audio", {}).get("direction", "none")
@@ -129,7 +176,24 @@ def judge(scenario: str, base_runs: list[dict], cand_runs: list[dict], expect_ba
             better = True
             reasons.append(f"{label}: {b} -> {c}")
         elif b != c:
-            reasons.append(f"{label}: {b} -> {c}")
+            rule = accepted_change(key, b, c)
+            if rule is not None:
+                accepted.append(rule.name)
+                reasons.append(f"{label}: {b} -> {c} (accepted change {rule.name}: {rule.what})")
+            else:
+                reasons.append(f"{label}: {b} -> {c}")
+    for key, (b, c) in changes.items():
+        if not key.startswith("auth."):
+            continue
+        rule = accepted_change(key, b, c)
+        if rule is not None:
+            accepted.append(rule.name)
+            reasons.append(f"{key.split('.', 1)[1]} challenged: {list(b or ())} -> {list(c or ())} "
+                           f"(accepted change {rule.name}: {rule.what})")
+        elif set(c or ()) - set(b or ()):
+            worse = True
+            reasons.append(f"{key.split('.', 1)[1]} newly challenged: {sorted(set(c or ()) - set(b or ()))} "
+                           "(no accepted change covers it)")
     b_rows = [r for r in base.get("cdr", [])]
     c_rows = [r for r in cand.get("cdr", [])]
     b_kinds = sorted((r["record_type"], r["call_state"]) for r in b_rows)
@@ -161,6 +225,8 @@ def judge(scenario: str, base_runs: list[dict], cand_runs: list[dict], expect_ba
         verdict = "noisy"
     elif better:
         verdict = "improved"
+    elif accepted:
+        verdict = "changed"
     else:
         verdict = "same"
     audio_col = b_audio if b_audio == c_audio else f"{b_audio} -> {c_audio}"
@@ -170,7 +236,7 @@ def judge(scenario: str, base_runs: list[dict], cand_runs: list[dict], expect_ba
     cdr_col = "same" if not cdr_changes else f"{len(cdr_changes)} fields changed" + (
         f" ({', '.join(cdr_changes[:3])}...)" if len(cdr_changes) > 3 else f" ({', '.join(cdr_changes)})")
     return Verdict(scenario, verdict, summary_of(base), summary_of(cand), audio_col, nat_col, cdr_col,
-                   reasons, sorted(noise), changes)
+                   reasons, sorted(noise), changes, sorted(set(accepted)))
 
 
 def error_verdict(scenario: str, message: str) -> Verdict:
@@ -181,10 +247,18 @@ def error_verdict(scenario: str, message: str) -> Verdict:
 def go_no_go(verdicts: list[Verdict]) -> tuple[bool, str]:
     regressed = [v.scenario for v in verdicts if v.verdict == "REGRESSED"]
     errors = [v.scenario for v in verdicts if v.verdict == "ERROR"]
-    counts = {k: sum(1 for v in verdicts if v.verdict == k) for k in ("improved", "same", "REGRESSED", "noisy")}
+    counts = {k: sum(1 for v in verdicts if v.verdict == k)
+              for k in ("improved", "same", "changed", "REGRESSED", "noisy")}
     text = ", ".join(f"{n} {k}" for k, n in counts.items())
     if errors:
         text += f", {len(errors)} ERROR ({', '.join(errors)}: not run)"
+    seen = {name: [v.scenario for v in verdicts if name in v.accepted] for name in
+            dict.fromkeys(n for v in verdicts for n in v.accepted)}
+    if seen:
+        rules = {r.name: r for r in ACCEPTED_CHANGES}
+        text += ("; accepted changes to confirm (MIGRATION.md, Changes at cutover): "
+                 + "; ".join(f"{n} in {len(s)} scenario(s): {rules[n].what} -> {rules[n].needs}"
+                             for n, s in seen.items()))
     if regressed:
         return False, f"NO-GO: {len(regressed)} regressed ({', '.join(regressed)}); {text}"
     if errors:

@@ -84,7 +84,10 @@ def build_observation(sc, lab, steps, agent_obs: dict, registrar: list, cdr_dir:
         vias = {(v["method"], norm.text(v.get("received")), "rport" if v.get("rport") else "-")
                 for v in o.get("vias", []) if v.get("status", 0) >= 200}
         nat[f"via_to_{who}"] = sorted(f"{m} received={r} {p}" for m, r, p in vias)
-    out = {"scenario": sc.name, "steps": codes, "audio": audio_of(agent_obs), "nat": nat,
+    # which requests the server challenged (a stage that starts challenging INVITE shows up here)
+    auth = {who: sorted({f"{c['method']} {c['status']}" for c in agent_obs.get(who, {}).get("codes", [])
+                         if c.get("status") in (401, 407)}) for who in ("alice", "bob")}
+    out = {"scenario": sc.name, "steps": codes, "audio": audio_of(agent_obs), "nat": nat, "auth": auth,
            "cdr": normalise_cdr(read_cdr(cdr_dir), norm),
            "messages_received": {w: agent_obs.get(w, {}).get("messages", []) for w in ("alice", "bob")}}
     if edge:

@@ -234,10 +234,10 @@ def execute_steps(sc: Scenario, lab, agents: dict[str, AgentProcess], ctx: dict 
                 results.append(("contact-echo", "seen" if r.get("own_binding") else "missing"))
         elif step.kind == "call":
             if a.get("background"):
-                background = (step.label, agents[a["from"]].start("call", target=USERS[a["to"]]))
+                background = (step.label, agents[a["from"]].start("call", target=USERS.get(a["to"], a["to"])))
                 agents[a["from"]].request("sleep", seconds=float(a.get("ring_seconds", 1.0)))
             else:
-                r = agents[a["from"]].request("call", target=USERS[a["to"]], video=bool(a.get("video")))
+                r = agents[a["from"]].request("call", target=USERS.get(a["to"], a["to"]), video=bool(a.get("video")))
                 results.append((step.label, r["code"]))
         elif step.kind == "cancel":
             r = agents[a["who"]].request("cancel")
@@ -259,7 +259,7 @@ def execute_steps(sc: Scenario, lab, agents: dict[str, AgentProcess], ctx: dict 
         elif step.kind == "reoffer":
             results.append((step.label, agents[a["who"]].request("reoffer")["code"]))
         elif step.kind == "message":
-            r = agents[a["from"]].request("message", target=USERS[a["to"]], text=a.get("text", "hello"))
+            r = agents[a["from"]].request("message", target=USERS.get(a["to"], a["to"]), text=a.get("text", "hello"))
             results.append((step.label, r["code"]))
         elif step.kind == "options":
             results.append((step.label, agents[a["who"]].request("options")["code"]))

@@ -104,8 +104,12 @@ def parse_step(raw, index: int, path: str) -> Step:
             raise _err(path, f"step {index + 1} ({kind}): needs a mapping of arguments")
         args = dict(value)
         for role_key in ("from", "to", "who"):
-            if role_key in args and args[role_key] not in UAS:
-                raise _err(path, f"step {index + 1} ({kind}): {role_key} must be one of {UAS}")
+            if role_key in args and args[role_key] not in UAS and not (
+                    role_key == "to" and str(args[role_key]).isdigit()):
+                raise _err(path, f"step {index + 1} ({kind}): {role_key} must be one of {UAS}"
+                                 + (" or a number (a user no UA registers)" if role_key == "to" else ""))
+            if role_key == "to" and role_key in args:
+                args[role_key] = str(args[role_key])
         if kind in ("call", "message") and ("from" not in args or "to" not in args):
             raise _err(path, f"step {index + 1} ({kind}): needs from and to")
         if kind in ("hold", "set", "wait_event") and "who" not in args:

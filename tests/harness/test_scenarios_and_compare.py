@@ -5,9 +5,9 @@ from harness.compare import go_no_go, judge, meets
 from harness.scenario import ScenarioError, load, load_all, parse_step
 
 
-def obs(audio="two-way", call=200, cdr=(("CALL", "ENDED"),), **extra):
-    return {"steps": {"register": 200, "call": call}, "audio": {"direction": audio},
-            "nat": {"via_to_alice": extra.get("via", [])},
+def obs(audio="two-way", call=200, cdr=(("CALL", "ENDED"),), register=200, auth=("REGISTER 401",), **extra):
+    return {"steps": {"register": register, "call": call}, "audio": {"direction": audio},
+            "nat": {"via_to_alice": extra.get("via", [])}, "auth": {"alice": list(auth), "bob": []},
             "cdr": [{"record_type": t, "call_state": s} for t, s in cdr]}
 
 
@@ -19,7 +19,7 @@ def test_all_shipped_scenarios_load_and_cover_the_issue_list():
                      "wrong-password", "unregistered-callee", "cancel", "busy", "hold-resume", "early-media",
                      "message", "sip-loss", "late-offer", "late-offer-symmetric", "reinvite-without-sdp",
                      "callee-hold", "prack-early-media", "update-early-dialog", "declined-video",
-                     "register-contact-echo"):
+                     "register-contact-echo", "unknown-callee", "auth-scope"):
         assert required in names
     for s in load_all():
         assert set(s.expect) == {0, 1, 2}, f"{s.name} lacks per-stage expectations"
@@ -55,3 +55,28 @@ def test_verdicts():
     assert not meets(obs("two-way"), {"audio": ["none", "B->A only"]})[0]
     go, text = go_no_go([judge("a", [obs()], [obs("none")])])
     assert not go and "a" in text
+
+
+def test_accepted_changes_are_shown_not_hidden():
+    """Stage 0 -> 2 differences that MIGRATION.md lists are 'changed' (named in go_no_go), not
+    'same' and not REGRESSED; a challenge no rule covers is REGRESSED."""
+    challenged = ("INVITE 407", "REGISTER 401")
+    v = judge("auth", [obs(), obs()], [obs(auth=challenged)])
+    assert v.verdict == "changed" and v.accepted == ["invite-challenge"]
+    assert any("accepted change invite-challenge" in r for r in v.reasons)
+    v = judge("pw", [obs(register=401, call=None), obs(register=401, call=None)], [obs(register=403, call=None)])
+    assert v.verdict == "changed" and v.accepted == ["register-403"]
+    v = judge("nobody", [obs(call=480, cdr=())] * 2, [obs(call=404, cdr=())])
+    assert v.verdict == "changed" and v.accepted == ["unknown-user-404"]
+    # an improvement keeps its verdict but still names the accepted change
+    v = judge("mixed", [obs("A->B only")] * 2, [obs(auth=challenged)])
+    assert v.verdict == "improved" and v.accepted == ["invite-challenge"]
+    go, text = go_no_go([judge("auth", [obs()], [obs(auth=challenged)]), judge("same", [obs()], [obs()])])
+    assert go and "1 changed" in text and "invite-challenge in 1 scenario(s)" in text and "407" in text
+    # challenging something no rule covers breaks phones: REGRESSED
+    v = judge("bye", [obs()] * 2, [obs(auth=("BYE 407", "REGISTER 401"))])
+    assert v.verdict == "REGRESSED" and any("no accepted change" in r for r in v.reasons)
+    # a 401 -> 404 on register is not a listed change: reported, verdict stays 'same'
+    assert judge("x", [obs(register=401)] * 2, [obs(register=404)]).accepted == []
+    ok, misses = meets(obs(auth=challenged), {"auth": {"alice": ["REGISTER 401"]}})
+    assert not ok and "challenged" in misses[0]
