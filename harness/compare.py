@@ -67,7 +67,10 @@ class AcceptedChange:
             if not key.startswith("auth."):
                 return False
             added = set(cand or ()) - set(base or ())
-            return bool(added) and added <= {"INVITE 407", "MESSAGE 407"} and set(base or ()) <= set(cand or ())
+            return bool(added) and added <= IDENTITY_CHALLENGES and set(base or ()) <= set(cand or ())
+        if self.name == "cdr-auth-user":
+            return key.startswith("cdr[") and key.endswith(".extra_info") and base == "" \
+                and str(cand).startswith("auth_user=")
         label = key.removeprefix("steps.").split("#")[0]
         if self.name == "register-403":
             return label.startswith("register") and (base, cand) == (401, 403)
@@ -76,9 +79,16 @@ class AcceptedChange:
         return False
 
 
+# initial requests the caller-identity rule (sipcore.admission) challenges in stages 1 and 2
+IDENTITY_CHALLENGES = frozenset(f"{m} 407" for m in ("INVITE", "MESSAGE", "SUBSCRIBE", "REFER", "NOTIFY",
+                                                     "PUBLISH", "INFO", "UPDATE", "PRACK"))
+
 ACCEPTED_CHANGES = (
-    AcceptedChange("invite-challenge", "INVITE and MESSAGE from our users are challenged with 407",
-                   "every phone must answer 407 with its credentials (AUTH_INVITE=0 keeps stage 0's behaviour)"),
+    AcceptedChange("invite-challenge", "INVITE, MESSAGE and other initial requests from our users are "
+                   "challenged with 407 (caller identity)",
+                   "every phone must answer 407 with its own account (AUTH_INVITE=0 keeps stage 0's behaviour)"),
+    AcceptedChange("cdr-auth-user", "CDR extra_info holds auth_user=NAME on authenticated calls (blank before)",
+                   "a billing importer that expects extra_info empty must accept the value"),
     AcceptedChange("register-403", "a wrong REGISTER password gets 403 instead of a fresh 401",
                    "phones show 'forbidden' instead of asking again; nothing to configure"),
     AcceptedChange("unknown-user-404", "a call or MESSAGE to a number that does not exist gets 404 instead of 480",
@@ -183,6 +193,9 @@ def judge(scenario: str, base_runs: list[dict], cand_runs: list[dict], expect_ba
             else:
                 reasons.append(f"{label}: {b} -> {c}")
     for key, (b, c) in changes.items():
+        if key.startswith("cdr[") and accepted_change(key, b, c) is not None:
+            accepted.append(accepted_change(key, b, c).name)
+            continue
         if not key.startswith("auth."):
             continue
         rule = accepted_change(key, b, c)

@@ -16,7 +16,7 @@ from harness.scenario import USERS
 AUDIO_THRESHOLD = 0.5
 CDR_FIELDS = ("record_type", "call_state", "caller_number", "callee_number", "caller_ip", "callee_ip",
               "status_code", "status_text", "termination_reason", "call_type", "codec", "contact", "expires",
-              "message_body")
+              "message_body", "cseq", "extra_info", "ringing_time")
 
 
 def direction(a_to_b: bool, b_to_a: bool) -> str:

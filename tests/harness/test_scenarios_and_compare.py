@@ -78,5 +78,11 @@ def test_accepted_changes_are_shown_not_hidden():
     assert v.verdict == "REGRESSED" and any("no accepted change" in r for r in v.reasons)
     # a 401 -> 404 on register is not a listed change: reported, verdict stays 'same'
     assert judge("x", [obs(register=401)] * 2, [obs(register=404)]).accepted == []
+    # the identity rule's auth_user in the CDR's extra_info is named too
+    with_user = obs()
+    with_user["cdr"][0]["extra_info"] = "auth_user=1001"
+    no_user = obs()
+    no_user["cdr"][0]["extra_info"] = ""
+    assert judge("cdr", [no_user, no_user], [with_user]).accepted == ["cdr-auth-user"]
     ok, misses = meets(obs(auth=challenged), {"auth": {"alice": ["REGISTER 401"]}})
     assert not ok and "challenged" in misses[0]
