@@ -59,7 +59,9 @@ def test_forged_in_dialog_requests_are_refused_and_reach_nobody(server):
         for method, uri, routes, body in cases:
             eve.request(method, uri, sip(server), to_tag="forged", routes=routes, body=body)
             resp = eve.final()
-            assert resp is not None and resp.status in (403, 404, 481), (method, routes, resp)
+            # stage 0 answers INFO with 405 as the original (not in its Allow): refused all the same
+            refused = (403, 404, 481, 405) if method == "INFO" and server.stage == 0 else (403, 404, 481)
+            assert resp is not None and resp.status in refused, (method, routes, resp)
         assert victim.receive(1.0) == []
         assert forged_methods(bob.request("observations")) == []
         assert media_sessions(server) == []
