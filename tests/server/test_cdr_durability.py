@@ -82,10 +82,10 @@ def test_write_never_fsyncs_on_the_calling_thread_and_the_sync_thread_does(tmp_p
 def test_a_file_removed_by_hand_is_recreated_with_its_header(tmp_path, monkeypatch):
     w = CDRWriter(str(tmp_path / "CDR"))
     monkeypatch.setattr(w._file, "RECHECK", 0.0)      # check the path on every row
-    w.options("before", from_uri="<sip:1001@h>;tag=x", to_uri="<sip:1002@h>", source=("10.0.0.2", 5062))
+    w.write({"record_type": "OPTIONS", "call_state": "COMPLETED", "call_id": "before"})
     [path] = list((tmp_path / "CDR").glob("*/cdr_*.csv"))
     path.unlink()
-    w.options("after", from_uri="<sip:1001@h>;tag=x", to_uri="<sip:1002@h>", source=("10.0.0.2", 5062))
+    w.write({"record_type": "OPTIONS", "call_state": "COMPLETED", "call_id": "after"})
     w.close()
     lines = path.read_text().splitlines()
     assert lines[0].startswith("record_id,") and len(lines) == 2 and ",after," in lines[1]
