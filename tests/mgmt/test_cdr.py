@@ -16,7 +16,7 @@ import pytest
 from sipcore.call_records import CDREvents, number_of, seconds
 from sipcore.cdr import COLUMNS, CDRWriter
 from sipcore.message import parse_message
-from sipcore.proxy import Call
+from sipcore.call import Call
 from sipcore.registrar import Binding
 
 ORIGINAL_COLUMNS = (
