@@ -100,6 +100,34 @@ def accepted_change(key: str, base, cand) -> AcceptedChange | None:
     return next((rule for rule in ACCEPTED_CHANGES if rule.covers(key, base, cand)), None)
 
 
+def _step_change(key: str, label: str, b, c, accepted: list[str]) -> str:
+    """The reason text of a changed step result, naming the accepted change that covers it."""
+    rule = accepted_change(key, b, c)
+    if rule is None:
+        return f"{label}: {b} -> {c}"
+    accepted.append(rule.name)
+    return f"{label}: {b} -> {c} (accepted change {rule.name}: {rule.what})"
+
+
+def _challenges_and_cdr(changes: dict, accepted: list[str], reasons: list[str]) -> bool:
+    """Accepted changes among the challenge and CDR differences (appended to ``accepted`` and
+    ``reasons``); True when a request is newly challenged and no accepted change covers it."""
+    worse = False
+    for key, (b, c) in changes.items():
+        rule = accepted_change(key, b, c)
+        if key.startswith("cdr[") and rule is not None:
+            accepted.append(rule.name)
+        elif key.startswith("auth.") and rule is not None:
+            accepted.append(rule.name)
+            reasons.append(f"{key.split('.', 1)[1]} challenged: {list(b or ())} -> {list(c or ())} "
+                           f"(accepted change {rule.name}: {rule.what})")
+        elif key.startswith("auth.") and set(c or ()) - set(b or ()):
+            worse = True
+            reasons.append(f"{key.split('.', 1)[1]} newly challenged: {sorted(set(c or ()) - set(b or ()))} "
+                           "(no accepted change covers it)")
+    return worse
+
+
 def meets(obs: dict, expect: dict | None) -> tuple[bool, list[str]]:
     if not expect:
         return True, []
@@ -186,27 +214,8 @@ def judge(scenario: str, base_runs: list[dict], cand_runs: list[dict], expect_ba
             better = True
             reasons.append(f"{label}: {b} -> {c}")
         elif b != c:
-            rule = accepted_change(key, b, c)
-            if rule is not None:
-                accepted.append(rule.name)
-                reasons.append(f"{label}: {b} -> {c} (accepted change {rule.name}: {rule.what})")
-            else:
-                reasons.append(f"{label}: {b} -> {c}")
-    for key, (b, c) in changes.items():
-        if key.startswith("cdr[") and accepted_change(key, b, c) is not None:
-            accepted.append(accepted_change(key, b, c).name)
-            continue
-        if not key.startswith("auth."):
-            continue
-        rule = accepted_change(key, b, c)
-        if rule is not None:
-            accepted.append(rule.name)
-            reasons.append(f"{key.split('.', 1)[1]} challenged: {list(b or ())} -> {list(c or ())} "
-                           f"(accepted change {rule.name}: {rule.what})")
-        elif set(c or ()) - set(b or ()):
-            worse = True
-            reasons.append(f"{key.split('.', 1)[1]} newly challenged: {sorted(set(c or ()) - set(b or ()))} "
-                           "(no accepted change covers it)")
+            reasons.append(_step_change(key, label, b, c, accepted))
+    worse = _challenges_and_cdr(changes, accepted, reasons) or worse
     b_rows = [r for r in base.get("cdr", [])]
     c_rows = [r for r in cand.get("cdr", [])]
     b_kinds = sorted((r["record_type"], r["call_state"]) for r in b_rows)

@@ -35,10 +35,10 @@ class Registration:
         to_uri = req.to_addr().uri
         to_user = to_uri.user if to_uri is not None else None
         if decision.username and to_user and decision.username != to_user:
-            resp = build_response(req, 403, "Forbidden", to_tag="auth",
-                                  extra_headers=[("Warning", '399 - "credentials do not match the AOR"')])
-            self.events.register_failed(req, source, resp, "credentials do not match the AOR")
-            return resp
+            denial = build_response(req, 403, "Forbidden", to_tag="auth",
+                                    extra_headers=[("Warning", '399 - "credentials do not match the AOR"')])
+            self.events.register_failed(req, source, denial, "credentials do not match the AOR")
+            return denial
         outcome = self.registrar.handle_register(req, source, transport, now)
         resp: SIPResponse = outcome.response
         for name, value in self.local_headers():
