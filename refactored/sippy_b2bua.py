@@ -19,8 +19,16 @@ import logging
 from functools import partial
 from threading import get_ident
 
-from sippy.CCEvents import (CCEventConnect, CCEventDisconnect, CCEventFail, CCEventPreConnect,
-                            CCEventRedirect, CCEventRing, CCEventTry, CCEventUpdate)
+from sippy.CCEvents import (
+    CCEventConnect,
+    CCEventDisconnect,
+    CCEventFail,
+    CCEventPreConnect,
+    CCEventRedirect,
+    CCEventRing,
+    CCEventTry,
+    CCEventUpdate,
+)
 from sippy.Core.EventDispatcher import ED2
 from sippy.Exceptions.SdpParseError import SdpParseError
 from sippy.Network_server import Network_server, Network_server_opts, Remote_address
@@ -98,7 +106,7 @@ class _RoutedTry(CCEventTry):
 class Call:
     """One B2BUA call: A-leg (caller side, UAS) and O-leg (callee side, UAC)."""
 
-    def __init__(self, reactor: "Reactor", call_id: str, target: str, dest: tuple[str, int]):
+    def __init__(self, reactor: Reactor, call_id: str, target: str, dest: tuple[str, int]):
         self.reactor = reactor
         self.link = reactor.link
         self.call_id = call_id
@@ -184,9 +192,9 @@ class Call:
         self._gone_check()
 
     def _gone_check(self) -> None:
-        if self.uaA.isDead() and (self.uaO is None or self.uaO.isDead()):
-            if self.reactor.calls.pop(self.call_id, None) is not None:
-                self.link.report(self.call_id, "gone")
+        if self.uaA.isDead() and (self.uaO is None or self.uaO.isDead()) \
+                and self.reactor.calls.pop(self.call_id, None) is not None:
+            self.link.report(self.call_id, "gone")
 
     # --- SDP: every body a leg receives goes through the bridge's media hand-off -------------
     def _sdp_in(self, leg: str, body, done):

@@ -108,7 +108,7 @@ class Link:
     when the queue was empty. One call per message overflowed that pipe under load, and the loop's
     SIGTERM, which arrives through the same pipe, was then lost: the server ignored SIGTERM."""
 
-    def __init__(self, bridge: "SippyBridge", loop: asyncio.AbstractEventLoop):
+    def __init__(self, bridge: SippyBridge, loop: asyncio.AbstractEventLoop):
         self._bridge = bridge
         self._loop = loop
         self._queue: collections.deque = collections.deque()
@@ -136,7 +136,7 @@ class Link:
         for fn, args in items:
             try:
                 fn(*args)
-            except Exception:   # noqa: BLE001 - one bad item must not drop the rest
+            except Exception:
                 log.exception("Sippy bridge: %s failed", getattr(fn, "__name__", fn))
 
     def send(self, data: bytes, dest: tuple[str, int]) -> None:
@@ -228,7 +228,7 @@ class SippyBridge:
         self._ready.set()
         try:
             sippy_b2bua.ED2.loop()
-        except BaseException:   # noqa: BLE001 - the thread must end, and say why
+        except BaseException:
             log.exception("Sippy reactor loop failed")
         finally:
             # ElPeriodic 1.5's finaliser (prdic_free, run by the garbage collector at interpreter
@@ -417,5 +417,11 @@ def require_sippy() -> str:
     return version
 
 
-__all__ = ["SippyBridge", "SippyUnavailable", "sippy_version", "require_sippy", "normalise_transport_params",
-           "INSTALL_HINT"]
+__all__ = [
+    "INSTALL_HINT",
+    "SippyBridge",
+    "SippyUnavailable",
+    "normalise_transport_params",
+    "require_sippy",
+    "sippy_version",
+]
