@@ -12,7 +12,7 @@ rollback B->A):
    relayed (200), and the call's CDR row ends ENDED;
 4. a new call bob -> alice (no REGISTER since the restart) must be answered.
 
-Reported per phase: the signalling outage (SIGTERM to the new process answering OPTIONS), and
+Reported per phase: the signalling outage (SIGTERM to the new process printing its ready line), and
 each call kept or lost with the reason. Exit status 1 when a call was lost.
 """
 from __future__ import annotations
