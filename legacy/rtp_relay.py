@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from legacy.port_pool import PortPool
 from sipcore.errors import MediaBackendError
 from sipcore.media import MediaBackend
+from sipcore.resolver import ip_literal
 from sipcore.sdp import SessionDescription
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ class LegacyRelay(MediaBackend):
         other = stream.b if leg is stream.a else stream.a
         if rtcp:
             leg.rtcp_rx += 1
-            if other.target and other.rtcp_transport is not None:
+            if other.target and other.rtcp_transport is not None and other.target[1] < 65535:
                 other.rtcp_transport.sendto(data, (other.target[0], other.target[1] + 1))
                 other.rtcp_tx += 1
             return
@@ -166,7 +167,7 @@ class LegacyRelay(MediaBackend):
                 continue
             st = await self._stream(session, i)
             mine, theirs = (st.a, st.b) if from_caller else (st.b, st.a)
-            mine.target, mine.latched = (sdp.media_address(i) or source[0], m.port), False
+            mine.target, mine.latched = _sdp_target(sdp, i, m.port, source), False
             theirs.latched = False
             legs.append((i, theirs))       # the other party sends to its own leg's port
         return self._rewrite(sdp, session, legs)
@@ -183,7 +184,7 @@ class LegacyRelay(MediaBackend):
             st = await self._stream(session, i)
             # the answerer is the request's receiver
             answerer, offerer = (st.b, st.a) if from_caller_request else (st.a, st.b)
-            answerer.target, answerer.latched = (sdp.media_address(i) or source[0], m.port), False
+            answerer.target, answerer.latched = _sdp_target(sdp, i, m.port, source), False
             legs.append((i, offerer))
             for leg in (st.a, st.b):
                 self._punch(leg)
@@ -227,3 +228,10 @@ class LegacyRelay(MediaBackend):
 
 def _fmt(addr) -> str:
     return f"{addr[0]}:{addr[1]}" if addr else ""
+
+
+def _sdp_target(sdp: SessionDescription, index: int, port: int, source) -> tuple[str, int]:
+    """Initial media target from the SDP. Only an IP literal is used: a host name in c= would be
+    resolved synchronously by every sendto (the event loop stalls per packet), so a name -- or
+    anything else -- falls back to the signalling source address (issue 10, class 4)."""
+    return (ip_literal(sdp.media_address(index) or "") or source[0], port)

@@ -175,7 +175,7 @@ class RTPProxyPool:
         if not up:
             raise RTPProxyUnavailable(f"all rtpproxy nodes are down; {HOW_TO_START}")
         total = sum(n.weight for n in up)
-        point = int(hashlib.sha1(call_id.encode()).hexdigest(), 16) % total
+        point = int(hashlib.sha1(call_id.encode("utf-8", "surrogateescape")).hexdigest(), 16) % total
         for n in up:
             if point < n.weight:
                 return n
@@ -212,3 +212,6 @@ class RTPProxyPool:
     def close(self) -> None:
         for n in self.nodes:
             n.client.close()
+
+    async def aclose(self) -> None:
+        self.close()

@@ -199,6 +199,14 @@ class AutoStartPool(RTPProxyPool):
             self.local.stop()
             self.local = None
 
+    async def aclose(self) -> None:
+        """close() for a running loop: waiting for the auto-started process happens in a thread."""
+        import asyncio
+        super().close()
+        local, self.local = self.local, None
+        if local is not None:
+            await asyncio.to_thread(local.stop)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,6 +5,7 @@ original wrote its own port numbers into the SDP, which RTPProxy never listened 
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from refactored import rtpproxy_protocol as proto
@@ -41,9 +42,9 @@ class RTPProxyBackend(MediaBackend):
             # the calls' audio flowing; sessions of calls that never end again time out in RTPProxy
             log.info("leaving %d RTPProxy sessions to the relay (restart keeps their audio)", len(self._calls))
             self._calls.clear()
-        self.pool.close()
+        await self.pool.aclose()
         if self.launcher is not None:
-            self.launcher.stop()
+            await asyncio.to_thread(self.launcher.stop)     # waits for the process: not on the loop
 
     def _relay_address(self, reply: proto.PortReply) -> str:
         if reply.address and reply.address not in ("0.0.0.0", "::", "127.0.0.1"):

@@ -43,7 +43,7 @@ def encode_token(value: str) -> str:
     if _SAFE.fullmatch(value) and "%" not in value and ";" not in value:   # fullmatch: "$" would allow a final \n
         return value
     out = []
-    for b in value.encode("utf-8"):
+    for b in value.encode("utf-8", "surrogateescape"):
         ch = chr(b)
         if ch.isascii() and (ch.isalnum() or ch in "-._~@"):
             out.append(ch)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything ims-migrate needs on a fresh Debian/Ubuntu machine (run as root).
 # Idempotent: a second run only checks and returns quickly.
-#   - system packages: iproute2, iptables/nftables, conntrack, SIPp (sip-tester), tcpdump,
+#   - system packages: iproute2, iptables/nftables, conntrack, SIPp (sip-tester), SIPVicious, tcpdump,
 #     docker.io + debootstrap (Docker lab backend), python3-venv, chromium (headless, for the
 #     HTML report test), redis-server (location store tests start their own instances)
 #     gcc (the bench's C RTP generator), kamailio and rtpengine-daemon (reference/relay rows of
@@ -20,7 +20,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 2
 fi
 
-PKGS="iproute2 iptables nftables conntrack sip-tester tcpdump procps kmod python3-venv debootstrap docker.io"
+PKGS="iproute2 iptables nftables conntrack sip-tester sipvicious tcpdump procps kmod python3-venv debootstrap docker.io"
 PKGS="$PKGS chromium redis-server"   # report.html rendering test; shared location store tests
 PKGS="$PKGS gcc libc6-dev kamailio rtpengine-daemon"   # harness bench: rtpgen, reference rows
 missing=""

@@ -140,11 +140,15 @@ class Admission:
             return decision
         if not self.identity:
             if self.auth_invite and self.authorizer is not None and method in LEGACY_CHALLENGED:
-                d = self.authorizer.decide(request, source, "Proxy-Authorization")
+                # a From in our domains is challenged whether or not the user exists (the
+                # original challenged existing users only: svwar -m INVITE listed them)
+                d = self.authorizer.decide(request, source, "Proxy-Authorization", force=from_local)
                 return Decision(d.response, d.username)
             return Decision()
         if from_local:
-            if not from_user or not self.user_exists(from_user):
+            # an unknown user in our domains gets the same challenge as a known one, and then the
+            # same 403 as a wrong password: the answers must not tell extensions apart (svwar)
+            if not from_user:
                 self.stats["identity_denied"] += 1
                 log.warning("refusing %s %s from %s:%s: From names no local user (%s)", method,
                             request.call_id, source[0], source[1], from_user)

@@ -58,6 +58,13 @@ edge policy (see MIGRATION.md "Edge policy"):
   LOCAL_DOMAINS        extra domains served here besides SIP_REALM and the server address
   RR_SECRET / RR_SECRET_FILE  route-token secret (default file rr_secret.key next to USERS_FILE,
                        created at the first start; keep it so calls survive restarts)
+edge safety (see MIGRATION.md "Edge safety"):
+  SERVER_HEADER        Server/User-Agent text we send, default "ims-migrate" (no stage, no version)
+  TCP_MAX_CONNECTIONS  open SIP TCP connections in all (1000)   TCP_MAX_PER_SOURCE  per address (32)
+  TCP_FIRST_MESSAGE_TIMEOUT  seconds a new TCP connection may stay without a valid SIP message (10)
+  DNS_TIMEOUT          seconds for resolving a host name found in Via/Route/R-URI, off the loop (2)
+  DNS_RESOLVE          0 = never resolve such names (the message is dropped with one log line)
+  IMS_LOOP_STALL_MS    tests/diagnosis: log every event-loop callback that runs longer than this
 """
 
 
@@ -110,11 +117,56 @@ async def serve(stage: int, config, plugins: Plugins) -> int:
         loop.add_signal_handler(sig, stop.set)
     print(f"ims-migrate {stage_of(stage).summary} ready on {config.advertised_host}:{config.advertised_port}",
           flush=True)
-    await stop.wait()
-    log.info("shutting down (signal)")
+    stopped = loop.create_task(stop.wait())
+    assert server.fatal is not None
+    await asyncio.wait([stopped, server.fatal], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    fatal = server.fatal.result() if server.fatal.done() else None
+    log.info("shutting down (%s)", f"fatal: {fatal}" if fatal else "signal")
     await mml.close()
     await server.stop()
+    if fatal:
+        print(f"error: {fatal}", file=sys.stderr)
+        return 4      # non-zero: pm2/systemd restart the process
     return 0
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (often 1024 -> 524288 under systemd/pm2),
+    so a burst of TCP connections cannot starve the CDR writer and the media relay of descriptors.
+    Returns (soft, hard) after the change."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1048576
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise RLIMIT_NOFILE from %d to %d: %s", soft, want, exc)
+    return soft, hard
+
+
+def loop_stall_threshold(environ) -> float | None:
+    """IMS_LOOP_STALL_MS: log callbacks that block the loop longer than this (sipcore.loopwatch; tests use 100)."""
+    raw = environ.get("IMS_LOOP_STALL_MS", "").strip()
+    if not raw:
+        return None
+    try:
+        ms = float(raw)
+    except ValueError:
+        raise ConfigError("IMS_LOOP_STALL_MS", f"not a number: {raw!r}") from None
+    if not ms > 0:
+        raise ConfigError("IMS_LOOP_STALL_MS", f"must be positive, got {raw!r}")
+    return ms / 1000.0
+
+
+async def _serve_watched(stage: int, config, plugins: Plugins, stall: float | None) -> int:
+    if stall is not None:
+        from sipcore import loopwatch
+        loopwatch.install(stall)
+        log.info("loop stall detector on: callbacks blocking the loop over %.0f ms are logged", stall * 1000)
+    return await serve(stage, config, plugins)
 
 
 def main(stage: int, argv: list[str] | None, plugins: Plugins) -> int:
@@ -127,6 +179,7 @@ def main(stage: int, argv: list[str] | None, plugins: Plugins) -> int:
     try:
         config = Config.from_env(os.environ)
         plugins.check_signalling(stage, config)
+        stall = loop_stall_threshold(os.environ)
     except ConfigError as exc:
         print(f"configuration error: {exc.key}: {exc.message}", file=sys.stderr)
         return 2
@@ -141,11 +194,13 @@ def main(stage: int, argv: list[str] | None, plugins: Plugins) -> int:
             return 0
         print(f"configuration NOT ok for {stage_of(stage).summary}: fix the FAIL lines above", file=sys.stderr)
         return 1
+    soft, hard = raise_nofile_limit()
+    log.info("RLIMIT_NOFILE %d (hard %d)", soft, hard)
     try:
         if config.event_loop == "uvloop":
             import uvloop
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                return runner.run(serve(stage, config, plugins))
-        return asyncio.run(serve(stage, config, plugins))
+                return runner.run(_serve_watched(stage, config, plugins, stall))
+        return asyncio.run(_serve_watched(stage, config, plugins, stall))
     except KeyboardInterrupt:
         return 130

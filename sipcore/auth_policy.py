@@ -67,12 +67,13 @@ class SipAuthorizer:
         log.info("%s from %s:%s: authentication failed (%s)", request.method, *source, reason)
         if self.limiter is not None:
             self.limiter.failure(source[0], f"auth {request.method}")
+        # One answer whatever went wrong (unknown user, wrong password, bad realm ...): a different
+        # text per cause lets SIPVicious svwar list the existing extensions. The cause is logged.
         if self.failure_status == status:
             return AuthDecision(self._challenge(request, status, challenge_header, now, stale=False),
                                 username=result.username if result else None, failed=True, reason=reason)
         resp = build_response(request, 403, "Forbidden",
-                              to_tag="auth", extra_headers=[("Server", self.server_header),
-                                                            ("Warning", f'399 - "{reason}"')])
+                              to_tag="auth", extra_headers=[("Server", self.server_header)])
         return AuthDecision(resp, username=result.username if result else None, failed=True, reason=reason)
 
     def check(self, request: SIPRequest, source: tuple[str, int], header: str) -> SIPResponse | None:

@@ -26,6 +26,8 @@ import time
 from datetime import date as Date, datetime, timedelta
 from typing import Callable
 
+from sipcore.textsafe import ERRORS as TEXT_ERRORS
+
 log = logging.getLogger(__name__)
 
 COLUMNS = (
@@ -118,7 +120,7 @@ class CDRWriter:
             if created:
                 out.writerow(COLUMNS)
             out.writerow([full[c] for c in COLUMNS])
-            data = buf.getvalue().encode("utf-8")
+            data = buf.getvalue().encode("utf-8", TEXT_ERRORS)   # undecodable bytes as \xNN
             written = os.write(fd, data)         # in the kernel now: survives kill -9
             while written < len(data):          # regular files write fully; be safe anyway
                 written += os.write(fd, data[written:])

@@ -147,6 +147,13 @@ class Config:
     location_store: str = "memory"
     config_file: str | None = None
     event_loop: str = "asyncio"              # asyncio | uvloop (PyPI, optional extra "fast")
+    # edge safety (issue 10)
+    server_header: str | None = None        # None: the stage's own text (sipcore/stages.py)
+    tcp_max_connections: int = 1000
+    tcp_max_per_source: int = 32
+    tcp_first_message_timeout: float = 10.0
+    dns_timeout: float = 2.0
+    dns_resolve: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, config_file: str | None = None, *,
@@ -276,6 +283,7 @@ class Config:
             caller_identity=caller_identity, foreign_callers=foreign, outbound_route=outbound,
             local_domains=domains, rr_secret=rr_secret, rr_secret_file=rr_secret_file,
             location_store=location_store,
+            **_edge_safety(get),
         )
 
     def describe(self) -> dict:
@@ -460,6 +468,22 @@ def _int(key: str, value, lo: int, hi: int) -> int:
 
 def _port(key: str, value) -> int:
     return _int(key, value, 1, 65535)
+
+
+def _edge_safety(get) -> dict:
+    """SERVER_HEADER, TCP caps and DNS settings (issue 10) as Config fields."""
+    server_header = get("SERVER_HEADER", None)
+    if server_header is not None and (not server_header.strip() or len(server_header) > 200
+                                      or not server_header.isprintable()):
+        raise ConfigError("SERVER_HEADER", "must be 1-200 printable characters")
+    return {
+        "server_header": server_header,
+        "tcp_max_connections": _int("TCP_MAX_CONNECTIONS", get("TCP_MAX_CONNECTIONS", "1000"), 1, 1000000),
+        "tcp_max_per_source": _int("TCP_MAX_PER_SOURCE", get("TCP_MAX_PER_SOURCE", "32"), 1, 1000000),
+        "tcp_first_message_timeout": _float("TCP_FIRST_MESSAGE_TIMEOUT", get("TCP_FIRST_MESSAGE_TIMEOUT", "10")),
+        "dns_timeout": _float("DNS_TIMEOUT", get("DNS_TIMEOUT", "2")),
+        "dns_resolve": _bool("DNS_RESOLVE", get("DNS_RESOLVE", "1")),
+    }
 
 
 def _float(key: str, value) -> float:

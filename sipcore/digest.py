@@ -19,7 +19,7 @@ ALGORITHMS = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
 
 
 def _h(algorithm: str, text: str) -> str:
-    return ALGORITHMS[algorithm](text.encode("utf-8")).hexdigest()
+    return ALGORITHMS[algorithm](text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def compute_ha1(username: str, realm: str, password: str, algorithm: str = "MD5") -> str:

@@ -22,6 +22,7 @@ import time
 from typing import Callable
 
 from sipcore.errors import ConfigError
+from sipcore.textsafe import ERRORS as TEXT_ERRORS, printable
 
 FORMAT = "%(asctime)s.%(msecs)03d [%(levelname)-8s] [%(name)s:%(funcName)s:%(lineno)d] %(message)s"
 DATEFMT = "%Y-%m-%d %H:%M:%S"
@@ -67,7 +68,7 @@ class DatedFileHandler(logging.Handler):
                 self._stream.close()
             self.path = log_file_path(self.log_dir, day)
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            self._stream = open(self.path, "a", encoding="utf-8")
+            self._stream = open(self.path, "a", encoding="utf-8", errors=TEXT_ERRORS)
             self._day = day
         return self._stream
 
@@ -103,13 +104,29 @@ class _BelowWarning(logging.Filter):
         return record.levelno < logging.WARNING
 
 
+class _TextSafeStreamHandler(logging.StreamHandler):
+    """A console handler that writes undecodable header bytes as \\xNN (sys.stdout is strict)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
 def console_handlers() -> list[logging.Handler]:
     """stdout for DEBUG/INFO, stderr for WARNING and above."""
-    out = logging.StreamHandler(sys.stdout)
+    out = _TextSafeStreamHandler(sys.stdout)
     out.addFilter(_BelowWarning())
-    err = logging.StreamHandler(sys.stderr)
+    err = _TextSafeStreamHandler(sys.stderr)
     err.setLevel(logging.WARNING)
     return [out, err]
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line for a log: type, message and where it was raised (no multi-line traceback)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f" at {os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}" if tb is not None else ""
+    return f"{type(exc).__name__}: {str(exc)[:200]}{where}"
 
 
 def normalise_level(level: str) -> str:

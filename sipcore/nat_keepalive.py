@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 class NATKeepalive:
     def __init__(self, proxy, registrar: Registrar, *, interval: float = 25.0, method: str = "OPTIONS",
-                 max_failures: int = 3, ping_timeout: float = 2.0, send_raw=None):
+                 max_failures: int = 3, ping_timeout: float = 2.0, send_raw=None,
+                 user_agent: str = "ims-migrate"):
         self.proxy = proxy
         self.registrar = registrar
         self.interval = interval
@@ -27,6 +28,7 @@ class NATKeepalive:
         self.max_failures = max_failures
         self.ping_timeout = ping_timeout
         self.send_raw = send_raw
+        self.user_agent = user_agent     # SERVER_HEADER: no stage, no version
         self.stats = {"rounds": 0, "sent": 0, "answered": 0, "failed": 0, "dropped": 0}
         self._task: asyncio.Task | None = None
 
@@ -90,7 +92,7 @@ class NATKeepalive:
         headers.add("To", f"<{binding.contact}>")
         headers.add("Call-ID", f"ka-{new_tag()}@{host}")
         headers.add("CSeq", "1 OPTIONS")
-        headers.add("User-Agent", "ims-migrate-nat-keepalive")
+        headers.add("User-Agent", self.user_agent)
         return SIPRequest("OPTIONS", SipURI.parse(binding.contact), headers)
 
     def state(self) -> dict:

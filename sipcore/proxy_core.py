@@ -219,7 +219,7 @@ class ProxyCore:
         return uri.host == self.host and (uri.port or 5060) == self.port
 
     def _branch_for(self, incoming: str, call_id: str, seq: int, index: int) -> str:
-        h = hashlib.sha1(f"{incoming}|{call_id}|{seq}|{index}".encode()).hexdigest()[:20]
+        h = hashlib.sha1(f"{incoming}|{call_id}|{seq}|{index}".encode("utf-8", "surrogateescape")).hexdigest()[:20]
         return "z9hG4bK" + h
 
     def _record_route(self, tx: ServerTx) -> str:
@@ -238,7 +238,7 @@ class ProxyCore:
         else:
             req = tx_or_req
         resp = build_response(req, status, reason,
-                              to_tag=to_tag or (hashlib.sha1((req.call_id or "").encode()).hexdigest()[:10]
+                              to_tag=to_tag or (hashlib.sha1((req.call_id or "").encode("utf-8", "surrogateescape")).hexdigest()[:10]
                                                 if status > 100 else None),
                               extra_headers=list(extra) + self.local_headers())
         if (status == 405 or status == 200 and req.method == "OPTIONS") and not resp.headers.get("Allow"):

@@ -228,7 +228,7 @@ class Registrar:
 
 def _register_tag(request: SIPRequest) -> str:
     import hashlib
-    return hashlib.sha1((request.call_id or "").encode()).hexdigest()[:10]
+    return hashlib.sha1((request.call_id or "").encode("utf-8", "surrogateescape")).hexdigest()[:10]
 
 
 def _int_or_none(value: str | None) -> int | None:

@@ -99,26 +99,39 @@ class FailureLimiter:
     failures for ``window`` seconds and adds it to the blacklist at ``blacklist_after``."""
 
     def __init__(self, block_after: int = 10, window: float = 60.0, blacklist_after: int = 50,
-                 blacklist: Blacklist | None = None, clock=time.monotonic):
+                 blacklist: Blacklist | None = None, clock=time.monotonic, total_ttl: float = 3600.0):
         self.block_after = block_after
         self.window = window
         self.blacklist_after = blacklist_after
         self.blacklist = blacklist
         self.clock = clock
+        self.total_ttl = total_ttl          # an address without failures this long is forgotten
         self._fails: dict[str, deque] = {}
         self._totals: dict[str, int] = {}
+        self._last: dict[str, float] = {}
 
-    def _recent(self, ip: str) -> deque:
-        q = self._fails.setdefault(ip, deque())
+    def _recent(self, ip: str, create: bool = False) -> deque | None:
+        q = self._fails.get(ip)
+        if q is None:
+            if not create:
+                return None
+            q = self._fails[ip] = deque()
         limit = self.clock() - self.window
         while q and q[0] < limit:
             q.popleft()
         return q
 
-    def failure(self, ip: str, what: str = "") -> None:
-        q = self._recent(ip)
-        q.append(self.clock())
+    def _count(self, ip: str, q: deque) -> int:
+        now = self.clock()
+        q.append(now)
+        self._last[ip] = now
         total = self._totals[ip] = self._totals.get(ip, 0) + 1
+        return total
+
+    def failure(self, ip: str, what: str = "") -> None:
+        q = self._recent(ip, create=True)
+        assert q is not None
+        total = self._count(ip, q)
         if len(q) == self.block_after:
             log.warning("rate limit: %s blocked for %.0fs after %d failures (%s)", ip, self.window, len(q), what)
         if self.blacklist is not None and total >= self.blacklist_after and ip not in self.blacklist:
@@ -126,17 +139,31 @@ class FailureLimiter:
             log.warning("rate limit: %s added to the blacklist after %d failures", ip, total)
 
     def blocked(self, ip: str) -> bool:
+        """Checked for every message: must not allocate anything for addresses without failures."""
         q = self._recent(ip)
-        if len(q) >= self.block_after:
-            q.append(self.clock())          # blocked traffic keeps counting
-            self._totals[ip] = self._totals.get(ip, 0) + 1
-            if self.blacklist is not None and self._totals[ip] >= self.blacklist_after and ip not in self.blacklist:
+        if q is not None and len(q) >= self.block_after:
+            total = self._count(ip, q)          # blocked traffic keeps counting
+            if self.blacklist is not None and total >= self.blacklist_after and ip not in self.blacklist:
                 self.blacklist.add(ip)
                 log.warning("rate limit: %s added to the blacklist", ip)
             return True
         return False
 
+    def prune(self) -> int:
+        """Return the memory of addresses whose failures expired; returns how many were forgotten."""
+        now = self.clock()
+        gone = [ip for ip, q in list(self._fails.items())
+                if not self._recent(ip) and now - self._last.get(ip, 0.0) > max(self.total_ttl, self.window)]
+        for ip in gone:
+            self._fails.pop(ip, None)
+            self._totals.pop(ip, None)
+            self._last.pop(ip, None)
+        return len(gone)
+
+    def __len__(self) -> int:
+        return len(self._fails)
+
     def stats(self) -> dict[str, dict]:
-        return {ip: {"recent": len(self._recent(ip)), "total": self._totals.get(ip, 0),
-                     "blocked": len(self._recent(ip)) >= self.block_after}
+        return {ip: {"recent": len(self._recent(ip) or ()), "total": self._totals.get(ip, 0),
+                     "blocked": len(self._recent(ip) or ()) >= self.block_after}
                 for ip in list(self._fails)}

@@ -17,12 +17,14 @@ from sipcore.call_records import CDREvents
 from sipcore.digest import DigestAuthenticator
 from sipcore.errors import SIPError, error_response
 from sipcore.message import SIPRequest
+from sipcore.logsetup import describe_exception
 from sipcore.nat_helper import init_nat_helper
 from sipcore.nat_keepalive import NATKeepalive
 from sipcore.proxy_driver import ProxyDriver
 from sipcore.record_route import RouteTokens, load_secret
 from sipcore.registrar import Registrar
 from sipcore.registration import Registration
+from sipcore.resolver import Resolver
 from sipcore.security import Blacklist, FailureLimiter
 from sipcore.stage_policy import StagePolicy
 from sipcore.stages import stage_of
@@ -58,7 +60,8 @@ class SIPServer:
         if self.spec.nat_helper:
             nat = init_nat_helper(server_ip=config.advertised_host, local_networks=config.local_networks)
         profile = self.spec
-        self.server_header = profile.server_header
+        # SERVER_HEADER overrides the stage's text; no default names a stage (issue 10, class 7)
+        self.server_header = config.server_header or profile.server_header
         # AUTH_INVITE unset: the stage's default (stage 0 as the original: only REGISTER challenged)
         auth_invite = profile.auth_invite if config.auth_invite is None else config.auth_invite
         # CALLER_IDENTITY overrides the stage's default; AUTH_INVITE=0 alone turns the rule off
@@ -82,8 +85,14 @@ class SIPServer:
                                         server_on_challenge=profile.server_on_challenge)
         self.events = CDREvents(cdr, server_ip=config.advertised_host, server_port=config.advertised_port,
                                 extended=config.cdr_extended)
+        self.fatal: asyncio.Future | None = None     # set by start(); resolved when the server must exit
         self.transport = SIPTransport(self._on_message, max_size=65535,
-                                      bad_request_host=config.advertised_host)
+                                      bad_request_host=config.advertised_host,
+                                      tcp_first_message_timeout=config.tcp_first_message_timeout,
+                                      tcp_max_connections=config.tcp_max_connections,
+                                      tcp_max_per_source=config.tcp_max_per_source,
+                                      resolver=Resolver(timeout=config.dns_timeout, enabled=config.dns_resolve),
+                                      on_fatal=self._on_fatal)
         self.admission = build_admission(config, self.policy, self.authorizer, self._user_exists,
                                          self.server_header, auth_invite)
         self.registration = Registration(self.authorizer, self.registrar, self.events, self.server_header,
@@ -98,7 +107,7 @@ class SIPServer:
             self.keepalive = NATKeepalive(self.proxy, self.registrar, interval=config.nat_keepalive_interval,
                                           method=config.nat_keepalive_method,
                                           max_failures=config.nat_keepalive_failures,
-                                          send_raw=self.transport.send_raw)
+                                          send_raw=self.transport.send_raw, user_agent=self.server_header)
         self._tasks: list[asyncio.Task] = []
         self._handlers: set[asyncio.Task] = set()
         self.mml = None
@@ -110,6 +119,7 @@ class SIPServer:
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
+        self.fatal = asyncio.get_running_loop().create_future()
         await self.media.start()
         self.handed_over = call_handover.load(call_handover.handover_path(self.config.cdr_dir))
         self.proxy.core.on_stateless_bye = self._handed_over_bye   # type: ignore[method-assign]
@@ -127,6 +137,12 @@ class SIPServer:
                  self.stage, self.spec.name, self.config.bind_ip, self.config.server_port,
                  "+tcp" if self.config.enable_tcp else "", self.config.advertised_host,
                  self.config.advertised_port, self.media.name)
+
+    def _on_fatal(self, reason: str) -> None:
+        """A listener is gone for good: the process must exit non-zero (pm2/systemd restart it)."""
+        log.critical("fatal: %s; exiting so the supervisor restarts the server", reason)
+        if self.fatal is not None and not self.fatal.done():
+            self.fatal.set_result(reason)
 
     async def stop(self) -> None:
         """Graceful: stop accepting, end media sessions, flush CDR."""
@@ -170,6 +186,7 @@ class SIPServer:
                     self.blacklist.reload()
                 if tick % 30 == 0:
                     self.registrar.expire(time.time())
+                    self.limiter.prune()
             except Exception:   # noqa: BLE001
                 log.exception("housekeeping failed")
 
@@ -203,8 +220,8 @@ class SIPServer:
                 log.warning("%s from %s:%s: %s -> %d", getattr(msg, "method", "response"), *source,
                             exc.reason, reply.status)
                 self.transport.send(reply, source, transport)
-        except Exception:   # noqa: BLE001 - one bad message must not stop the server
-            log.exception("error handling message from %s:%s", *source)
+        except Exception as exc:   # noqa: BLE001 - one bad message must not stop the server
+            log.error("internal error handling message from %s:%s: %s", *source, describe_exception(exc))
             reply = error_response(msg, SIPError("internal error"), self.server_header)
             if reply is not None:
                 self.transport.send(reply, source, transport)

@@ -4,15 +4,24 @@ The one place where SIP touches sockets. Incoming bytes are parsed with the sans
 handed to ``on_message(message, source, transport_name)``. Malformed input: a request whose start
 line and headers could be read is answered 400 (505 for another SIP version) with a Warning;
 anything else is dropped with one log line. Reads are bounded by ``max_size``.
+
+Hostile traffic (issue 10): no destination taken from the wire reaches a socket unchecked
+(``sipcore.resolver.check_destination``; DNS names are resolved off the loop), so no send error
+can close a listener; a listener lost anyway is reopened, and when that fails ``on_fatal`` is
+called so the process exits non-zero and its supervisor restarts it. TCP connections are capped
+globally and per source address, and a connection that has not delivered a parsable message
+within ``tcp_first_message_timeout`` is closed.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Callable
 
 from sipcore.errors import SIPParseError, error_response
 from sipcore.message import SIPMessage, SIPResponse, parse_message
+from sipcore.resolver import BadDestination, Resolver, check_destination
 
 log = logging.getLogger(__name__)
 
@@ -33,30 +42,52 @@ class _UDPProtocol(asyncio.DatagramProtocol):
         self.owner._incoming(data, (addr[0], addr[1]), "udp", None)
 
     def error_received(self, exc: Exception) -> None:
-        log.debug("udp error: %s", exc)
+        # ICMP errors of earlier sends and OSErrors of sendto (EACCES, EMSGSIZE, ENETUNREACH ...)
+        log.info("udp send error (message dropped): %s", exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._udp_lost(self, exc)
 
 
 class SIPTransport:
     def __init__(self, on_message: OnMessage, max_size: int = 65535, bad_request_host: str = "-",
-                 tcp_idle_timeout: float = 600.0):
+                 tcp_idle_timeout: float = 600.0, *, tcp_first_message_timeout: float = 10.0,
+                 tcp_max_connections: int = 1000, tcp_max_per_source: int = 32,
+                 resolver: Resolver | None = None, on_fatal: Callable[[str], None] | None = None):
         self.on_message = on_message
         self.max_size = max_size
         self.host = bad_request_host
         self.tcp_idle_timeout = tcp_idle_timeout
+        self.tcp_first_message_timeout = tcp_first_message_timeout
+        self.tcp_max_connections = tcp_max_connections
+        self.tcp_max_per_source = tcp_max_per_source
+        self.resolver = resolver or Resolver()
+        self.on_fatal = on_fatal
         self._udp: asyncio.DatagramTransport | None = None
+        self._udp_protocol: _UDPProtocol | None = None
+        self._udp_addr: tuple[str, int] | None = None
         self._tcp_server: asyncio.base_events.Server | None = None
         self._tcp_conns: dict[tuple[str, int], asyncio.StreamWriter] = {}
-        self.stats = {"rx": 0, "tx": 0, "bad": 0, "oversize": 0}
+        self._tcp_per_source: dict[str, int] = {}
+        self._tcp_refused_logged = 0.0
+        self._closing = False
+        self._tasks: set[asyncio.Task] = set()
+        self.stats = {"rx": 0, "tx": 0, "bad": 0, "oversize": 0, "bad_destination": 0,
+                      "udp_reopened": 0, "tcp_refused": 0, "tcp_idle_closed": 0}
 
     # --- listening ----------------------------------------------------------------------------
     async def listen_udp(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        self._udp, _ = await loop.create_datagram_endpoint(lambda: _UDPProtocol(self), local_addr=(host, port))
+        self._udp, self._udp_protocol = await loop.create_datagram_endpoint(lambda: _UDPProtocol(self),
+                                                                            local_addr=(host, port))
+        bound = self._udp.get_extra_info("sockname")
+        self._udp_addr = (host, bound[1] if bound else port)    # the real port, also for port 0
 
     async def listen_tcp(self, host: str, port: int) -> None:
         self._tcp_server = await asyncio.start_server(self._tcp_client, host, port, limit=self.max_size + 4096)
 
     def close(self) -> None:
+        self._closing = True
         if self._udp is not None:
             self._udp.close()
             self._udp = None
@@ -66,18 +97,55 @@ class SIPTransport:
         for w in self._tcp_conns.values():
             w.close()
         self._tcp_conns.clear()
+        self._tcp_per_source.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        self.resolver.close()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _udp_lost(self, protocol: "_UDPProtocol", exc: Exception | None) -> None:
+        """The UDP socket was closed under us (it should not happen: destinations are checked).
+        Reopen it; if that fails, report a fatal error so the process exits non-zero."""
+        if self._closing or protocol is not self._udp_protocol or self._udp_addr is None:
+            return
+        log.error("udp listener %s:%s lost (%s); reopening", *self._udp_addr, exc or "closed")
+        self._udp = None
+        self._udp_protocol = None
+        self._spawn(self._reopen_udp())
+
+    async def _reopen_udp(self) -> None:
+        assert self._udp_addr is not None
+        for delay in (0.0, 0.1, 0.5, 1.0, 2.0):
+            await asyncio.sleep(delay)
+            if self._closing:
+                return
+            try:
+                await self.listen_udp(*self._udp_addr)
+            except OSError as exc:
+                log.error("udp listener %s:%s: reopen failed: %s", *self._udp_addr, exc)
+                continue
+            self.stats["udp_reopened"] += 1
+            log.warning("udp listener %s:%s reopened", *self._udp_addr)
+            return
+        if self.on_fatal is not None:
+            self.on_fatal(f"udp listener {self._udp_addr[0]}:{self._udp_addr[1]} lost and cannot be reopened")
 
     # --- intake -------------------------------------------------------------------------------
-    def _incoming(self, data: bytes, source: tuple[str, int], transport: str, writer) -> None:
+    def _incoming(self, data: bytes, source: tuple[str, int], transport: str, writer) -> bool:
+        """Parse and hand on one message; True when it was a parsable SIP message."""
         if data in KEEPALIVE_PAYLOADS or not data.strip(b"\r\n\0 "):
             if writer is not None and data == b"\r\n\r\n":
                 writer.write(b"\r\n")     # RFC 5626 pong
-            return
+            return False
         self.stats["rx"] += 1
         if len(data) > self.max_size:
             self.stats["oversize"] += 1
             log.warning("dropping %d-byte message from %s:%s (limit %d)", len(data), *source, self.max_size)
-            return
+            return False
         try:
             msg = parse_message(data, self.max_size, stream=transport == "tcp")
         except SIPParseError as exc:
@@ -88,21 +156,55 @@ class SIPTransport:
                 self.send(reply, source, transport)
             else:
                 log.info("dropping malformed message from %s:%s: %s", *source, exc.reason)
-            return
+            return False
         self.on_message(msg, source, transport)
+        return True
 
-    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _admit_tcp(self, ip: str) -> str | None:
+        """None when a new connection from ``ip`` may be served, else why not."""
+        if len(self._tcp_conns) >= self.tcp_max_connections:
+            return f"{len(self._tcp_conns)} connections open (limit {self.tcp_max_connections})"
+        if self._tcp_per_source.get(ip, 0) >= self.tcp_max_per_source:
+            return f"{self.tcp_max_per_source} connections from this address (limit)"
+        return None
+
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                          trusted: bool = False) -> None:
+        """Serve one TCP connection. ``trusted``: one we opened ourselves (counts as validated)."""
         peer = writer.get_extra_info("peername")
+        if not peer:
+            writer.close()
+            return
         source = (peer[0], peer[1])
+        refusal = None if trusted else self._admit_tcp(source[0])
+        if refusal is not None:
+            self.stats["tcp_refused"] += 1
+            now = time.monotonic()
+            if now - self._tcp_refused_logged >= 1.0:     # one line per second under a flood
+                self._tcp_refused_logged = now
+                log.warning("tcp connection from %s:%s refused: %s (%d refused so far)", *source, refusal,
+                            self.stats["tcp_refused"])
+            writer.transport.abort()
+            return
         self._tcp_conns[source] = writer
+        self._tcp_per_source[source[0]] = self._tcp_per_source.get(source[0], 0) + 1
+        validated = trusted
+        deadline = time.monotonic() + self.tcp_first_message_timeout
         try:
             while True:
+                timeout = self.tcp_idle_timeout if validated else max(0.0, deadline - time.monotonic())
                 try:
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.tcp_idle_timeout)
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
                 except asyncio.LimitOverrunError:
                     log.warning("tcp %s:%s: header block over %d bytes, closing", *source, self.max_size)
                     return
-                except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+                except asyncio.TimeoutError:
+                    if not validated:
+                        self.stats["tcp_idle_closed"] += 1
+                        log.info("tcp %s:%s: no valid SIP message within %.0fs, closing", *source,
+                                 self.tcp_first_message_timeout)
+                    return
+                except (asyncio.IncompleteReadError, ConnectionError):
                     return
                 stripped = head.lstrip(b"\r\n")
                 if not stripped:
@@ -121,14 +223,22 @@ class SIPTransport:
                 if length < 0 or len(stripped) + length > self.max_size:
                     log.warning("tcp %s:%s: message over %d bytes, closing", *source, self.max_size)
                     return
+                body_timeout = 30.0 if validated else max(0.0, deadline - time.monotonic())
                 try:
-                    body = await asyncio.wait_for(reader.readexactly(length), 30.0)
+                    body = await asyncio.wait_for(reader.readexactly(length), body_timeout)
                 except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
                     log.info("tcp %s:%s: incomplete body, closing", *source)
                     return
-                self._incoming(stripped + body, source, "tcp", writer)
+                if self._incoming(stripped + body, source, "tcp", writer):
+                    validated = True
         finally:
-            self._tcp_conns.pop(source, None)
+            if self._tcp_conns.get(source) is writer:
+                del self._tcp_conns[source]
+            left = self._tcp_per_source.get(source[0], 1) - 1
+            if left > 0:
+                self._tcp_per_source[source[0]] = left
+            else:
+                self._tcp_per_source.pop(source[0], None)
             writer.close()
 
     # --- sending ------------------------------------------------------------------------------
@@ -137,20 +247,58 @@ class SIPTransport:
         self.send_raw(data, addr, transport)
 
     def send_raw(self, data: bytes, addr: tuple[str, int], transport: str = "udp") -> None:
+        """Send ``data``; never raises and never closes a listener. A destination from the wire
+        that is not usable drops the message with one log line; a DNS name is resolved off the
+        loop first (sipcore.resolver)."""
         self.stats["tx"] += 1
+        try:
+            host, port, is_ip = check_destination(addr)
+        except BadDestination as exc:
+            self._dropped(addr, str(exc))
+            return
+        if not is_ip:
+            if not self.resolver.enabled:
+                self._dropped(addr, "host names are not resolved (DNS_RESOLVE=0)")
+                return
+            known, address = self.resolver.cached(host)
+            if not known:
+                self._spawn(self._resolve_and_send(data, host, port, transport))
+                return
+            if address is None:
+                self._dropped(addr, f"{host!r} does not resolve")
+                return
+            host = address
+        self._send_to(data, (host, port), transport)
+
+    def _dropped(self, addr, why: str) -> None:
+        self.stats["bad_destination"] += 1
+        log.info("not sending to %r: %s (message dropped)", addr, why)
+
+    async def _resolve_and_send(self, data: bytes, name: str, port: int, transport: str) -> None:
+        try:
+            address = await self.resolver.resolve(name)
+        except BadDestination as exc:
+            self._dropped((name, port), str(exc))
+            return
+        if address is None:
+            self._dropped((name, port), f"{name!r} does not resolve (or timed out)")
+            return
+        self._send_to(data, (address, port), transport)
+
+    def _send_to(self, data: bytes, addr: tuple[str, int], transport: str) -> None:
         if transport == "tcp":
-            writer = self._tcp_conns.get((addr[0], addr[1]))
+            writer = self._tcp_conns.get(addr)
             if writer is not None and not writer.is_closing():
                 writer.write(data)
                 return
-            asyncio.get_running_loop().create_task(self._tcp_connect_send(data, addr))
+            self._spawn(self._tcp_connect_send(data, addr))
             return
         if self._udp is None:
-            log.debug("udp transport closed; not sending to %s:%s", *addr)
+            log.info("udp transport closed; not sending to %s:%s", *addr)
             return
         try:
             self._udp.sendto(data, addr)
-        except OSError as exc:
+        except Exception as exc:   # noqa: BLE001 - belt and braces: a send must never raise
             log.warning("send to %s:%s failed: %s", *addr, exc)
 
     async def _tcp_connect_send(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -160,4 +308,4 @@ class SIPTransport:
             log.warning("tcp connect to %s:%s failed: %s", *addr, exc)
             return
         writer.write(data)
-        asyncio.get_running_loop().create_task(self._tcp_client(reader, writer))
+        self._spawn(self._tcp_client(reader, writer, trusted=True))

@@ -1,6 +1,7 @@
 """Start a real server stage as a subprocess on loopback, with ports unique per xdist worker."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -53,8 +54,50 @@ class Ports:
         self.relay_min, self.relay_max = base + 400, base + 999
 
 
+class FreePorts(Ports):
+    """Like Ports, but picked at run time: SIP/control/UA ports are ports the kernel hands out as
+    free (bound to port 0, checked for UDP and TCP), and the media relay range is a block of
+    ``RTP_BLOCK`` ports in ``rtp_lo``-``rtp_hi`` claimed with an exclusive lock file for as long as
+    this object lives, so concurrent suites (other workers, other checkouts) never share one."""
+
+    RTP_BLOCK = 50
+    LOCK_DIR = "/tmp/ims-test-ports"
+
+    def __init__(self, rtp_lo: int = 20000, rtp_hi: int = 20999):
+        picked: set[int] = set()
+
+        def one() -> int:
+            for _ in range(200):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.bind(("127.0.0.1", 0))
+                    port = s.getsockname()[1]
+                if port not in picked and _free(port):
+                    picked.add(port)
+                    return port
+            raise RuntimeError("no free port")
+
+        self.sip, self.mml, self.rtpproxy = one(), one(), one()
+        self.ua = [one(), one(), one()]
+        self.rtp_ua = [one(), one(), one()]
+        os.makedirs(self.LOCK_DIR, exist_ok=True)
+        blocks = list(range(rtp_lo, rtp_hi - self.RTP_BLOCK + 2, self.RTP_BLOCK))
+        random.shuffle(blocks)
+        for start in blocks:
+            fh = open(os.path.join(self.LOCK_DIR, f"rtp-{start}.lock"), "w")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                continue
+            self._lock = fh                     # released when this object (or the process) goes
+            self.relay_min, self.relay_max = start, start + self.RTP_BLOCK - 1
+            return
+        raise RuntimeError(f"every RTP block in {rtp_lo}-{rtp_hi} is in use")
+
+
 class ServerProcess:
-    def __init__(self, stage: int, workdir: str, entry: str | None = None, extra_env: dict | None = None):
+    def __init__(self, stage: int, workdir: str, entry: str | None = None, extra_env: dict | None = None,
+                 ports: Ports | None = None):
         self.stage = stage
         self.workdir = workdir
         self.token = "test-token"
@@ -62,10 +105,11 @@ class ServerProcess:
         with open(os.path.join(workdir, "users.json"), "w") as fh:
             json.dump(users, fh)
         self.extra_env = extra_env
-        self._set_ports(Ports())
+        self._set_ports(ports or Ports())
         self.entry = entry or os.path.join(ROOT, ENTRYPOINTS[stage])
         self.proc: subprocess.Popen | None = None
         self.output = ""
+        self.preexec_fn = None          # e.g. a lower RLIMIT_NOFILE for the server process
 
     def _set_ports(self, ports: Ports) -> None:
         self.ports = ports
@@ -88,12 +132,13 @@ class ServerProcess:
                 if "Address already in use" not in str(exc) or attempt == 2:
                     raise
                 self.output = ""
-                self._set_ports(Ports())
+                self._set_ports(type(self.ports)())
         raise AssertionError("unreachable")
 
     def _start(self) -> "ServerProcess":
         self.proc = subprocess.Popen([PYTHON, self.entry], cwd=self.workdir, env=self.env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     preexec_fn=self.preexec_fn)
         deadline = time.monotonic() + 20
         lines = []
         while time.monotonic() < deadline:

@@ -129,12 +129,12 @@ def test_pool_fails_over_and_reprobes(rtpproxy, relay_range, tmp_path):
                 if await pool.probe(n):
                     break
                 await asyncio.sleep(0.1)
-        local_a.stop()
+        await asyncio.to_thread(local_a.stop)     # stopping a process waits: not on the loop
         for i in range(6):                       # every call lands on the surviving node
             reply = proto.parse_port_reply(await pool.command(f"c{i}", proto.offer(f"c{i}", "127.0.0.1", 4000, "t")))
             assert reply.port >= relay_range[0] + 450
         assert not pool.nodes[0].up
-        local_b.stop()
+        await asyncio.to_thread(local_b.stop)
         with pytest.raises(RTPProxyUnavailable) as exc:
             await pool.command("cx", proto.offer("cx", "127.0.0.1", 4000, "t"))
         assert "ims-rtpproxy -l" in str(exc.value)          # says how to start one

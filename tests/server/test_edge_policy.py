@@ -247,12 +247,18 @@ def test_foreign_domain_caller_policy(policy, expected):
     assert wire.take()[0][0].status == expected
 
 
-def test_unknown_user_in_our_domain_is_refused():
-    proxy, wire, _, _ = identity_proxy()
-    req = invite()
-    req.headers.set("From", "<sip:9999@sip.local>;tag=ftag")
-    run(proxy.on_request(req, EVE, "udp"))
-    assert wire.take()[0][0].status == 403
+def test_unknown_user_in_our_domain_gets_the_challenge_of_a_known_one():
+    """Refused all the same (its credentials can never verify), but a 403 here and a 407 for an
+    existing user would let SIPVicious svwar list the extensions (issue 10, class 7)."""
+    answers = []
+    for user in ("9999", "1001"):
+        proxy, wire, _, _ = identity_proxy()
+        req = invite()
+        req.headers.set("From", f"<sip:{user}@sip.local>;tag=ftag")
+        run(proxy.on_request(req, EVE, "udp"))
+        resp = wire.take()[0][0]
+        answers.append((resp.status, resp.reason, sorted(n for n, _ in resp.headers.items())))
+    assert answers[0] == answers[1] and answers[0][0] == 407
 
 
 def test_outbound_route_is_for_authenticated_local_users_only():
