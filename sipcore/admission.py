@@ -140,9 +140,9 @@ class Admission:
             return decision
         if not self.identity:
             if self.auth_invite and self.authorizer is not None and method in LEGACY_CHALLENGED:
-                # a From in our domains is challenged whether or not the user exists (the
-                # original challenged existing users only: svwar -m INVITE listed them)
-                d = self.authorizer.decide(request, source, "Proxy-Authorization", force=from_local)
+                # the original's rule (existing From users only); stages 1/2 (identity on) challenge
+                # every From in our domains alike, which keeps svwar -m INVITE from listing users
+                d = self.authorizer.decide(request, source, "Proxy-Authorization")
                 return Decision(d.response, d.username)
             return Decision()
         if from_local:
