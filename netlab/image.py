@@ -58,6 +58,23 @@ def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+# The lab image's interpreter: Debian bookworm's python3 (build_offline.sh and Dockerfile use
+# bookworm). Requirement markers are judged for it as well as for the host's Python, because a
+# dependency may apply only to the older one (redis needs async-timeout below 3.11.3).
+IMAGE_PYTHON = "3.11.2"
+
+
+def _wanted(req, extra: str, host: bool = True) -> bool:
+    """Does ``req`` apply on the host (when ``host``) or inside the lab image?"""
+    if not req.marker:
+        return True
+    if host and req.marker.evaluate({"extra": extra}):
+        return True
+    image_env = {"extra": extra, "python_full_version": IMAGE_PYTHON,
+                 "python_version": ".".join(IMAGE_PYTHON.split(".")[:2])}
+    return bool(req.marker.evaluate(image_env))
+
+
 def runtime_pins(extras: tuple[str, ...] = EXTRAS) -> list[str]:
     """``name==version`` for the project's runtime dependencies (and theirs), as installed here."""
     from packaging.requirements import Requirement
@@ -71,13 +88,18 @@ def runtime_pins(extras: tuple[str, ...] = EXTRAS) -> list[str]:
     todo = [(Requirement(r), "") for r in roots]
     while todo:
         req, parent_extra = todo.pop()
-        if req.marker and not req.marker.evaluate({"extra": parent_extra}):
+        if not _wanted(req, parent_extra):
             continue
         key = _canonical(req.name)
         try:
             dist = metadata.distribution(req.name)
         except metadata.PackageNotFoundError:
-            raise ImageBuildError(f"{req.name} is not installed in {sys.prefix}; run scripts/setup.sh first") from None
+            if not _wanted(req, parent_extra, host=False):
+                raise ImageBuildError(f"{req.name} is not installed in {sys.prefix}; run scripts/setup.sh first") from None
+            # Needed only by the image's older Python (e.g. redis wants async-timeout below 3.11.3):
+            # not installed here, so the wheelhouse fetches the newest release the requirement allows.
+            pins.setdefault(key, f"{req.name}{req.specifier}")
+            continue
         first_visit = key not in pins
         pins[key] = f"{dist.metadata['Name']}=={dist.version}"
         if not first_visit and not req.extras:
@@ -85,7 +107,7 @@ def runtime_pins(extras: tuple[str, ...] = EXTRAS) -> list[str]:
         for sub in dist.requires or []:
             sub_req = Requirement(sub)
             for extra in ("", *sorted(req.extras)):
-                if not sub_req.marker or sub_req.marker.evaluate({"extra": extra}):
+                if _wanted(sub_req, extra):
                     todo.append((sub_req, extra))
                     break
     for name in BUILD_REQUIREMENTS:
