@@ -73,6 +73,9 @@ class _LegProtocol(asyncio.DatagramProtocol):
         self.relay._packet(self.session, self.stream, self.leg, self.rtcp, data, (addr[0], addr[1]))
 
 
+BIND_ATTEMPTS = 16        # port pairs tried for one leg before the call gets 488
+
+
 class LegacyRelay(MediaBackend):
     name = "legacy-relay"
 
@@ -113,21 +116,54 @@ class LegacyRelay(MediaBackend):
         leg.rtcp_transport, _ = await loop.create_datagram_endpoint(
             lambda: _LegProtocol(self, session, stream, leg, True), local_addr=(self.bind_ip, leg.port + 1))
 
+    async def _bind_leg(self, session: Session, stream: Stream, leg: Leg, busy: list[int]) -> None:
+        """Open ``leg`` on the lowest free pool pair that really binds. Another program may hold a
+        port of the configured range: skip that pair (as rtpproxy does) instead of failing the call."""
+        for _ in range(BIND_ATTEMPTS):
+            try:
+                leg.port = self.pool.allocate()
+            except RuntimeError as exc:
+                raise MediaBackendError(f"legacy relay: {exc}") from None
+            try:
+                await self._open_leg(session, stream, leg)
+                return
+            except OSError as exc:
+                self._close_leg(leg)
+                busy.append(leg.port)
+                log.warning("legacy relay: port pair %d/%d is taken (%s); trying the next", leg.port,
+                            leg.port + 1, exc.strerror or exc)
+        raise MediaBackendError(f"legacy relay cannot bind any of {BIND_ATTEMPTS} port pairs "
+                                f"(last {leg.port}/{leg.port + 1})")
+
+    def _close_stream(self, stream: Stream) -> None:
+        for leg in (stream.a, stream.b):
+            if leg.port and leg.rtp_transport is not None:
+                self._close_leg(leg)
+                self.pool.release(leg.port)
+
+    @staticmethod
+    def _close_leg(leg: Leg) -> None:
+        for tr in (leg.rtp_transport, leg.rtcp_transport):
+            if tr is not None:
+                tr.close()
+        leg.rtp_transport = leg.rtcp_transport = None
+
     async def _stream(self, session: Session, index: int) -> Stream:
         for st in session.streams:
             if st.index == index:
                 return st
+        st = Stream(index, Leg("A", 0), Leg("B", 0))
+        busy: list[int] = []
         try:
-            pa, pb = self.pool.allocate(), self.pool.allocate()
-        except RuntimeError as exc:
-            raise MediaBackendError(f"legacy relay: {exc}") from None
-        st = Stream(index, Leg("A", pa), Leg("B", pb))
+            for leg in (st.a, st.b):
+                await self._bind_leg(session, st, leg, busy)
+        except MediaBackendError:
+            self._close_stream(st)
+            raise
+        finally:
+            for port in busy:                  # held by another program now; try again later
+                self.pool.release(port)
         session.streams.append(st)
-        try:
-            await self._open_leg(session, st, st.a)
-            await self._open_leg(session, st, st.b)
-        except OSError as exc:
-            raise MediaBackendError(f"legacy relay cannot bind ports {pa}/{pb}: {exc}") from None
         return st
 
     def _packet(self, session: Session, stream: Stream, leg: Leg, rtcp: bool, data: bytes, src) -> None:

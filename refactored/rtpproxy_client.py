@@ -165,9 +165,13 @@ class RTPProxyPool:
             raise RTPProxyUnavailable(f"no rtpproxy answers at {specs}; {HOW_TO_START}")
 
     async def _revive(self) -> None:
+        """Probe nodes that have been down for ``reprobe`` seconds; when every node is down, probe
+        them now: a call has nowhere else to go, and one missed reply (a busy relay) must not
+        fail every call until the re-probe interval has passed."""
         now = time.monotonic()
+        all_down = not any(n.up for n in self.nodes)
         for n in self.nodes:
-            if not n.up and n.down_since is not None and now - n.down_since >= self.reprobe:
+            if not n.up and n.down_since is not None and (all_down or now - n.down_since >= self.reprobe):
                 await self.probe(n)
 
     def _choose(self, call_id: str) -> Node:

@@ -33,6 +33,22 @@ def _free(port: int) -> bool:
     return True
 
 
+LOCK_DIR = "/tmp/ims-test-ports"
+
+
+def _claim(name: str):
+    """An exclusive lock on ``LOCK_DIR/name.lock`` (the open file; closing it releases), or None
+    when another live object of any process on this machine holds it."""
+    os.makedirs(LOCK_DIR, exist_ok=True)
+    fh = open(os.path.join(LOCK_DIR, f"{name}.lock"), "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        return None
+    return fh
+
+
 class Ports:
     """A block of 1000 ports per use: sip, mml, rtpproxy control, RTP ranges (10000-29999).
     All below 32768, outside Linux's ephemeral range (32768-60999), so no client socket of another
@@ -42,12 +58,20 @@ class Ports:
         # Other checkouts on this machine run the same suite at the same time, so a fixed block
         # per worker collides with theirs: take a random free block of this worker's residue
         # class (workers of one run never share a block), checked by binding its fixed ports.
+        # The block is also claimed with a lock file for as long as this object lives: two servers
+        # of one worker at once (a module-scoped server and a test's own) once drew the same block
+        # and their relays fought over its RTP ports (488).
         rng = random.Random()
         base = 10000
-        for _ in range(30):
+        for _ in range(60):
             base = 10000 + (worker_index() % 4 + 4 * rng.randrange(5)) * 1000
+            lock = _claim(f"block-{base}")
+            if lock is None:
+                continue
             if all(_free(base + off) for off in (0, 1, 2, 10, 20, 30, 100, 400)):
+                self._lock = lock
                 break
+            lock.close()
         self.sip, self.mml, self.rtpproxy = base, base + 1, base + 2
         self.ua = [base + 10, base + 20, base + 30]
         self.rtp_ua = [base + 100, base + 120, base + 140]
@@ -61,7 +85,6 @@ class FreePorts(Ports):
     this object lives, so concurrent suites (other workers, other checkouts) never share one."""
 
     RTP_BLOCK = 50
-    LOCK_DIR = "/tmp/ims-test-ports"
 
     def __init__(self, rtp_lo: int = 20000, rtp_hi: int = 20999):
         picked: set[int] = set()
@@ -79,15 +102,11 @@ class FreePorts(Ports):
         self.sip, self.mml, self.rtpproxy = one(), one(), one()
         self.ua = [one(), one(), one()]
         self.rtp_ua = [one(), one(), one()]
-        os.makedirs(self.LOCK_DIR, exist_ok=True)
         blocks = list(range(rtp_lo, rtp_hi - self.RTP_BLOCK + 2, self.RTP_BLOCK))
         random.shuffle(blocks)
         for start in blocks:
-            fh = open(os.path.join(self.LOCK_DIR, f"rtp-{start}.lock"), "w")
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                fh.close()
+            fh = _claim(f"rtp-{start}")
+            if fh is None:
                 continue
             self._lock = fh                     # released when this object (or the process) goes
             self.relay_min, self.relay_max = start, start + self.RTP_BLOCK - 1
