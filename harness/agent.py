@@ -16,6 +16,7 @@ Commands and results:
   hangup | cancel [call_id]             -> {code}
   hold [call_id] [variant sendonly|zero] / resume [call_id]   -> {code}
   reoffer [call_id]                     -> {code}   (re-INVITE without SDP, answer in the ACK)
+  reinvite [call_id] [direction] [rtp_port] -> {code} (re-INVITE with SDP; rtp_port: media moved there)
   message  target text                  -> {code}
   options  [target]                     -> {code}
   set      any config field (answer_mode, rtp_mode, ...) -> {}
@@ -91,6 +92,9 @@ class Agent:
             return await ua.reinvite(msg.get("call_id"), "sendonly" if not zero else "sendrecv", hold_zero=zero)
         if cmd == "resume":
             return await ua.reinvite(msg.get("call_id"), "sendrecv")
+        if cmd == "reinvite":       # a re-offer with SDP, optionally of a new media port
+            return await ua.reinvite(msg.get("call_id"), msg.get("direction", "sendrecv"),
+                                     rtp_port=msg.get("rtp_port"))
         if cmd == "reoffer":
             return await ua.reinvite(msg.get("call_id"), "sendrecv", with_sdp=False)
         if cmd == "message":

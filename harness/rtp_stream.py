@@ -131,6 +131,18 @@ class RtpStream:
         else:
             self._t_send = self._t_rtp
 
+    async def move(self, port: int) -> None:
+        """Receive and send on ``port`` (+1 RTCP) from now on, as a UA that re-offers its media on a
+        new port does; the counters go on."""
+        if self.from_port:
+            raise ValueError("a stream sending from a separate port cannot move")
+        old = {self._t_rtp, self._t_rtcp}
+        self.port = port
+        await self.open()
+        for t in old:
+            if t is not None:
+                t.close()
+
     def set_remote(self, ip: str, port: int, rtcp: tuple[str, int] | None = None) -> None:
         self.remote = (ip, port)
         self.remote_rtcp = rtcp or (ip, port + 1)

@@ -438,12 +438,15 @@ class UserAgent:
         return {"code": resp.status if resp else 408}
 
     async def reinvite(self, call_id: str | None, direction: str, hold_zero: bool = False,
-                       with_sdp: bool = True) -> dict:
+                       with_sdp: bool = True, rtp_port: int | None = None) -> dict:
         """re-INVITE with our SDP (hold/resume), or without (``with_sdp=False``: the other side
-        offers in its 200 and we answer in the ACK)."""
+        offers in its 200 and we answer in the ACK); ``rtp_port``: move our media there first
+        and offer the new port."""
         call = self._call(call_id)
         if call is None:
             return {"code": 481}
+        if rtp_port and call.rtp is not None:
+            await call.rtp.move(int(rtp_port))
         req = self._in_dialog(call, "INVITE")
         req.headers.add("Contact", self._contact())
         call.local_sdp_version += 1

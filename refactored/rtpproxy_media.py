@@ -106,6 +106,20 @@ class RTPProxyBackend(MediaBackend):
         except (proto.RTPProxyError, RTPProxyUnavailable) as exc:
             log.info("rtpproxy delete %s: %s", call_id, exc)
 
+    async def session_alive(self, call_id, from_tag, to_tag) -> bool | None:
+        """Q on the first stream: E50 (session not found) once RTPProxy dropped it (its own
+        inactivity timeout); None when the relay does not answer."""
+        try:
+            proto.check_error(await self.pool.command(call_id, proto.query(call_id, from_tag, to_tag, 1)))
+        except proto.RTPProxyError as exc:
+            return exc.code not in (10, 50, 51)
+        except RTPProxyUnavailable:
+            return None
+        return True
+
+    def adopt(self, call_id, from_tag, to_tag) -> None:
+        self._calls.setdefault(call_id, {"from_tag": from_tag, "to_tag": to_tag, "streams": 1})
+
     def sessions(self) -> list[dict]:
         return [{"call_id": cid, "from_tag": v["from_tag"], "to_tag": v["to_tag"] or "", "streams": v["streams"],
                  "relay": "rtpproxy"} for cid, v in self._calls.items()]

@@ -48,6 +48,10 @@ ENV_HELP = """environment (original names and defaults):
   MML_HOST (127.0.0.1), MML_PORT (8888), MML_TOKEN, or MML_TOKEN_FILE (default config/mml.token,
                        read when it exists; scripts/setup.sh creates it, mode 0600)
   SIGNALLING           sipcore|sippy (stage 2)
+  HANDOVER_CALL_MAX_SECONDS  a call handed over by a restart (RTPProxy as its own process) is
+                       ended (BYE to both, CDR HANDOVER_TIMEOUT) this long after the restart (7200)
+  HANDOVER_CHECK_INTERVAL  seconds between checks of such calls; one whose RTPProxy session is
+                       gone (RTPProxy's own inactivity timeout) ends RELAY_TIMEOUT (15)
   EVENT_LOOP           asyncio (default) | uvloop (needs the PyPI package uvloop)
 edge policy (see MIGRATION.md "Edge policy"):
   CALLER_IDENTITY      1 = a From naming a local user must authenticate as that user (default:

@@ -51,6 +51,7 @@ class Call:
     sdp_rewrites: dict = field(default_factory=dict)   # (sender, method, cseq, status, body) -> body sent
     cancel_requested: bool = False
     auth_user: str | None = None   # who authenticated the INVITE (CDR), None: nobody
+    handed_over_at: float | None = None   # taken over from a previous server process (sipcore.call_handover)
 
     @property
     def state(self) -> CallState:

@@ -145,6 +145,9 @@ class Config:
     rr_secret: str | None = None
     rr_secret_file: str = "data/rr_secret.key"
     location_store: str = "memory"
+    # calls taken over from a previous server process (sipcore.call_handover)
+    handover_call_max_seconds: float = 7200.0
+    handover_check_interval: float = 15.0
     config_file: str | None = None
     event_loop: str = "asyncio"              # asyncio | uvloop (PyPI, optional extra "fast")
     # edge safety (issue 10)
@@ -283,6 +286,8 @@ class Config:
             caller_identity=caller_identity, foreign_callers=foreign, outbound_route=outbound,
             local_domains=domains, rr_secret=rr_secret, rr_secret_file=rr_secret_file,
             location_store=location_store,
+            handover_call_max_seconds=_float("HANDOVER_CALL_MAX_SECONDS", get("HANDOVER_CALL_MAX_SECONDS", "7200")),
+            handover_check_interval=_float("HANDOVER_CHECK_INTERVAL", get("HANDOVER_CHECK_INTERVAL", "15")),
             **_edge_safety(get),
         )
 

@@ -34,6 +34,13 @@ class MediaBackend(abc.ABC):
     async def delete(self, call_id: str, from_tag: str | None = None, to_tag: str | None = None) -> None:
         """Release the media session(s) of a call."""
 
+    async def session_alive(self, call_id: str, from_tag: str, to_tag: str | None) -> bool | None:
+        """Does the relay still hold the call's session? None: this backend cannot tell."""
+        return None
+
+    def adopt(self, call_id: str, from_tag: str, to_tag: str | None) -> None:
+        """A call taken over from a previous server process whose session the relay kept."""
+
     def sessions(self) -> list[dict]:
         """Active media sessions for MML (call_id, legs, ports, counters)."""
         return []

@@ -58,9 +58,13 @@ class OriginatedRequests:
             run.stop()
 
 
-def build_bye(call: Call, to_leg: str, via: str) -> tuple[SIPRequest, Address, str]:
+BYE_BY_OPERATOR = "Terminated by operator"
+
+
+def build_bye(call: Call, to_leg: str, via: str, why: str = BYE_BY_OPERATOR) -> tuple[SIPRequest, Address, str]:
     """BYE on behalf of the other party, towards ``to_leg`` ('caller' or 'callee'); ``via`` is
-    our Via value without the branch parameter's value (``{branch}`` is filled in)."""
+    our Via value without the branch parameter's value (``{branch}`` is filled in); ``why`` goes
+    into the Reason header's text."""
     headers = Headers()
     headers.add("Via", via.format(branch=new_branch()))
     headers.add("Max-Forwards", "70")
@@ -83,7 +87,7 @@ def build_bye(call: Call, to_leg: str, via: str) -> tuple[SIPRequest, Address, s
     headers.add("To", str(to_na))
     headers.add("Call-ID", call.call_id)
     headers.add("CSeq", f"{seq} BYE")
-    headers.add("Reason", 'SIP;cause=200;text="Terminated by operator"')
+    headers.add("Reason", f'SIP;cause=200;text="{why}"')
     try:
         uri = NameAddr.parse(target_contact).uri or SipURI(host=dest[0], port=dest[1])
     except SIPParseError:

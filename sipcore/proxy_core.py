@@ -40,7 +40,7 @@ from sipcore.errors import SDPParseError, SIPParseError
 from sipcore.media_session import MediaHandoff, MediaOp
 from sipcore.message import SIPMessage, SIPRequest, SIPResponse, Via, build_response, new_tag
 from sipcore.offer_answer import CALLER, OfferAnswer, other_leg
-from sipcore.originated import OriginatedDone, OriginatedRequests, build_bye
+from sipcore.originated import BYE_BY_OPERATOR, OriginatedDone, OriginatedRequests, build_bye
 from sipcore.record_route import Flow, RouteTokens
 from sipcore.registrar import Binding, Registrar
 from sipcore.sdp import SessionDescription
@@ -540,8 +540,11 @@ class ProxyCore:
         return call
 
     # --- in-dialog requests -------------------------------------------------------------------
-    def on_stateless_bye(self, req: SIPRequest) -> None:
-        """Hook: a BYE routed by its route token alone (the server wires the call hand-over)."""
+    def adopt_call(self, call: Call) -> None:
+        """A dialog taken over from a previous server process (sipcore.call_handover): its
+        in-dialog requests are handled as if it had been set up here."""
+        self.calls[call.call_id] = call
+        self._calls_due.add(call.call_id, self.clock() + CALL_RECHECK)
 
     def _in_dialog(self, tx: ServerTx) -> Steps:
         req = tx.request
@@ -555,8 +558,6 @@ class ProxyCore:
         if call is None and check.route is not None:
             flow = check.route.target_for(req.from_tag)       # no state (restart): the token says
             dest, transport = (flow.address, flow.transport) if flow else (None, "udp")
-            if req.method == "BYE" and flow is not None:
-                self.on_stateless_bye(req)                     # a call handed over by a restart
         else:
             dest, transport = self._in_dialog_target(req, call, tx.source)
         if dest is None:
@@ -748,24 +749,25 @@ class ProxyCore:
     def forget_originated(self, branch: str) -> None:
         self.originated.forget(branch)
 
-    def build_bye(self, call: Call, to_leg: str) -> tuple[SIPRequest, Address, str]:
+    def build_bye(self, call: Call, to_leg: str, why: str = BYE_BY_OPERATOR) -> tuple[SIPRequest, Address, str]:
         """BYE on behalf of the other party, towards ``to_leg`` ('caller' or 'callee')."""
-        return build_bye(call, to_leg, self._via("{branch}", "udp"))
+        return build_bye(call, to_leg, self._via("{branch}", "udp"), why)
 
-    def end_call(self, call_id: str) -> tuple[Call, list[tuple[SIPRequest, Address, str]]] | None:
-        """Operator ends a call: the call is marked ended and returned with the BYEs to send (None
-        when there is no such live call). ``call_ended_by_operator`` follows once they are answered."""
+    def end_call(self, call_id: str, why: str = BYE_BY_OPERATOR) -> tuple[Call, list[tuple[SIPRequest, Address, str]]] | None:
+        """The server ends a call (operator, time limit): the call is marked ended and returned
+        with the BYEs to send (None when there is no such live call); ``why`` is the BYE's Reason
+        text. ``call_ended_by_operator`` follows once they are answered."""
         call = self.calls.get(call_id)
         if call is None or call.ended:
             return None
         call.state = CallState.ENDED
-        return call, [self.build_bye(call, leg) for leg in ("caller", "callee")
+        return call, [self.build_bye(call, leg, why) for leg in ("caller", "callee")
                       if not (leg == "callee" and call.callee_flow is None)]
 
     def call_ended_by_operator(self, call: Call, reason: str, answers: list) -> Steps:
         self.events.call_ended(call, reason, None)
         yield from self.media.delete(call)
-        log.info("call %s ended by operator: BYE answers %s", call.call_id,
+        log.info("call %s ended by the server (%s): BYE answers %s", call.call_id, reason,
                  [r.status if isinstance(r, SIPResponse) else None for r in answers])
 
     # ==========================================================================================

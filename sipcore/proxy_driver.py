@@ -23,7 +23,7 @@ from sipcore.call import Call
 from sipcore.errors import MediaBackendError
 from sipcore.media_session import MediaOp
 from sipcore.message import SIPMessage, SIPRequest, SIPResponse
-from sipcore.originated import OriginatedDone
+from sipcore.originated import BYE_BY_OPERATOR, OriginatedDone
 from sipcore.proxy_core import T1, Authorizer, CallEvents, ProxyCore, RegistrationHandler, Steps, Transmit
 from sipcore.registrar import Registrar
 from sipcore.stage_policy import StagePolicy
@@ -113,9 +113,11 @@ class ProxyDriver:
             self.core.forget_originated(branch)
             self._waiters.pop(branch, None)
 
-    async def end_call(self, call_id: str, reason: str = "FORCED_TERMINATION_BY_MML") -> bool:
-        """BYE to both parties of a call (as the other party), then the CDR row and media release."""
-        ending = self.core.end_call(call_id)
+    async def end_call(self, call_id: str, reason: str = "FORCED_TERMINATION_BY_MML",
+                       why: str = BYE_BY_OPERATOR) -> bool:
+        """BYE to both parties of a call (as the other party; ``why``: its Reason text), then the
+        CDR row (termination ``reason``) and media release."""
+        ending = self.core.end_call(call_id, why)
         if ending is None:
             return False
         call, byes = ending

@@ -112,7 +112,8 @@ class SIPServer:
         self._handlers: set[asyncio.Task] = set()
         self.mml = None
         self.accepting = False
-        self.handed_over: dict = {}
+        self.handed_over: dict = {}           # Call-ID -> Call taken over from the previous process
+        self._handover_check: asyncio.Task | None = None
         # Another signalling engine for INVITE dialogs (SIGNALLING=sippy: refactored.sippy_bridge):
         # start()/stop() with the server, take(msg, source, transport) -> True for its messages.
         self.engine = None
@@ -121,8 +122,7 @@ class SIPServer:
     async def start(self) -> None:
         self.fatal = asyncio.get_running_loop().create_future()
         await self.media.start()
-        self.handed_over = call_handover.load(call_handover.handover_path(self.config.cdr_dir))
-        self.proxy.core.on_stateless_bye = self._handed_over_bye   # type: ignore[method-assign]
+        self._take_over_calls()
         if self.engine is not None:
             await self.engine.start()
         await self.transport.listen_udp(self.config.bind_ip, self.config.server_port)
@@ -160,7 +160,7 @@ class SIPServer:
         await asyncio.gather(*self._tasks, *self._handlers, return_exceptions=True)
         keeps = getattr(self.media, "keeps_sessions_on_stop", lambda: False)()
         handed = [c for c in self.proxy.active_calls() if keeps and c.state == CallState.CONFIRMED]
-        call_handover.save(call_handover.handover_path(self.config.cdr_dir), handed)
+        call_handover.save(call_handover.handover_path(self.config.cdr_dir), handed, self.proxy.core.clock())
         for call in self.proxy.active_calls():
             call.state = CallState.ENDED
             if call not in handed:
@@ -187,6 +187,9 @@ class SIPServer:
                 if tick % 30 == 0:
                     self.registrar.expire(time.time())
                     self.limiter.prune()
+                if self.handed_over and tick % max(1, round(self.config.handover_check_interval)) == 0 \
+                        and (self._handover_check is None or self._handover_check.done()):
+                    self._handover_check = self._spawn(self._check_handed_over())
             except Exception:   # noqa: BLE001
                 log.exception("housekeeping failed")
 
@@ -226,15 +229,38 @@ class SIPServer:
             if reply is not None:
                 self.transport.send(reply, source, transport)
 
-    def _handed_over_bye(self, req: SIPRequest) -> None:
-        """The BYE of a call the previous process handed over: its CDR row and relay session end."""
-        call = self.handed_over.pop(req.call_id or "", None)
-        if call is None:
-            return
-        self.events.call_ended(call, "Normal", req)
-        task = asyncio.get_running_loop().create_task(self.media.delete(call.call_id, call.caller_tag, call.callee_tag))
+    # --- calls handed over by the previous process (sipcore.call_handover) ----------------------
+    def _take_over_calls(self) -> None:
+        """The previous process's answered calls become dialogs of this one: their re-INVITEs go
+        through the relay, their BYE writes the CDR row and deletes the relay session."""
+        taken = call_handover.load(call_handover.handover_path(self.config.cdr_dir))
+        for h in taken.values():
+            call = h.revive(self.policy.legacy_media_positions)
+            self.proxy.core.adopt_call(call)
+            self.media.adopt(call.call_id, call.caller_tag, call.callee_tag)
+            self.handed_over[call.call_id] = call
+
+    async def _check_handed_over(self) -> None:
+        """End a handed-over call whose relay session is gone or whose time is up: BYE to both
+        parties, CDR row (RELAY_TIMEOUT / HANDOVER_TIMEOUT), relay session deleted."""
+        for call in list(self.handed_over.values()):
+            if call.ended:
+                self.handed_over.pop(call.call_id, None)
+                continue
+            alive = await self.media.session_alive(call.call_id, call.caller_tag, call.callee_tag)
+            reason = call_handover.ending_reason(call, self.proxy.core.clock(),
+                                                 self.config.handover_call_max_seconds, alive)
+            if reason is None or call.ended:
+                continue
+            self.handed_over.pop(call.call_id, None)
+            log.info("handed-over call %s ends: %s", call.call_id, reason)
+            await self.proxy.end_call(call.call_id, reason, why=call_handover.BYE_TEXT[reason])
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
+        return task
 
     def _user_exists(self, username: str) -> bool:
         return self.users.get(username) is not None
