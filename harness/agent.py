@@ -42,13 +42,14 @@ from harness.ua import UAConfig, UserAgent
 log = logging.getLogger("harness.agent")
 
 
-class Agent:
+class JsonLineAgent:
+    """The agent protocol's loop (JSON lines on stdin/stdout, commands run concurrently, events
+    in between); subclasses implement ``handle`` and ``close``. The harness's own UA below and the
+    peer UAs of ``harness.peers`` (SIPp, baresip) are driven through it alike."""
+
     def __init__(self):
-        self.ua: UserAgent | None = None
-        self.cfg: UAConfig | None = None
         self.events: asyncio.Queue = asyncio.Queue()
         self.history: list[dict] = []
-        self.out_lock = asyncio.Lock()
 
     def write(self, obj: dict) -> None:
         sys.stdout.write(json.dumps(obj, default=str) + "\n")
@@ -58,6 +59,78 @@ class Agent:
         self.history.append(event)
         self.events.put_nowait(event)
         self.write(event)
+
+    async def handle(self, msg: dict) -> dict:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+    async def wait_event(self, want: str, timeout: float) -> dict:
+        for ev in self.history:
+            if ev["event"] == want and not ev.get("_consumed"):
+                ev["_consumed"] = True
+                return {k: v for k, v in ev.items() if not k.startswith("_")}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            try:
+                ev = await asyncio.wait_for(self.events.get(), deadline - loop.time())
+            except asyncio.TimeoutError:
+                break
+            if ev["event"] == want and not ev.get("_consumed"):
+                ev["_consumed"] = True
+                return {k: v for k, v in ev.items() if not k.startswith("_")}
+        raise TimeoutError(f"no {want} event within {timeout}s")
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        tasks = set()
+        while True:
+            line = await reader.readline()
+            if not line:
+                break
+            try:
+                msg = json.loads(line)
+            except json.JSONDecodeError as exc:
+                self.write({"ok": False, "error": f"bad JSON: {exc}"})
+                continue
+            if msg.get("cmd") == "quit":
+                self.write({"id": msg.get("id"), "ok": True})
+                break
+            t = loop.create_task(self._run_one(msg))
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+        for t in tasks:
+            t.cancel()
+        await self.close()
+
+    async def _run_one(self, msg: dict) -> None:
+        try:
+            result = await self.handle(msg)
+            self.write({"id": msg.get("id"), "ok": True, **result})
+        except Exception as exc:   # noqa: BLE001 - every failure is reported to the controller
+            log.debug("command failed", exc_info=True)
+            self.write({"id": msg.get("id"), "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def agent_main(agent_cls, doc: str, prog: str, argv=None) -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
+                                 epilog=doc.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--log-level", default="WARNING")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s agent %(levelname)s %(message)s")
+    asyncio.run(agent_cls().run())
+    return 0
+
+
+class Agent(JsonLineAgent):
+    def __init__(self):
+        super().__init__()
+        self.ua: UserAgent | None = None
+        self.cfg: UAConfig | None = None
 
     async def handle(self, msg: dict) -> dict:
         cmd = msg.get("cmd")
@@ -105,22 +178,7 @@ class Agent:
             await asyncio.sleep(float(msg.get("seconds", 1)))
             return {}
         if cmd == "wait":
-            want, timeout = msg.get("event"), float(msg.get("timeout", 5))
-            for ev in self.history:
-                if ev["event"] == want and not ev.get("_consumed"):
-                    ev["_consumed"] = True
-                    return {k: v for k, v in ev.items() if not k.startswith("_")}
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout
-            while loop.time() < deadline:
-                try:
-                    ev = await asyncio.wait_for(self.events.get(), deadline - loop.time())
-                except asyncio.TimeoutError:
-                    break
-                if ev["event"] == want and not ev.get("_consumed"):
-                    ev["_consumed"] = True
-                    return {k: v for k, v in ev.items() if not k.startswith("_")}
-            raise TimeoutError(f"no {want} event within {timeout}s")
+            return await self.wait_event(msg.get("event"), float(msg.get("timeout", 5)))
         if cmd == "stats":
             return {"rtp": ua.rtp_stats()}
         if cmd == "observations":
@@ -129,48 +187,13 @@ class Agent:
             return {"text": "\n".join(ua.transcript)}
         raise ValueError(f"unknown command {cmd!r}")
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        tasks = set()
-        while True:
-            line = await reader.readline()
-            if not line:
-                break
-            try:
-                msg = json.loads(line)
-            except json.JSONDecodeError as exc:
-                self.write({"ok": False, "error": f"bad JSON: {exc}"})
-                continue
-            if msg.get("cmd") == "quit":
-                self.write({"id": msg.get("id"), "ok": True})
-                break
-            t = loop.create_task(self._run_one(msg))
-            tasks.add(t)
-            t.add_done_callback(tasks.discard)
-        for t in tasks:
-            t.cancel()
+    async def close(self) -> None:
         if self.ua:
             await self.ua.close()
 
-    async def _run_one(self, msg: dict) -> None:
-        try:
-            result = await self.handle(msg)
-            self.write({"id": msg.get("id"), "ok": True, **result})
-        except Exception as exc:   # noqa: BLE001 - every failure is reported to the controller
-            log.debug("command failed", exc_info=True)
-            self.write({"id": msg.get("id"), "ok": False, "error": f"{type(exc).__name__}: {exc}"})
-
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness.agent", description=__doc__.split("\n\n")[0],
-                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--log-level", default="WARNING")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s agent %(levelname)s %(message)s")
-    asyncio.run(Agent().run())
-    return 0
+    return agent_main(Agent, __doc__, "python -m harness.agent", argv)
 
 
 if __name__ == "__main__":

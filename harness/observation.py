@@ -11,6 +11,7 @@ import glob
 import os
 
 from harness.normalise import Normaliser, roles_of_lab
+from harness.peers.correlate import calls_of
 from harness.scenario import USERS
 
 AUDIO_THRESHOLD = 0.5
@@ -63,8 +64,21 @@ def normalise_cdr(rows: list[dict], norm: Normaliser) -> list[dict]:
     return [norm.cdr_row({k: r.get(k, "") for k in CDR_FIELDS}) for r in rows]
 
 
+def cdr_by_call(rows: list[dict], calls: list[dict]) -> list[dict]:
+    """Each normalised CDR row with the run's call it belongs to (``<run-call-N>``), found by the
+    Call-ID of either leg as the parties saw it (harness.peers.correlate.calls_of), so a B2BUA that
+    writes the callee leg's Call-ID still lines up with the baseline's row."""
+    number = {}
+    for c in calls:
+        for cid in (c["caller_call_id"], c["callee_call_id"]):
+            if cid:
+                number.setdefault(cid, c["call"])
+    return [{**norm, "call": f"<run-call-{number[raw['call_id']]}>" if raw.get("call_id") in number else ""}
+            for raw, norm in rows]
+
+
 def build_observation(sc, lab, steps, agent_obs: dict, registrar: list, cdr_dir: str,
-                      edge: dict | None = None) -> dict:
+                      edge: dict | None = None, run_id: str = "") -> dict:
     norm = Normaliser(roles_of_lab(lab))
     codes: dict[str, object] = {}
     for label, code in steps:
@@ -87,8 +101,12 @@ def build_observation(sc, lab, steps, agent_obs: dict, registrar: list, cdr_dir:
     # which requests the server challenged (a stage that starts challenging INVITE shows up here)
     auth = {who: sorted({f"{c['method']} {c['status']}" for c in agent_obs.get(who, {}).get("codes", [])
                          if c.get("status") in (401, 407)}) for who in ("alice", "bob")}
+    calls = calls_of(run_id, {who: agent_obs.get(who, {}).get("dialogs", []) for who in ("alice", "bob")})
+    raw_cdr = read_cdr(cdr_dir)
     out = {"scenario": sc.name, "steps": codes, "audio": audio_of(agent_obs), "nat": nat, "auth": auth,
-           "cdr": normalise_cdr(read_cdr(cdr_dir), norm),
+           "calls": [{"call": c["call"], "callee_leg": "seen" if c["callee_call_id"] else "not seen", "by": c["by"]}
+                     for c in calls],
+           "cdr": cdr_by_call(list(zip(raw_cdr, normalise_cdr(raw_cdr, norm))), calls),
            "messages_received": {w: agent_obs.get(w, {}).get("messages", []) for w in ("alice", "bob")}}
     if edge:
         out["edge"] = edge      # hostile peer: per attack relayed / media_added / alive (harness.runner)

@@ -16,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from harness import peers
 from harness.agent_control import AgentError, AgentProcess
 from harness.ladder import lab_map
 from harness.observation import build_observation
@@ -104,14 +105,12 @@ def run_scenario(sc: Scenario, stage: int, *, backend: str = "netns", evidence_r
                 server = lab.spawn("server", [sys.executable, entry or os.path.join(ROOT, stack(stage).entry)],
                                    env=env, cwd=evidence, stdout=out, stderr=subprocess.STDOUT)
             _wait_ready(server, server_log)
+            run_id = secrets.token_hex(6)       # X-Ims-Scenario-Run: correlates both legs (harness.peers.correlate)
             for who in ("alice", "bob"):
-                proc = lab.spawn(who, [sys.executable, "-m", "harness.agent"], cwd=ROOT,
-                                 env=dict(os.environ, PYTHONPATH=ROOT))
-                agents[who] = AgentProcess(proc, who)
-                cfg = {"user": USERS[who], "password": "1234", "server": [server_ip, 5060],
-                       "local_ip": lab.address(who), "sip_port": 5060, "rtp_port": RTP_PORTS[who]}
-                cfg.update(sc.ua.get(who, {}))
-                agents[who].request("config", **cfg)
+                agents[who] = start_agent(lab, sc, who, backend, {
+                    "user": USERS[who], "password": "1234", "server": [server_ip, 5060],
+                    "local_ip": lab.address(who), "sip_port": 5060, "rtp_port": RTP_PORTS[who], "run_id": run_id},
+                    evidence)
             ctx = {"token": token, "server_ip": server_ip, "evidence": evidence, "edge": {}}
             try:
                 steps = execute_steps(sc, lab, agents, ctx)
@@ -132,13 +131,16 @@ def run_scenario(sc: Scenario, stage: int, *, backend: str = "netns", evidence_r
                     error = error or str(exc)
             registrar = _mml_json(lab, token, "DSP REG FORMAT=JSON")
             obs = build_observation(sc, lab, steps, agent_obs, registrar, os.path.join(evidence, "CDR"),
-                                    edge=ctx["edge"])
+                                    edge=ctx["edge"], run_id=run_id)
     except Exception as exc:   # noqa: BLE001 - one failed run is reported, not fatal to the compare
         log.exception("scenario %s stage %d failed", sc.name, stage)
         error = f"{type(exc).__name__}: {exc}"
     finally:
-        for a in agents.values():
+        for who, a in agents.items():
             a.close(timeout=2)
+            if a.stderr_lines:
+                with open(os.path.join(evidence, f"{who}-agent.log"), "w") as fh:
+                    fh.write("\n".join(a.stderr_lines) + "\n")
         if server is not None and server.poll() is None:
             server.terminate()
             try:
@@ -154,6 +156,26 @@ def run_scenario(sc: Scenario, stage: int, *, backend: str = "netns", evidence_r
     with open(os.path.join(evidence, "observation.json"), "w") as fh:
         json.dump(obs, fh, indent=2, default=str)
     return RunResult(sc.name, stage, run_index, obs, evidence, time.monotonic() - t0, error)
+
+
+def start_agent(lab, sc: Scenario, who: str, backend: str, cfg: dict, evidence: str) -> AgentProcess:
+    """The party's UA in its lab host: the harness's own agent or a peer (harness.peers), configured."""
+    settings = dict(sc.ua.get(who, {}))
+    kind = settings.pop("ua", "harness")
+    if kind != "harness":
+        problem = peers.missing_binary(kind) or (
+            None if backend == "netns" else f"ua: {kind} runs in the netns lab backend only (got {backend})")
+        if problem:
+            raise StepError(problem)
+        other = next(w for w in USERS if w != who)
+        role = "caller" if any(s.kind == "call" and s.args.get("from") == who for s in sc.steps) else "callee"
+        cfg.update(evidence=evidence, name=who, peer_user=USERS[other], role=role, **peers.call_timing(sc.steps, who))
+    cfg.update(settings)
+    proc = lab.spawn(who, [sys.executable, "-m", peers.module(kind), "--log-level", "INFO" if kind != "harness" else "WARNING"],
+                     cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    agent = AgentProcess(proc, who)
+    agent.request("config", **cfg)
+    return agent
 
 
 def _mml_json(lab, token: str, command: str):

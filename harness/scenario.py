@@ -5,7 +5,7 @@
     topology: {caller: cone, callee: cone, udp_timeout: null, loss: null, hostile: false}
     server_env: {NAT_KEEPALIVE_INTERVAL: "2"}
     alice: {contact_params: ";transport=udp;ob", rtp_mode: active}
-    bob: {answer_mode: auto, answer_after_ms: 200}
+    bob: {answer_mode: auto, answer_after_ms: 200}    # or {ua: sipp, flow: reinvite} / {ua: baresip}
     steps:
       - register: alice
       - call: {from: alice, to: bob}
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from harness import peers
 from harness.stacks import STACKS, stack
 from netlab.topology import PROFILES
 
@@ -37,7 +38,8 @@ UAS = ("alice", "bob")
 USERS = {"alice": "1001", "bob": "1002"}
 AUDIO = ("two-way", "A->B only", "B->A only", "none")
 UA_FIELDS = ("contact_params", "rtp_mode", "rtp_from_port", "advertise_rtcp", "answer_mode", "answer_after_ms",
-             "password", "expires", "timer_b", "late_offer", "early_update", "decline_video")
+             "password", "expires", "timer_b", "late_offer", "early_update", "decline_video",
+             "ua", "flow")      # ua: harness | sipp | baresip, flow: a SIPp flow (harness.peers)
 STEP_KINDS = ("register", "unregister", "call", "media", "hangup", "cancel", "hold", "resume", "message",
               "options", "rebind", "wait", "set", "expect_call", "wait_event", "reoffer", "forge")
 ATTACKS = ("dialog", "stranger", "malformed")
@@ -144,6 +146,9 @@ def load(path: str) -> Scenario:
     steps = [parse_step(s, i, path) for i, s in enumerate(data["steps"] or [])]
     if not steps:
         raise _err(path, "no steps")
+    problem = peers.check(ua, steps)
+    if problem:
+        raise _err(path, problem)
     expect = {}
     for k, v in (data.get("expect") or {}).items():
         try:

@@ -9,6 +9,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
+from harness.peers.correlate import RUN_HEADER, parse_run, run_value
 from harness.rtp_stream import RtpStream
 from sipcore.digest import compute_ha1, compute_response, parse_auth_params
 from sipcore.errors import SDPParseError, SIPParseError
@@ -44,6 +45,7 @@ class UAConfig:
     late_offer: bool = False            # INVITE without SDP: the offer comes in the 200 / reliable 183
     early_update: bool = False          # after a reliable 183 and its PRACK: UPDATE with SDP before the 200
     decline_video: bool = False         # answer an offered video stream with port 0
+    run_id: str = ""                    # X-Ims-Scenario-Run on every request (harness.peers.correlate)
 
 
 @dataclass
@@ -79,10 +81,11 @@ class UserAgent:
         self.answered: dict[tuple, SIPResponse] = {}   # (call-id, cseq, method) -> response sent
         self.transcript: list[str] = []
         self.observed = {"sdp_received": [], "vias": [], "codes": [], "register_contacts": [],
-                         "messages": [], "requests_received": []}
+                         "messages": [], "requests_received": [], "dialogs": []}
         self.reg_call_id = f"reg-{secrets.token_hex(6)}"
         self.reg_cseq = 0
         self.nc = 0
+        self.calls_made = 0
 
     # --- transport ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -131,6 +134,8 @@ class UserAgent:
         h.add("Call-ID", call_id)
         h.add("CSeq", f"{cseq} {method}")
         h.add("User-Agent", "ims-migrate-harness-ua")
+        if self.cfg.run_id:
+            h.add(RUN_HEADER, self.cfg.run_id)
         return SIPRequest(method, uri, h)
 
     def _response(self, resp: SIPResponse) -> None:
@@ -304,6 +309,11 @@ class UserAgent:
         self.calls[call.call_id] = call
         await self._open_rtp(call)
         req = self._base("INVITE", uri, call.call_id, 1, call.local_tag, f"<{uri}>")
+        self.calls_made += 1
+        if self.cfg.run_id:     # the run's n-th call: what correlates both legs, whatever the server does to ids
+            req.headers.replace_all(RUN_HEADER, [run_value(self.cfg.run_id, self.calls_made)])
+        self.observed["dialogs"].append({"call_id": call.call_id, "role": "uac", "run": self.cfg.run_id,
+                                         "call": self.calls_made if self.cfg.run_id else None})
         req.headers.add("Contact", self._contact())
         if not self.cfg.late_offer:
             req.headers.add("Content-Type", "application/sdp")
@@ -548,6 +558,8 @@ class UserAgent:
         call.invite = req
         call.local_cseq = 0
         self.calls[call.call_id] = call
+        run, number = parse_run(req.headers.get(RUN_HEADER))
+        self.observed["dialogs"].append({"call_id": call.call_id, "role": "uas", "run": run, "call": number})
         self.emit({"event": "incoming_call", "call_id": call.call_id, "from": req.headers.get("From")})
         mode = self.cfg.answer_mode
         if mode == "ignore":
