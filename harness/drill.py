@@ -1,19 +1,27 @@
 """`harness drill --from A --to B`: a cutover and its rollback rehearsed in a NAT lab.
 
 The lab runs the server the way production does: an installation directory whose run.py is a
-copy of stage A's entrypoint, RTPProxy as its own process (pm2's ims-rtpproxy app, never auto-
-started by the server), both UAs behind cone NATs registered once. Per phase (cutover A->B, then
-rollback B->A):
+copy of stack A's entrypoint (plus its environment: ``2-sippy`` is stage 2 with SIGNALLING=sippy,
+as ``ims.env`` would set it), RTPProxy as its own process (pm2's ims-rtpproxy app, never auto-
+started by the server), both UAs behind NATs of one profile (``--nat``: cone by default,
+symmetric, ...) registered once. Per phase (cutover A->B, then rollback B->A):
 
 1. a call alice -> bob is set up on the running stage and carries RTP both ways;
 2. the phase's copy command runs (`cp run.py run_<x>.bak && cp <entry> run.py`) and the server is
    restarted the way `pm2 restart` does it (SIGTERM, wait up to pm2's kill_timeout, start again);
-3. the ongoing call is checked: RTP still arrives both ways after the restart, alice's BYE is
-   relayed (200), and the call's CDR row ends ENDED;
+3. the ongoing call is checked: alice re-INVITEs with her media moved to a new port (answered 200,
+   its answer's SDP naming the server's relay), RTP then arrives both ways, alice's BYE is
+   relayed (200), and the call's CDR row ends ENDED/Normal;
 4. a new call bob -> alice (no REGISTER since the restart) must be answered.
 
 Reported per phase: the signalling outage (SIGTERM to the new process printing its ready line), and
 each call kept or lost with the reason. Exit status 1 when a call was lost.
+
+A call set up on ``2-sippy`` cannot survive a restart (``SIPPY_LOST``): the Sippy B2BUA ends the
+caller's dialog and starts its own towards the callee, and both dialogs (its own tags, CSeqs and
+its Contact as the remote target of each leg) exist only in the stopped process's memory. No
+Record-Route token names them, nothing hands them over, so the next process cannot relay the
+caller's BYE to the callee's dialog: the drill reports the call lost with that reason.
 """
 from __future__ import annotations
 
@@ -36,6 +44,8 @@ from netlab.lifecycle import claim_slot, release_slot
 
 KILL_TIMEOUT = 10.0          # ecosystem.config.js kill_timeout
 AUDIO_SECONDS = 2.0
+SIPPY_LOST = ("set up on the Sippy B2BUA (SIGNALLING=sippy): its two dialogs lived only in the stopped "
+              "process, so a restart cannot keep them")
 
 
 @dataclass
@@ -69,8 +79,8 @@ def _rtp_totals(stats: dict, sender: str) -> tuple[int, int]:
 
 
 class DrillLab:
-    def __init__(self, lab, workdir: str):
-        self.lab, self.workdir = lab, workdir
+    def __init__(self, lab, workdir: str, stack_name):
+        self.lab, self.workdir, self.stack_name = lab, workdir, stack_name
         self.install = os.path.join(workdir, "install")
         self.server = None
         self.server_ip = lab.address("server")
@@ -86,12 +96,14 @@ class DrillLab:
                         RTP_PORT_MIN="20000", RTP_PORT_MAX="29999", PYTHONPATH=ROOT)
 
     def start_server(self) -> float:
-        """Start run.py; returns the monotonic time it answered."""
+        """Start run.py with the current stack's environment; returns the monotonic time it answered."""
         self.log_index += 1
         log_path = os.path.join(self.workdir, f"server-{self.log_index}.log")
+        env = {k: v for k, v in self.env.items() if k != "SIGNALLING"}
+        env.update(stack(self.stack_name).env)
         with open(log_path, "w") as out:
             self.server = self.lab.spawn("server", [sys.executable, os.path.join(self.install, "run.py")],
-                                         env=self.env, cwd=self.install, stdout=out, stderr=subprocess.STDOUT)
+                                         env=env, cwd=self.install, stdout=out, stderr=subprocess.STDOUT)
         _wait_ready(self.server, log_path, timeout=30)
         return time.monotonic()
 
@@ -131,8 +143,6 @@ def _phase(dl: DrillLab, agents: dict[str, AgentProcess], name: str, a: str, b: 
         ongoing.reasons.append(f"set-up failed before the restart: {reply.get('code')}")
     call_id = reply.get("call_id", "")
     time.sleep(AUDIO_SECONDS)
-    a_sent0, a_recv0 = _rtp_totals(alice.request("stats"), USERS["bob"])
-    b_sent0, b_recv0 = _rtp_totals(bob.request("stats"), USERS["alice"])
 
     # the phase's copy command, then pm2's restart
     backup = f"run_stage{stack(a).stage}.py.bak"
@@ -140,13 +150,31 @@ def _phase(dl: DrillLab, agents: dict[str, AgentProcess], name: str, a: str, b: 
     shutil.copy(os.path.join(ROOT, stack(b).entry), os.path.join(dl.install, "run.py"))
     t0 = time.monotonic()
     dl.stop_server()
+    dl.stack_name = b
     ready = dl.start_server()
     phase.outage_seconds = round(ready - t0, 2)
 
+    # a re-INVITE after the restart moving alice's media to a new port: its SDP must go through
+    # the relay again (the answer names the server's relay, not bob)
+    time.sleep(AUDIO_SECONDS / 2)
+    dl.rtp_next += 4
+    try:
+        reinvite = alice.request("reinvite", rtp_port=dl.rtp_next).get("code")
+    except AgentError as exc:
+        reinvite = f"error: {exc}"
+    answer = (alice.request("observations").get("sdp_received") or [{}])[-1] if reinvite == 200 else {}
+    ongoing.details.update(reinvite=reinvite, reinvite_answer_media=f"{answer.get('c')}:{answer.get('m_port')}"
+                           if answer else "")
+    if reinvite != 200:
+        ongoing.reasons.append(f"re-INVITE after the restart answered {reinvite}")
+    elif answer.get("where") != "reinvite-sendrecv" or answer.get("c") != dl.server_ip:
+        ongoing.reasons.append(f"re-INVITE answer not through the relay: media {answer.get('c')}:{answer.get('m_port')}")
+    a_sent0, a_recv0 = _rtp_totals(alice.request("stats"), USERS["bob"])
+    b_sent0, b_recv0 = _rtp_totals(bob.request("stats"), USERS["alice"])
     time.sleep(AUDIO_SECONDS)
     a_sent1, a_recv1 = _rtp_totals(alice.request("stats"), USERS["bob"])
     b_sent1, b_recv1 = _rtp_totals(bob.request("stats"), USERS["alice"])
-    # packets that crossed during the last AUDIO_SECONDS, after the restart, each way
+    # packets that crossed during AUDIO_SECONDS after the restart and the re-INVITE, each way
     ab = (b_recv1 - b_recv0, a_sent1 - a_sent0)
     ba = (a_recv1 - a_recv0, b_sent1 - b_sent0)
     ongoing.details.update(after_restart_alice_to_bob=f"{ab[0]} of {ab[1]}", after_restart_bob_to_alice=f"{ba[0]} of {ba[1]}")
@@ -167,6 +195,8 @@ def _phase(dl: DrillLab, agents: dict[str, AgentProcess], name: str, a: str, b: 
     if not any(r.get("call_state") == "ENDED" and "SHUTDOWN" not in (r.get("termination_reason") or "")
                for r in rows):
         ongoing.reasons.append(f"no CDR row of a normally ended call (rows: {states or 'none'})")
+    if ongoing.reasons and stack(a).env.get("SIGNALLING") == "sippy":
+        ongoing.reasons.insert(0, SIPPY_LOST)
     ongoing.kept = not ongoing.reasons
 
     incoming = CallCheck("new call bob->alice after the restart, no new REGISTER", False)
@@ -189,7 +219,8 @@ def _phase(dl: DrillLab, agents: dict[str, AgentProcess], name: str, a: str, b: 
     return phase
 
 
-def run_drill(from_stack: str, to_stack: str, *, backend: str = "netns", output: str = "harness-out/drill") -> list[Phase]:
+def run_drill(from_stack, to_stack, *, backend: str = "netns", output: str = "harness-out/drill",
+              nat: str = "cone") -> list[Phase]:
     workdir = os.path.abspath(output)
     shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(workdir)
@@ -197,10 +228,10 @@ def run_drill(from_stack: str, to_stack: str, *, backend: str = "netns", output:
     slot = claim_slot()
     agents: dict[str, AgentProcess] = {}
     phases: list[Phase] = []
-    lab = open_lab(standard("cone", "cone", slot=slot, name="drill"), backend)
+    lab = open_lab(standard(nat, nat, slot=slot, name="drill"), backend)
     try:
         with lab:
-            dl = DrillLab(lab, workdir)
+            dl = DrillLab(lab, workdir, from_stack)
             with open(os.path.join(workdir, "rtpproxy.log"), "w") as out:   # pm2's ims-rtpproxy app
                 lab.spawn("server", [sys.executable, "-m", "refactored.rtpproxy_launcher", "-l", dl.server_ip,
                                      "-s", "udp:127.0.0.1:7722", "-m", "20000", "-M", "29999"],

@@ -1,7 +1,8 @@
 """`harness drill`: cutover 1->2 and rollback with pm2-style restarts in a NAT lab keep the call in
-progress (RTP both ways after the restart, BYE relayed, its CDR row a normal end) and take a new
-call without a new REGISTER; 0->1 loses the call in progress (the Python relay dies with the
-process) and says so with exit status 1."""
+progress (a re-INVITE moving the caller's media after the restart still goes through the relay,
+RTP both ways, BYE relayed, its CDR row a normal end) and take a new call without a new REGISTER;
+0->1 loses the call in progress (the Python relay dies with the process) and says so with exit
+status 1; a call set up on 2-sippy is reported lost with the reason, behind symmetric NATs."""
 import json
 import os
 import subprocess
@@ -14,9 +15,9 @@ pytestmark = [pytest.mark.privileged,
 HARNESS = [sys.executable, "-m", "harness"]
 
 
-def drill(tmp_path, a, b):
+def drill(tmp_path, a, b, *extra):
     out = subprocess.run(HARNESS + ["drill", "--from", str(a), "--to", str(b), "--json", "--output",
-                                    str(tmp_path / f"drill{a}{b}")], capture_output=True, text=True, timeout=300)
+                                    str(tmp_path / f"drill{a}{b}"), *extra], capture_output=True, text=True, timeout=300)
     return out, json.loads(out.stdout) if out.stdout.strip().startswith("[") else None
 
 
@@ -31,6 +32,8 @@ def test_drill_1_to_2_and_back_loses_nothing(tmp_path):
         got, sent = map(int, ongoing["details"]["after_restart_alice_to_bob"].split(" of "))
         assert sent > 50 and got >= 0.5 * sent
         assert ongoing["details"]["bye"] == 200 and ongoing["details"]["cdr"] == ["ENDED/Normal"]
+        assert ongoing["details"]["reinvite"] == 200
+        assert ongoing["details"]["reinvite_answer_media"].startswith(("203.0.113.", "198.51.100."))   # the relay
     assert not os.path.exists(tmp_path / "drill12" / "install" / "CDR" / ".calls-in-progress.json")
 
 
@@ -42,3 +45,18 @@ def test_drill_0_to_1_reports_the_lost_call(tmp_path):
     ongoing, incoming = cutover["calls"]
     assert not ongoing["kept"] and any("audio" in r for r in ongoing["reasons"])
     assert incoming["kept"]                                   # registrations survived the restart
+
+
+def test_drill_2_sippy_behind_symmetric_nats_reports_the_sippy_call_lost(tmp_path):
+    out, phases = drill(tmp_path, 2, "2-sippy", "--nat", "symmetric")
+    assert out.returncode == 1, out.stdout + out.stderr
+    cutover, rollback = phases
+    assert (cutover["from_stack"], cutover["to_stack"]) == (2, "2-sippy") and cutover["lost"] == 0, cutover
+    ongoing, incoming = cutover["calls"]           # a sipcore call handed over to the Sippy process
+    assert ongoing["details"]["reinvite"] == 200 and ongoing["details"]["cdr"] == ["ENDED/Normal"]
+    ongoing, incoming = rollback["calls"]
+    assert not ongoing["kept"] and "Sippy B2BUA" in ongoing["reasons"][0], ongoing
+    assert ongoing["details"]["cdr"] == ["ENDED/SERVER_SHUTDOWN"]
+    assert incoming["kept"], rollback
+    log = open(tmp_path / "drill22-sippy" / "server-2.log").read()
+    assert "signalling: Sippy B2BUA" in log                    # the 2-sippy process really ran Sippy
