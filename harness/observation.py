@@ -108,6 +108,9 @@ def build_observation(sc, lab, steps, agent_obs: dict, registrar: list, cdr_dir:
                      for c in calls],
            "cdr": cdr_by_call(list(zip(raw_cdr, normalise_cdr(raw_cdr, norm))), calls),
            "messages_received": {w: agent_obs.get(w, {}).get("messages", []) for w in ("alice", "bob")}}
+    heard = {w: agent_obs[w]["recording"]["heard"] for w in ("alice", "bob") if agent_obs.get(w, {}).get("recording")}
+    if heard:       # a softphone's recording of what it played out (harness.peers.baresip)
+        out["audio"]["heard"] = heard
     if edge:
         out["edge"] = edge      # hostile peer: per attack relayed / media_added / alive (harness.runner)
     return out

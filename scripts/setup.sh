@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything ims-migrate needs on a fresh Debian/Ubuntu machine (run as root).
 # Idempotent: a second run only checks and returns quickly.
-#   - system packages: iproute2, iptables/nftables, conntrack, SIPp (sip-tester), SIPVicious, tcpdump,
+#   - system packages: iproute2, iptables/nftables, conntrack, SIPp (sip-tester), SIPVicious, tcpdump, baresip-core,
 #     docker.io + debootstrap (Docker lab backend), python3-venv, chromium (headless, for the
 #     HTML report test), redis-server (location store tests start their own instances)
 #     gcc (the bench's C RTP generator), kamailio and rtpengine-daemon (reference/relay rows of
@@ -23,6 +23,7 @@ fi
 PKGS="iproute2 iptables nftables conntrack sip-tester sipvicious tcpdump procps kmod python3-venv debootstrap docker.io"
 PKGS="$PKGS chromium redis-server"   # report.html rendering test; shared location store tests
 PKGS="$PKGS gcc libc6-dev kamailio rtpengine-daemon"   # harness bench: rtpgen, reference rows
+PKGS="$PKGS baresip-core"   # harness peer UA (ua: baresip): the softphone and its modules
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

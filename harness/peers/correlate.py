@@ -146,7 +146,7 @@ def calls_of(run_id: str, dialogs: dict[str, list[dict]], caller: str = "alice",
         n = leg.get("call") if leg.get("run") == run_id else None
         other = by_number.get(n) if n is not None else None
         by = "header"
-        if other is None:
+        if other is None:       # baresip, or a server that drops the header (the Sippy B2BUA does)
             other, by = (in_legs[k] if k < len(in_legs) else None), "order"
         calls.append({"call": k + 1, "caller_call_id": leg.get("call_id"),
                       "callee_call_id": other.get("call_id") if other else None,
