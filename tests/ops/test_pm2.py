@@ -2,8 +2,8 @@
 
 A scratch installation (the shipped ecosystem.config.js, entrypoints and ims.env.example copied,
 the project's .venv linked) runs in its own PM2_HOME, with pm2 from .venv/pm2 (scripts/setup.sh
-installs it for this test only). Every command of MIGRATION.md's installation block, the phase 1
-and phase 2 cutover/rollback lines and the "Verifying in production" block is run through bash in
+installs it for this test only). Every command of MIGRATION.md's installation block, the phase 1,
+2 and 3 (SIGNALLING=sippy) cutover/rollback lines and the "Verifying in production" block is run through bash in
 that directory, with no MML_* variable in the environment: the token comes from the file
 setup created, the MML port from ims.env.
 """
@@ -62,7 +62,7 @@ class Install:
         while time.monotonic() < deadline:
             out = self.sh('.venv/bin/ims-mml "DSP SYSINFO"', timeout=15)
             last = out.stdout + out.stderr
-            if out.returncode == 0 and stage_name in out.stdout:
+            if out.returncode == 0 and re.search(stage_name, out.stdout, re.M):
                 return out.stdout
             time.sleep(0.5)
         logs = self.sh("pm2 logs --nostream --lines 30").stdout
@@ -123,11 +123,17 @@ def test_pm2_file_and_migration_commands_as_written():
             lines = [c for c in section_commands(title) if "pm2 restart ims-server" in c]
             assert len(lines) == 2, title
             steps.append(lines)
-        for line, stage in ((steps[0][0], "refactored"), (steps[1][0], "sippy"),
-                            (steps[1][1], "refactored"), (steps[0][1], "legacy")):
+        # phase 3 (SIGNALLING=sippy) cutover and rollback, as written, while phase 2 runs
+        phase3 = [c for c in section_commands("Phase 3") if "pm2 restart ims-server" in c]
+        assert len(phase3) == 2, phase3
+        sippy_engine, sipcore_engine = r"signalling engine\s+Sippy B2BUA", r"signalling engine\s+sipcore\s*$"
+        for line, stage, engine in ((steps[0][0], "refactored", sipcore_engine), (steps[1][0], "sippy", sipcore_engine),
+                                    (phase3[0], "sippy", sippy_engine), (phase3[1], "sippy", sipcore_engine),
+                                    (steps[1][1], "refactored", sipcore_engine), (steps[0][1], "legacy", sipcore_engine)):
             out = inst.sh(line)
             assert out.returncode == 0, (line, out.stdout, out.stderr)
             inst.wait_stage(stage)
+            inst.wait_stage(engine)
             verify_all(stage)
         assert sorted(n for n in os.listdir(inst.dir) if n.endswith(".bak")) == \
             ["run_legacy.py.bak", "run_stage1.py.bak"]
