@@ -57,9 +57,12 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--stage", type=STAGES, required=True,
-              help="candidate stage (2-sippy: stage 2 with SIGNALLING=sippy, the Sippy B2BUA)")
-@click.option("--baseline", type=STAGES, default=0, show_default=True, help="baseline stage (or 2-sippy)")
+@click.option("--stage", "--stack", "stage", type=STAGES, required=True,
+              help="candidate: a stage (2-sippy: stage 2 on the Sippy B2BUA), kamailio (the reference stack) "
+                   "or a stack definition file (stacks/README.md)")
+@click.option("--baseline", "--baseline-stack", "baseline", type=STAGES, default=0, show_default=True,
+              help="baseline: a stage, 2-sippy, kamailio, or a stack definition file (e.g. your own legacy "
+                   "server, MIGRATION.md)")
 @click.option("--scenario", "pattern", default="*", show_default=True, help="scenario name glob")
 @click.option("--backend", type=click.Choice(["netns", "docker"]), default="netns", show_default=True)
 @click.option("--repeat", type=click.IntRange(1, 10), default=1, show_default=True, help="candidate runs per scenario")
@@ -124,7 +127,8 @@ def compare(stage, baseline, pattern, backend, repeat, workers, fmt, output, can
 
 
 @cli.command()
-@click.option("--stage", type=STAGES, required=True, help="stage (or 2-sippy: stage 2 on the Sippy B2BUA)")
+@click.option("--stage", "--stack", "stage", type=STAGES, required=True,
+              help="a stage (or 2-sippy: stage 2 on the Sippy B2BUA), kamailio, or a stack definition file")
 @click.option("--scenario", "pattern", default="*", show_default=True)
 @click.option("--backend", type=click.Choice(["netns", "docker"]), default="netns", show_default=True)
 @click.option("-n", "--workers", type=click.IntRange(1, 32), default=6, show_default=True)

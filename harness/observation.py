@@ -77,8 +77,10 @@ def cdr_by_call(rows: list[dict], calls: list[dict]) -> list[dict]:
             for raw, norm in rows]
 
 
-def build_observation(sc, lab, steps, agent_obs: dict, registrar: list, cdr_dir: str,
+def build_observation(sc, lab, steps, agent_obs: dict, registrar: list, cdr_rows: list[dict],
                       edge: dict | None = None, run_id: str = "") -> dict:
+    """``registrar``: the stack's bindings [{aor, contact}]; ``cdr_rows``: its CDR rows by column
+    name (harness.stack_process reads them, from the 34-column CSV or a stack's own format)."""
     norm = Normaliser(roles_of_lab(lab))
     codes: dict[str, object] = {}
     for label, code in steps:
@@ -102,7 +104,7 @@ def build_observation(sc, lab, steps, agent_obs: dict, registrar: list, cdr_dir:
     auth = {who: sorted({f"{c['method']} {c['status']}" for c in agent_obs.get(who, {}).get("codes", [])
                          if c.get("status") in (401, 407)}) for who in ("alice", "bob")}
     calls = calls_of(run_id, {who: agent_obs.get(who, {}).get("dialogs", []) for who in ("alice", "bob")})
-    raw_cdr = read_cdr(cdr_dir)
+    raw_cdr = cdr_rows
     out = {"scenario": sc.name, "steps": codes, "audio": audio_of(agent_obs), "nat": nat, "auth": auth,
            "calls": [{"call": c["call"], "callee_leg": "seen" if c["callee_call_id"] else "not seen", "by": c["by"]}
                      for c in calls],

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from harness import peers
+from harness import stack_process
 from harness.agent_control import AgentError, AgentProcess
 from harness.ladder import lab_map
 from harness.observation import build_observation
@@ -32,7 +33,7 @@ RTP_PORTS = {"alice": 40000, "bob": 42000}
 @dataclass
 class RunResult:
     scenario: str
-    stage: int
+    stage: int | str        # the stack's name (harness.stacks)
     run: int
     observation: dict
     evidence: str
@@ -61,9 +62,11 @@ def _wait_ready(proc: subprocess.Popen, log_path: str, timeout: float = 25.0) ->
     raise StepError(f"server did not become ready (exit={proc.poll()}):\n{tail}")
 
 
-def run_scenario(sc: Scenario, stage: int, *, backend: str = "netns", evidence_root: str = "harness-out",
+def run_scenario(sc: Scenario, stage: int | str, *, backend: str = "netns", evidence_root: str = "harness-out",
                  run_index: int = 0, entry: str | None = None) -> RunResult:
     t0 = time.monotonic()
+    st = stack(stage)
+    stage = st.name
     evidence = os.path.abspath(os.path.join(evidence_root, sc.name, f"stage{stage}-run{run_index}"))
     shutil.rmtree(evidence, ignore_errors=True)
     os.makedirs(evidence, exist_ok=True)
@@ -83,13 +86,6 @@ def run_scenario(sc: Scenario, stage: int, *, backend: str = "netns", evidence_r
             token = secrets.token_hex(8)
             users = {u: {"username": u, "password": "1234", "display_name": who, "status": "ACTIVE"}
                      for who, u in USERS.items()}
-            with open(os.path.join(evidence, "users.json"), "w") as fh:
-                json.dump(users, fh)
-            env = dict(os.environ, SERVER_IP=server_ip, SERVER_PORT="5060", MML_PORT="8888", MML_TOKEN=token,
-                       USERS_FILE=os.path.join(evidence, "users.json"), CDR_DIR=os.path.join(evidence, "CDR"),
-                       LOG_DIR=os.path.join(evidence, "logs"), BLACKLIST_FILE=os.path.join(evidence, "blacklist.txt"),
-                       CONFIG_FILE=os.path.join(evidence, "no-config.json"), LOG_LEVEL="INFO",
-                       PYTHONPATH=ROOT, **stack(stage).env, **sc.server_env)
             for r in topo.routers():
                 if "public" in r.addresses:
                     captures.append(lab.capture(r.name, lab.iface(r.name, "public"),
@@ -100,11 +96,9 @@ def run_scenario(sc: Scenario, stage: int, *, backend: str = "netns", evidence_r
                                         os.path.join(evidence, "server-public.pcap")))
             with open(os.path.join(evidence, "lab.json"), "w") as fh:
                 json.dump(lab_map(lab), fh, indent=2)
-            server_log = os.path.join(evidence, "server.log")
-            with open(server_log, "w") as out:
-                server = lab.spawn("server", [sys.executable, entry or os.path.join(ROOT, stack(stage).entry)],
-                                   env=env, cwd=evidence, stdout=out, stderr=subprocess.STDOUT)
-            _wait_ready(server, server_log)
+            server = stack_process.start(lab, st, address=server_ip, workdir=evidence, token=token, users=users,
+                                         extra_env=sc.server_env, entry=entry)
+            server_log = server.log_path
             run_id = secrets.token_hex(6)       # X-Ims-Scenario-Run: correlates both legs (harness.peers.correlate)
             for who in ("alice", "bob"):
                 agents[who] = start_agent(lab, sc, who, backend, {
@@ -129,11 +123,12 @@ def run_scenario(sc: Scenario, stage: int, *, backend: str = "netns", evidence_r
                 except AgentError as exc:
                     agent_obs[who] = {}
                     error = error or str(exc)
-            registrar = _mml_json(lab, token, "DSP REG FORMAT=JSON")
-            obs = build_observation(sc, lab, steps, agent_obs, registrar, os.path.join(evidence, "CDR"),
+            obs = build_observation(sc, lab, steps, agent_obs, server.registrations(lab), server.cdr_rows(),
                                     edge=ctx["edge"], run_id=run_id)
+    except stack_process.StackStartError as exc:
+        error = f"StepError: {exc}"
     except Exception as exc:   # noqa: BLE001 - one failed run is reported, not fatal to the compare
-        log.exception("scenario %s stage %d failed", sc.name, stage)
+        log.exception("scenario %s stack %s failed", sc.name, stage)
         error = f"{type(exc).__name__}: {exc}"
     finally:
         for who, a in agents.items():
@@ -141,12 +136,8 @@ def run_scenario(sc: Scenario, stage: int, *, backend: str = "netns", evidence_r
             if a.stderr_lines:
                 with open(os.path.join(evidence, f"{who}-agent.log"), "w") as fh:
                     fh.write("\n".join(a.stderr_lines) + "\n")
-        if server is not None and server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        if server is not None:
+            server.stop()
         for c in captures:
             c.stop()
         lab.down()
@@ -304,8 +295,8 @@ def execute_steps(sc: Scenario, lab, agents: dict[str, AgentProcess], ctx: dict 
     return results
 
 
-def run_many(jobs: list[tuple[Scenario, int, int]], *, backend: str, evidence_root: str, workers: int,
-             entries: dict[int, str] | None = None, progress=None) -> list[RunResult]:
+def run_many(jobs: list[tuple[Scenario, int | str, int]], *, backend: str, evidence_root: str, workers: int,
+             entries: dict[int | str, str] | None = None, progress=None) -> list[RunResult]:
     """Run (scenario, stage, run_index) jobs in parallel labs."""
     results: list[RunResult] = []
 
