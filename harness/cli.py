@@ -9,7 +9,7 @@ import time
 import click
 
 from harness.scenario import ScenarioError, discover
-from harness.stacks import StackType, expectation
+from harness.stacks import StackType, expectation, stack
 from netlab.topology import PROFILES as NAT_PROFILES
 
 STAGES = StackType()
@@ -87,6 +87,7 @@ def compare(stage, baseline, pattern, backend, repeat, workers, fmt, output, can
     scenarios, broken = _scenarios(pattern, scenarios_path, with_broken=True)
     if baseline == stage and candidate_entry is None:
         click.echo("note: baseline and candidate are the same stage: an A/A run", err=True)
+    reference = stack(stage).reference or stack(baseline).reference
     jobs = []
     for sc in scenarios:
         jobs += [(sc, baseline, 0), (sc, baseline, 1)] + [(sc, stage, 10 + i) for i in range(repeat)]
@@ -104,7 +105,7 @@ def compare(stage, baseline, pattern, backend, repeat, workers, fmt, output, can
         base = [r.observation for r in results if r.scenario == sc.name and r.stage == baseline and r.run < 10]
         cand = [r.observation for r in results if r.scenario == sc.name and r.stage == stage and r.run >= 10]
         v = judge(sc.name, base, cand, expectation(sc.expect, baseline),
-                  expectation(sc.expect, stage))
+                  expectation(sc.expect, stage), reference=reference)
         verdicts.append(v)
         with open(os.path.join(output, sc.name, "verdict.json"), "w") as fh:
             json.dump(v.as_dict(), fh, indent=2, default=str)

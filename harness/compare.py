@@ -16,6 +16,7 @@ change covers, is REGRESSED: phones that cannot answer it stop working.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 AUDIO_RANK = {"two-way": 3, "A->B only": 1, "B->A only": 1, "none": 0, "no media": -1}
@@ -96,26 +97,80 @@ ACCEPTED_CHANGES = (
 )
 
 
-def accepted_change(key: str, base, cand) -> AcceptedChange | None:
-    return next((rule for rule in ACCEPTED_CHANGES if rule.covers(key, base, cand)), None)
+_PRIVATE_CONTACT = re.compile(r"^sip:([^@]+)@<(alice|bob)>:\S+$")
+_PUBLIC_CONTACT = re.compile(r"^sip:([^@]+)@<(alice|bob)-public>:\S+$")
+_BINDING_AS_SENT = re.compile(r"^(\S+) -> sip:([^@]+)@<[^>]+>:\S+ received=sip:(<[^>]+>):\S+$")
+_BINDING = re.compile(r"^(\S+) -> sip:([^@]+)@(<[^>]+>):\S+$")
 
 
-def _step_change(key: str, label: str, b, c, accepted: list[str]) -> str:
+@dataclass(frozen=True)
+class ReferenceDifference(AcceptedChange):
+    """A documented difference between our stages and a reference stack we did not write
+    (MIGRATION.md, "Kamailio as the baseline"); it applies in either direction (reference as
+    baseline or as candidate) and only when one side is a reference stack."""
+
+    def covers(self, key: str, base, cand) -> bool:
+        return self._one_way(key, base, cand) or self._one_way(key, cand, base)
+
+    def _one_way(self, key: str, ref, ours) -> bool:
+        if self.name == "contact-as-sent":
+            if key.startswith("cdr[") and key.endswith(".contact"):
+                a, b = _PRIVATE_CONTACT.match(str(ref or "")), _PUBLIC_CONTACT.match(str(ours or ""))
+                return bool(a and b and a.groups() == b.groups())
+            if key == "nat.registrar":
+                sent = [_BINDING_AS_SENT.match(x) for x in ref or ()]
+                fixed = [_BINDING.match(x) for x in ours or ()]
+                return bool(sent) and all(sent) and all(fixed) and len(sent) == len(fixed) and \
+                    sorted(m.group(1, 2, 3) for m in sent if m) == sorted(m.group(1, 2, 3) for m in fixed if m)
+            return False
+        if self.name == "acc-without-sdp-and-body":
+            return key.startswith("cdr[") and key.endswith((".codec", ".message_body")) and ref == "" and bool(ours)
+        if self.name == "rtcp-without-address":
+            return key.startswith("nat.sdp_to_") and key.endswith(".rtcp") and ref == "<port> None" \
+                and ours == "<port> <server>"
+        if self.name == "domain-as-number":
+            return key.startswith("cdr[") and key.endswith(".callee_number") and ref == "" and "." in str(ours)
+        return False
+
+
+REFERENCE_DIFFERENCES = (
+    ReferenceDifference("contact-as-sent", "Kamailio keeps a NATed phone's Contact as sent and its source "
+                        "address apart (received); our stages store the Contact rewritten to the source "
+                        "(registrar listing and CDR contact column)",
+                        "nothing: both route to the NAT's address; a CDR importer reading contact gets the public one"),
+    ReferenceDifference("acc-without-sdp-and-body", "Kamailio's acc records neither codecs nor MESSAGE bodies "
+                        "(codec, message_body blank); our CDR fills them as the original does",
+                        "nothing: a gap of the reference's accounting, not of ours"),
+    ReferenceDifference("rtcp-without-address", "Kamailio's rtpproxy module rewrites a=rtcp to a port alone; our "
+                        "stages write port and relay address (RFC 3605 allows both)",
+                        "nothing: UAs take the c= address when a=rtcp has none"),
+    ReferenceDifference("domain-as-number", "an OPTIONS to the domain has the domain as callee_number in our CDR "
+                        "(the original's format); Kamailio's To user is empty",
+                        "nothing: the original's CDR format, kept on purpose (sipcore/call_records.py)"),
+)
+
+
+def accepted_change(key: str, base, cand, reference: bool = False) -> AcceptedChange | None:
+    rules = ACCEPTED_CHANGES + (REFERENCE_DIFFERENCES if reference else ())
+    return next((rule for rule in rules if rule.covers(key, base, cand)), None)
+
+
+def _step_change(key: str, label: str, b, c, accepted: list[str], reference: bool = False) -> str:
     """The reason text of a changed step result, naming the accepted change that covers it."""
-    rule = accepted_change(key, b, c)
+    rule = accepted_change(key, b, c, reference)
     if rule is None:
         return f"{label}: {b} -> {c}"
     accepted.append(rule.name)
     return f"{label}: {b} -> {c} (accepted change {rule.name}: {rule.what})"
 
 
-def _challenges_and_cdr(changes: dict, accepted: list[str], reasons: list[str]) -> bool:
+def _challenges_and_cdr(changes: dict, accepted: list[str], reasons: list[str], reference: bool = False) -> bool:
     """Accepted changes among the challenge and CDR differences (appended to ``accepted`` and
     ``reasons``); True when a request is newly challenged and no accepted change covers it."""
     worse = False
     for key, (b, c) in changes.items():
-        rule = accepted_change(key, b, c)
-        if key.startswith("cdr[") and rule is not None:
+        rule = accepted_change(key, b, c, reference)
+        if key.startswith(("cdr[", "nat.")) and rule is not None:
             accepted.append(rule.name)
         elif key.startswith("auth.") and rule is not None:
             accepted.append(rule.name)
@@ -182,7 +237,9 @@ def summary_of(obs: dict) -> str:
 
 
 def judge(scenario: str, base_runs: list[dict], cand_runs: list[dict], expect_base: dict | None = None,
-          expect_cand: dict | None = None) -> Verdict:
+          expect_cand: dict | None = None, reference: bool = False) -> Verdict:
+    """``reference``: one side is a reference stack (harness.stacks, ``reference: true``), so the
+    REFERENCE_DIFFERENCES apply besides the ACCEPTED_CHANGES."""
     base, cand = base_runs[0], cand_runs[0]
     noise = set()
     for other in base_runs[1:]:
@@ -214,8 +271,8 @@ def judge(scenario: str, base_runs: list[dict], cand_runs: list[dict], expect_ba
             better = True
             reasons.append(f"{label}: {b} -> {c}")
         elif b != c:
-            reasons.append(_step_change(key, label, b, c, accepted))
-    worse = _challenges_and_cdr(changes, accepted, reasons) or worse
+            reasons.append(_step_change(key, label, b, c, accepted, reference))
+    worse = _challenges_and_cdr(changes, accepted, reasons, reference) or worse
     b_rows = [r for r in base.get("cdr", [])]
     c_rows = [r for r in cand.get("cdr", [])]
     b_kinds = sorted((r["record_type"], r["call_state"]) for r in b_rows)
@@ -277,8 +334,8 @@ def go_no_go(verdicts: list[Verdict]) -> tuple[bool, str]:
     seen = {name: [v.scenario for v in verdicts if name in v.accepted] for name in
             dict.fromkeys(n for v in verdicts for n in v.accepted)}
     if seen:
-        rules = {r.name: r for r in ACCEPTED_CHANGES}
-        text += ("; accepted changes to confirm (MIGRATION.md, Changes at cutover): "
+        rules = {r.name: r for r in ACCEPTED_CHANGES + REFERENCE_DIFFERENCES}
+        text += ("; accepted changes to confirm (MIGRATION.md, Changes at cutover / Kamailio as the baseline): "
                  + "; ".join(f"{n} in {len(s)} scenario(s): {rules[n].what} -> {rules[n].needs}"
                              for n, s in seen.items()))
     if regressed:

@@ -4,15 +4,16 @@ of harness.observation, with the values our stages write, sipcore/call_records.p
 
 One input line is one transaction, its columns named by the stack definition (cdr.columns); the
 needed ones are harness.stacks.TRANSACTION_COLUMNS, optional ones are ``dst_ip`` (where the request
-was relayed), ``contact``, ``expires``, ``cseq`` and ``auth_user``. The fold:
+was relayed), ``contact``, ``expires``, ``cseq`` and ``auth_user``. Lines are ordered by ``event_time`` (or ``time``) and the CSeq number. The fold:
 
 * REGISTER 2xx: a REGISTER row per Call-ID, the first one only (as the original server),
   ``SUCCESS`` or ``UNREGISTERED`` when it asked for expires 0; the AOR user is the caller;
-* INVITE: per Call-ID, a 2xx answer and a 2xx BYE make one ``CALL``/``ENDED`` row (status 200 OK,
-  termination ``Normal``, cseq of the BYE); 487 makes ``CANCELLED``; another final answer of the
-  first INVITE makes ``FAILED`` with that status; an answered call without BYE has no row (yet);
-* MESSAGE: ``COMPLETED`` with 200 OK per relayed MESSAGE (as the original: the row is about the
-  relay, not the answer), Call-ID + CSeq;
+* INVITE relayed to a callee (``dst_ip`` set; a call the server refused itself has no row, as in
+  our stages): a 2xx answer and a 2xx BYE make one ``CALL``/``ENDED`` row at the BYE (status 200 OK,
+  termination ``Normal``, cseq of the BYE); 487 to the first INVITE makes ``CANCELLED``; another
+  final answer makes ``FAILED`` with that status; an answered call without BYE has no row (yet);
+* MESSAGE relayed: ``COMPLETED`` with 200 OK (as the original: the row is about the relay, not
+  the answer);
 * OPTIONS answered by the server: ``OPTIONS``/``COMPLETED``.
 
 What such accounting does not know stays blank: ``codec``, ``message_body``, ``ringing_time``
@@ -40,8 +41,18 @@ def _rows(pattern: str, delimiter: str, columns: tuple[str, ...]) -> list[dict]:
                                 path, i + 1, len(values), len(columns))
                     continue
                 out.append({k: v.strip() for k, v in zip(columns, values)})
-    out.sort(key=lambda r: (r.get("time", ""), _cseq_number(r.get("cseq", ""))))
+    out.sort(key=_when)
     return out
+
+
+def _when(t: dict) -> tuple[float, int]:
+    """Event order: ``event_time`` (sub-second), else ``time``, then the CSeq number."""
+    for key in ("event_time", "time"):
+        try:
+            return float(t.get(key) or ""), _cseq_number(t.get("cseq", ""))
+        except ValueError:
+            continue
+    return 0.0, _cseq_number(t.get("cseq", ""))
 
 
 def _cseq_number(cseq: str) -> int:
@@ -63,10 +74,16 @@ def _row(record_type: str, state: str, t: dict, **values) -> dict:
     return row
 
 
+def _relayed(t: dict) -> bool:
+    """Relayed to a callee (``dst_ip``), or, without that column, answered 2xx."""
+    return bool(t["dst_ip"]) if "dst_ip" in t else _ok(t["code"])
+
+
 def fold(transactions: list[dict]) -> list[dict]:
+    """CDR rows in the order our stages write them: at the event that closes each record."""
     rows: list[dict] = []
     registered: set[str] = set()
-    calls: dict[str, list[dict]] = {}
+    calls: dict[str, dict] = {}         # Call-ID -> {"first": initial INVITE, "answered": its 2xx}
     for t in transactions:
         method = t.get("method", "").upper()
         if method == "REGISTER" and _ok(t["code"]) and t["callid"] not in registered:
@@ -75,43 +92,33 @@ def fold(transactions: list[dict]) -> list[dict]:
             rows.append(_row("REGISTER", "UNREGISTERED" if unregister else "SUCCESS", t,
                              caller_number=t.get("to_user", ""), callee_number="", contact=t.get("contact", ""),
                              expires="" if unregister else t.get("expires", ""), extra_info=""))
-        elif method in ("INVITE", "BYE"):
-            if method == "INVITE" and t["callid"] not in calls:
-                rows.append({"_call": t["callid"]})          # the call's place in time order
-            calls.setdefault(t["callid"], []).append(t)
-        elif method == "MESSAGE":
+        elif method == "INVITE" and _relayed(t):
+            call = calls.setdefault(t["callid"], {"first": t, "answered": None})
+            if _ok(t["code"]):
+                call["answered"] = call["answered"] or t
+            elif call["first"] is t:
+                rows.append(_failed_row(t))
+        elif method == "BYE" and _ok(t["code"]):
+            call = calls.get(t["callid"])
+            if call and call["answered"] is not None and not call.get("ended"):
+                call["ended"] = True
+                answered = call["answered"]
+                rows.append(_row("CALL", "ENDED", answered, termination_reason="Normal", cseq=t.get("cseq", ""),
+                                 callee_ip=answered.get("dst_ip", ""), call_type="AUDIO"))
+        elif method == "MESSAGE" and _relayed(t):
             rows.append(_row("MESSAGE", "COMPLETED", t, extra_info=""))
         elif method == "OPTIONS":
             rows.append(_row("OPTIONS", "COMPLETED", t, extra_info=""))
-    out = []
-    for r in rows:
-        if "_call" not in r:
-            out.append(r)
-            continue
-        call = _call_row(calls[r["_call"]])
-        if call is not None:
-            out.append(call)
-    return out
+    return rows
 
 
-def _call_row(ts: list[dict]) -> dict | None:
-    invites = [t for t in ts if t["method"].upper() == "INVITE"]
-    first = invites[0]
-    answered = next((t for t in invites if _ok(t["code"])), None)
-    base = {"callee_ip": first.get("dst_ip", ""), "call_type": "AUDIO"}
-    if answered is not None:
-        bye = next((t for t in ts if t["method"].upper() == "BYE" and _ok(t["code"])), None)
-        if bye is None:
-            return None
-        return _row("CALL", "ENDED", answered, termination_reason="Normal", cseq=bye.get("cseq", ""),
-                    **{**base, "callee_ip": answered.get("dst_ip", "")})
-    final = invites[-1]
-    number = _cseq_number(final.get("cseq", ""))
-    if final["code"] == "487":
-        return _row("CALL", "CANCELLED", final, status_code="", status_text="", termination_reason="User Cancelled",
-                    cseq=f"{number} CANCEL", **base)
-    return _row("CALL", "FAILED", final, status_code=final["code"], status_text=final["reason"],
-                termination_reason=f"{final['code']} {final['reason']}", **base)
+def _failed_row(t: dict) -> dict:
+    base = {"callee_ip": t.get("dst_ip", ""), "call_type": "AUDIO"}
+    if t["code"] == "487":
+        return _row("CALL", "CANCELLED", t, status_code="", status_text="", termination_reason="User Cancelled",
+                    cseq=f"{_cseq_number(t.get('cseq', ''))} CANCEL", **base)
+    return _row("CALL", "FAILED", t, status_code=t["code"], status_text=t["reason"],
+                termination_reason=f"{t['code']} {t['reason']}", **base)
 
 
 def read_transactions(pattern: str, delimiter: str, columns: tuple[str, ...]) -> list[dict]:

@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STACK_DIR = os.path.join(ROOT, "stacks")
 
 # what a stack definition may say, per key; the comment of each is in stacks/README.md
-TOP_KEYS = ("name", "description", "stage", "start", "prepare", "relay", "users", "cdr", "registrations")
+TOP_KEYS = ("name", "description", "stage", "reference", "start", "prepare", "relay", "users", "cdr", "registrations")
 START_KEYS = ("entry", "command", "cwd", "env", "ready", "timeout")
 READY_KEYS = ("log", "udp_port")
 USERS_KEYS = ("file", "command")
@@ -80,6 +80,7 @@ class Stack:
     description: str = ""
     path: str = ""                                # the definition file
     builtin: bool = False
+    reference: bool = False                       # a stack we did not write: REFERENCE_DIFFERENCES apply
 
     @property
     def stack_dir(self) -> str:
@@ -199,6 +200,9 @@ def parse(data, path: str = "", *, builtin: bool = False) -> Stack:
     mml = regs.get("mml", entry is not None and "command" not in regs)
     if not isinstance(mml, bool):
         raise _fail(path, "registrations.mml", f"must be true or false, got {mml!r}")
+    reference = data.get("reference", False)
+    if not isinstance(reference, bool):
+        raise _fail(path, "reference", f"must be true or false, got {reference!r}")
     stack_name: int | str = int(name) if name.isdigit() else name
     return Stack(
         name=stack_name, stage=stage, entry=_text(path, "start.entry", entry) if entry is not None else "",
@@ -210,7 +214,7 @@ def parse(data, path: str = "", *, builtin: bool = False) -> Stack:
         cdr=cdr, registrations_mml=mml,
         registrations_command=_command(path, "registrations.command", regs["command"]) if "command" in regs else (),
         description=str(data.get("description", "")).strip(), path=os.path.abspath(path) if path else "",
-        builtin=builtin)
+        builtin=builtin, reference=reference)
 
 
 def _cdr(path: str, raw: dict) -> CDRSource:

@@ -1,5 +1,7 @@
 """Glue between the harness and the Kamailio reference stack (stacks/kamailio/stack.yaml).
 
+    python tools.py exec kamailio ARGS...      run Kamailio with KAM_NATPING = NAT_KEEPALIVE_INTERVAL
+                                               rounded up to whole seconds (natping_interval)
     python tools.py users USERS_JSON OUT_CFG   users.json (ACTIVE users) -> Kamailio include file that
                                                fills the htable "users" (username -> password)
     python tools.py registrations FIFO         ul.dump over the JSON-RPC FIFO -> [{"aor", "contact"}]
@@ -9,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -99,7 +102,21 @@ def registrations(fifo: str) -> int:
     return 0
 
 
+def exec_kamailio(argv: list[str]) -> int:
+    interval = os.environ.get("NAT_KEEPALIVE_INTERVAL", "")
+    try:
+        seconds = max(1, math.ceil(float(interval))) if interval else 10
+    except ValueError:
+        print(f"error: NAT_KEEPALIVE_INTERVAL: not a number: {interval!r}", file=sys.stderr)
+        return 2
+    os.environ["KAM_NATPING"] = str(seconds)
+    os.execvp(argv[0], argv)
+    return 127      # not reached
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) >= 2 and argv[0] == "exec":
+        return exec_kamailio(argv[1:])
     if len(argv) == 3 and argv[0] == "users":
         return users(argv[1], argv[2])
     if len(argv) == 2 and argv[0] == "registrations":
