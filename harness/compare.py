@@ -124,7 +124,8 @@ class ReferenceDifference(AcceptedChange):
                     sorted(m.group(1, 2, 3) for m in sent if m) == sorted(m.group(1, 2, 3) for m in fixed if m)
             return False
         if self.name == "acc-without-sdp-and-body":
-            return key.startswith("cdr[") and key.endswith((".codec", ".message_body")) and ref == "" and bool(ours)
+            return key.startswith("cdr[") and key.endswith((".codec", ".call_type", ".message_body")) \
+                and ref == "" and bool(ours)
         if self.name == "rtcp-without-address":
             return key.startswith("nat.sdp_to_") and key.endswith(".rtcp") and ref == "<port> None" \
                 and ours == "<port> <server>"
@@ -138,8 +139,8 @@ REFERENCE_DIFFERENCES = (
                         "address apart (received); our stages store the Contact rewritten to the source "
                         "(registrar listing and CDR contact column)",
                         "nothing: both route to the NAT's address; a CDR importer reading contact gets the public one"),
-    ReferenceDifference("acc-without-sdp-and-body", "Kamailio's acc records neither codecs nor MESSAGE bodies "
-                        "(codec, message_body blank); our CDR fills them as the original does",
+    ReferenceDifference("acc-without-sdp-and-body", "Kamailio's acc records neither media nor MESSAGE bodies "
+                        "(codec, call_type, message_body blank); our CDR fills them as the original does",
                         "nothing: a gap of the reference's accounting, not of ours"),
     ReferenceDifference("rtcp-without-address", "Kamailio's rtpproxy module rewrites a=rtcp to a port alone; our "
                         "stages write port and relay address (RFC 3605 allows both)",

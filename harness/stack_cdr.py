@@ -16,8 +16,8 @@ was relayed), ``contact``, ``expires``, ``cseq`` and ``auth_user``. Lines are or
   the answer);
 * OPTIONS answered by the server: ``OPTIONS``/``COMPLETED``.
 
-What such accounting does not know stays blank: ``codec``, ``message_body``, ``ringing_time``
-(``call_type`` is AUDIO, as our stages write without video). The accepted differences this leaves
+What such accounting does not know stays blank: ``codec``, ``call_type``, ``message_body``,
+``ringing_time``. The accepted differences this leaves
 are listed in MIGRATION.md ("Kamailio as the baseline").
 """
 from __future__ import annotations
@@ -104,7 +104,7 @@ def fold(transactions: list[dict]) -> list[dict]:
                 call["ended"] = True
                 answered = call["answered"]
                 rows.append(_row("CALL", "ENDED", answered, termination_reason="Normal", cseq=t.get("cseq", ""),
-                                 callee_ip=answered.get("dst_ip", ""), call_type="AUDIO"))
+                                 callee_ip=answered.get("dst_ip", "")))
         elif method == "MESSAGE" and _relayed(t):
             rows.append(_row("MESSAGE", "COMPLETED", t, extra_info=""))
         elif method == "OPTIONS":
@@ -113,7 +113,7 @@ def fold(transactions: list[dict]) -> list[dict]:
 
 
 def _failed_row(t: dict) -> dict:
-    base = {"callee_ip": t.get("dst_ip", ""), "call_type": "AUDIO"}
+    base = {"callee_ip": t.get("dst_ip", "")}
     if t["code"] == "487":
         return _row("CALL", "CANCELLED", t, status_code="", status_text="", termination_reason="User Cancelled",
                     cseq=f"{_cseq_number(t.get('cseq', ''))} CANCEL", **base)

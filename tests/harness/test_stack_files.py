@@ -122,3 +122,24 @@ def test_acc_transactions_fold_into_cdr_rows(tmp_path):
     assert rows[0]["caller_number"] == "1001" and rows[0]["callee_number"] == "" and rows[0]["expires"] == "300"
     assert rows[3]["termination_reason"] == "486 Busy Here" and rows[4]["cseq"] == "2 CANCEL"
     assert fold([]) == []
+
+
+def test_reference_differences_are_narrow_and_only_for_reference_stacks():
+    from harness.compare import judge
+    ref = {"steps": {"call": 200}, "audio": {"direction": "two-way"},
+           "nat": {"registrar": ["sip:1001@sip.local -> sip:1001@<alice>:5060 received=sip:<alice-public>:5060"]},
+           "cdr": [{"record_type": "CALL", "call_state": "ENDED", "codec": "", "contact": "sip:1001@<alice>:5060"}]}
+    ours = {"steps": {"call": 200}, "audio": {"direction": "two-way"},
+            "nat": {"registrar": ["sip:1001@sip.local -> sip:1001@<alice-public>:<port>"]},
+            "cdr": [{"record_type": "CALL", "call_state": "ENDED", "codec": "PCMU",
+                     "contact": "sip:1001@<alice-public>:<port>"}]}
+    v = judge("x", [ref, ref], [ours], reference=True)
+    assert v.verdict == "changed" and set(v.accepted) == {"contact-as-sent", "acc-without-sdp-and-body"}
+    # either direction (Kamailio as the candidate)
+    assert judge("x", [ours, ours], [ref], reference=True).verdict == "changed"
+    # not between our own stages
+    assert judge("x", [ref, ref], [ours]).accepted == []
+    # another user's or another party's address is not covered
+    wrong = {**ours, "nat": {"registrar": ["sip:1001@sip.local -> sip:1001@<bob-public>:<port>"]},
+             "cdr": [{**ours["cdr"][0], "contact": "sip:1002@<alice-public>:<port>"}]}
+    assert "contact-as-sent" not in judge("x", [ref, ref], [wrong], reference=True).accepted
