@@ -4,7 +4,9 @@ of harness.observation, with the values our stages write, sipcore/call_records.p
 
 One input line is one transaction, its columns named by the stack definition (cdr.columns); the
 needed ones are harness.stacks.TRANSACTION_COLUMNS, optional ones are ``dst_ip`` (where the request
-was relayed), ``contact``, ``expires``, ``cseq`` and ``auth_user``. Lines are ordered by ``event_time`` (or ``time``) and the CSeq number. The fold:
+was relayed), ``contact``, ``expires``, ``cseq``, ``auth_user`` and ``event_time``/``time``. Lines
+are ordered by ``event_time`` (or ``time``) and the CSeq number. Every row keeps the transaction's
+``call_id`` (the run-call correlation of harness.observation uses it). The fold:
 
 * REGISTER 2xx: a REGISTER row per Call-ID, the first one only (as the original server),
   ``SUCCESS`` or ``UNREGISTERED`` when it asked for expires 0; the AOR user is the caller;
@@ -65,7 +67,8 @@ def _ok(code: str) -> bool:
 
 
 def _row(record_type: str, state: str, t: dict, **values) -> dict:
-    row = {"record_type": record_type, "call_state": state, "caller_number": t.get("from_user", ""),
+    row = {"record_type": record_type, "call_state": state, "call_id": t.get("callid", ""),
+           "caller_number": t.get("from_user", ""),
            "callee_number": t.get("to_user", ""), "caller_ip": t.get("src_ip", ""), "callee_ip": "",
            "status_code": "200", "status_text": "OK", "termination_reason": "", "call_type": "", "codec": "",
            "contact": "", "expires": "", "message_body": "", "cseq": t.get("cseq", ""),
