@@ -201,3 +201,18 @@ def test_hand_over_file_round_trip_and_ending_rules(tmp_path):
     assert ending_reason(again, 250.0, 3600, False) == RELAY_TIMEOUT
     assert ending_reason(again, 3800.0, 3600, True) == HANDOVER_TIMEOUT
     assert ending_reason(call, 3800.0, 3600, False) is None          # not a handed-over call
+
+
+def test_handover_settings_are_read_and_checked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                       # no ims.env here
+    from sipcore.config import Config
+    from sipcore.errors import ConfigError
+    base = {"SERVER_IP": "127.0.0.1", "CONFIG_FILE": str(tmp_path / "none.json")}
+    c = Config.from_env(base)
+    assert (c.handover_call_max_seconds, c.handover_check_interval) == (7200.0, 15.0)
+    c = Config.from_env({**base, "HANDOVER_CALL_MAX_SECONDS": "600", "HANDOVER_CHECK_INTERVAL": "5"})
+    assert (c.handover_call_max_seconds, c.handover_check_interval) == (600.0, 5.0)
+    for key in ("HANDOVER_CALL_MAX_SECONDS", "HANDOVER_CHECK_INTERVAL"):
+        with pytest.raises(ConfigError) as exc:
+            Config.from_env({**base, key: "soon"})
+        assert exc.value.key == key
