@@ -104,22 +104,24 @@ def test_reinvite_with_a_new_media_port_after_a_restart_goes_through_the_relay(t
         tags = f"{saved[0]['caller_tag']};1 {saved[0]['callee_tag']};1"
         assert relay_command(ports, f"Q {call_id} {tags}").split()[0].isdigit()       # the relay kept it
         with server(tmp_path, ports) as srv2:
-            a0, b0 = totals(alice.request("stats"), "1002"), totals(bob.request("stats"), "1001")
-            new_port = free_port()
-            assert alice.request("reinvite", rtp_port=new_port)["code"] == 200
-            time.sleep(1.5)
-            a1, b1 = totals(alice.request("stats"), "1002"), totals(bob.request("stats"), "1001")
-            sdp = alice.request("observations")["sdp_received"][-1]
-            assert sdp["where"] == "reinvite-sendrecv" and ports.relay_min <= sdp["m_port"] <= ports.relay_min + 99, sdp
-            [astream] = alice.request("stats")["rtp"].values()
-            assert astream["local_port"] == new_port
-            [bstream] = bob.request("stats")["rtp"].values()
-            assert ports.relay_min <= bstream["remote"][1] <= ports.relay_min + 99, bstream   # bob still sends to the relay
-            # RTP both ways after the re-INVITE (alice now on new_port), every packet from the relay
-            a_to_b, b_to_a = b1[1] - b0[1], a1[1] - a0[1]
-            assert a1[0] - a0[0] > 40 and a_to_b >= 0.7 * (a1[0] - a0[0]), (a0, a1, b0, b1)
-            assert b1[0] - b0[0] > 40 and b_to_a >= 0.7 * (b1[0] - b0[0]), (a0, a1, b0, b1)
-            assert relayed(a1[2], ports) and relayed(b1[2], ports), (a1[2], b1[2])
+            # the caller, then the callee, re-INVITE with their media moved to a new port
+            for mover, mover_user, other, other_user in ((alice, "1001", bob, "1002"), (bob, "1002", alice, "1001")):
+                m0, o0 = totals(mover.request("stats"), other_user), totals(other.request("stats"), mover_user)
+                new_port = free_port()
+                assert mover.request("reinvite", rtp_port=new_port)["code"] == 200
+                time.sleep(1.5)
+                m1, o1 = totals(mover.request("stats"), other_user), totals(other.request("stats"), mover_user)
+                sdp = mover.request("observations")["sdp_received"][-1]
+                assert sdp["where"] == "reinvite-sendrecv" and ports.relay_min <= sdp["m_port"] <= ports.relay_min + 99, sdp
+                [mstream] = mover.request("stats")["rtp"].values()
+                assert mstream["local_port"] == new_port
+                [ostream] = other.request("stats")["rtp"].values()
+                assert ports.relay_min <= ostream["remote"][1] <= ports.relay_min + 99, ostream   # still to the relay
+                # RTP both ways after the re-INVITE (the mover now on new_port), every packet from the relay
+                there, back = o1[1] - o0[1], m1[1] - m0[1]
+                assert m1[0] - m0[0] > 40 and there >= 0.7 * (m1[0] - m0[0]), (mover_user, m0, m1, o0, o1)
+                assert o1[0] - o0[0] > 40 and back >= 0.7 * (o1[0] - o0[0]), (mover_user, m0, m1, o0, o1)
+                assert relayed(m1[2], ports) and relayed(o1[2], ports), (m1[2], o1[2])
             assert alice.request("hangup")["code"] == 200
             time.sleep(0.3)
             assert relay_command(ports, f"Q {call_id} {tags}") == "E50"          # relay session deleted
