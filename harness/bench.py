@@ -561,6 +561,9 @@ def bench(stages, rates, kamailio_rates, seconds, streams, media_seconds, kamail
             "call_setup": [], "media": []}
     try:
         stage_list = [stack(s.strip()).name for s in stages.split(",")]
+        for name in stage_list:
+            if not stack(name).ims_env:
+                raise ValueError(f"{name}: only our stages run here (the Kamailio row is --kamailio)")
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--stages") from None
     with tempfile.TemporaryDirectory(prefix="ims-bench-") as tmp:

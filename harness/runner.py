@@ -169,14 +169,7 @@ def start_agent(lab, sc: Scenario, who: str, backend: str, cfg: dict, evidence: 
     return agent
 
 
-def _mml_json(lab, token: str, command: str):
-    out = lab.run("server", [sys.executable, "-m", "sipcore.mml.cli", "--url", "http://127.0.0.1:8888", "--token",
-                             token, "--json", command], timeout=15)
-    try:
-        reply = json.loads(out.stdout.strip().splitlines()[-1])
-        return json.loads(reply.get("output") or "[]")
-    except (ValueError, IndexError):
-        return []
+_mml_json = stack_process.mml_json
 
 
 FORGED_METHODS = ("BYE", "INVITE", "INFO", "MESSAGE")

@@ -88,14 +88,20 @@ class RunningStack:
                     proc.wait(5)
 
 
-def _mml_registrations(lab, token: str) -> list[dict]:
+def mml_json(lab, token: str, command: str):
+    """One MML command (``... FORMAT=JSON``) to our stack in the lab's server host, its JSON output
+    (``[]`` when there is none: a stack without MML, or the server gone)."""
     out = lab.run("server", [sys.executable, "-m", "sipcore.mml.cli", "--url", f"http://127.0.0.1:{MML_PORT}",
-                             "--token", token, "--json", "DSP REG FORMAT=JSON"], timeout=15)
+                             "--token", token, "--json", command], timeout=15)
     try:
         reply = json.loads(out.stdout.strip().splitlines()[-1])
-        data = json.loads(reply.get("output") or "[]")
+        return json.loads(reply.get("output") or "[]")
     except (ValueError, IndexError):
         return []
+
+
+def _mml_registrations(lab, token: str) -> list[dict]:
+    data = mml_json(lab, token, "DSP REG FORMAT=JSON")
     return data if isinstance(data, list) else []
 
 

@@ -110,8 +110,12 @@ def exec_kamailio(argv: list[str]) -> int:
         print(f"error: NAT_KEEPALIVE_INTERVAL: not a number: {interval!r}", file=sys.stderr)
         return 2
     os.environ["KAM_NATPING"] = str(seconds)
-    os.execvp(argv[0], argv)
-    return 127      # not reached
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        print(f"error: cannot run {argv[0]}: {exc.strerror} (Debian: apt-get install -y kamailio; "
+              "scripts/setup.sh installs it)", file=sys.stderr)
+    return 127
 
 
 def main(argv: list[str]) -> int:
