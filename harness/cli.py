@@ -186,8 +186,12 @@ def drill(from_stage, to_stage, nat, backend, output, as_json) -> None:
     2-sippy is always lost at a restart (the reason says why)."""
     _need_root()
     from dataclasses import asdict
-    from harness.drill import run_drill
+    from harness.drill import drillable, run_drill
     from tabulate import tabulate
+    for option, name in (("--from", from_stage), ("--to", to_stage)):
+        why = drillable(name)
+        if why is not None:
+            raise click.BadParameter(why, param_hint=option)
     phases = run_drill(from_stage, to_stage, backend=backend, output=output, nat=nat)
     if as_json:
         click.echo(json.dumps([{**asdict(p), "lost": p.lost} for p in phases], indent=2))

@@ -219,8 +219,22 @@ def _phase(dl: DrillLab, agents: dict[str, AgentProcess], name: str, a: str, b: 
     return phase
 
 
+def drillable(name) -> str | None:
+    """Why ``name`` cannot be drilled, or None: the drill copies one of the project's own
+    entrypoints over run.py, as the operator's cutover does, so only the built-in stages qualify."""
+    st = stack(name)
+    if not (st.builtin and st.entry and st.stage is not None):
+        return (f"{name}: the drill swaps the project's own entrypoints (0, 1, 2, 2-sippy) in one "
+                "installation; this stack is not one of them")
+    return None
+
+
 def run_drill(from_stack, to_stack, *, backend: str = "netns", output: str = "harness-out/drill",
               nat: str = "cone") -> list[Phase]:
+    for name in (from_stack, to_stack):
+        why = drillable(name)
+        if why is not None:
+            raise ValueError(why)
     workdir = os.path.abspath(output)
     shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(workdir)

@@ -60,3 +60,12 @@ def test_drill_2_sippy_behind_symmetric_nats_reports_the_sippy_call_lost(tmp_pat
     assert incoming["kept"], rollback
     log = open(tmp_path / "drill22-sippy" / "server-2.log").read()
     assert "signalling: Sippy B2BUA" in log                    # the 2-sippy process really ran Sippy
+
+
+def test_drill_refuses_stacks_it_cannot_swap(tmp_path):
+    """Only the project's own entrypoints can be copied over run.py: a reference stack is refused
+    with the reason (exit status 2), before any lab is built."""
+    out = subprocess.run(HARNESS + ["drill", "--from", "kamailio", "--to", "2", "--output", str(tmp_path / "d")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--from" in out.stderr and "project's own entrypoints" in out.stderr, out.stderr
+    assert not os.path.exists(tmp_path / "d")
