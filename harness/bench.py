@@ -34,6 +34,7 @@ import time
 
 import click
 
+from harness.console import Console
 from harness.rtp_stream import free_udp_port
 from harness.stacks import STACKS, stack
 
@@ -100,23 +101,20 @@ class BenchServer:
     def __enter__(self):
         self.proc = subprocess.Popen([sys.executable, os.path.join(ROOT, stack(self.stage).entry)], cwd=self.workdir,
                                      env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 20
-        lines = []
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("ims-migrate ") and " ready on " in line:
-                return self
-        raise RuntimeError(f"stage {self.stage} server did not start:\n" + "".join(lines[-10:]))
+        self.console = Console(self.proc)     # read all along: overload warnings would fill the pipe and freeze it
+        if self.console.wait_for_ready(20):
+            return self
+        self.__exit__()
+        raise RuntimeError(f"stage {self.stage} server did not start:\n" + self.console.tail(10))
 
     def __exit__(self, *exc):
         self.proc.terminate()
         try:
-            self.proc.communicate(timeout=15)
+            self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait(timeout=5)
+        self.console.join()
 
 
 KAMAILIO_CFG = os.path.join(ROOT, "stacks", "kamailio", "bench.cfg")

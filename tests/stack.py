@@ -8,9 +8,9 @@ import random
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
+from harness.console import Console
 from sipcore.stages import ENTRYPOINTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,6 +127,7 @@ class ServerProcess:
         self._set_ports(ports or Ports())
         self.entry = entry or os.path.join(ROOT, ENTRYPOINTS[stage])
         self.proc: subprocess.Popen | None = None
+        self.console: Console | None = None
         self.output = ""
         self.preexec_fn = None          # e.g. a lower RLIMIT_NOFILE for the server process
 
@@ -139,7 +140,8 @@ class ServerProcess:
                         LOG_DIR=os.path.join(workdir, "logs"), BLACKLIST_FILE=os.path.join(workdir, "bl.txt"),
                         CONFIG_FILE=os.path.join(workdir, "none.json"), RTP_PORT_MIN=str(self.ports.relay_min),
                         RTP_PORT_MAX=str(self.ports.relay_max), RTPPROXY_UDP_PORT=str(self.ports.rtpproxy),
-                        LOG_LEVEL="INFO", **(extra_env or {}))
+                        LOG_LEVEL="INFO")
+        self.env.update(extra_env or {})
 
     def __enter__(self) -> "ServerProcess":
         """Start the server; when another test run took one of its ports between the port check
@@ -158,17 +160,11 @@ class ServerProcess:
         self.proc = subprocess.Popen([PYTHON, self.entry], cwd=self.workdir, env=self.env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      preexec_fn=self.preexec_fn)
-        deadline = time.monotonic() + 20
-        lines = []
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("ims-migrate ") and " ready on " in line:
-                return self
+        self.console = Console(self.proc)       # drained all along: a full pipe would freeze the server
+        if self.console.wait_for_ready(20):
+            return self
         self.stop()
-        raise RuntimeError("server did not start:\n" + "".join(lines) + self.output)
+        raise RuntimeError("server did not start:\n" + self.output)
 
     def stop(self) -> int:
         if self.proc is None:
@@ -176,11 +172,14 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.terminate()
         try:
-            out, _ = self.proc.communicate(timeout=15)
+            self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, _ = self.proc.communicate(timeout=5)
-        self.output += out or ""
+            self.proc.wait(timeout=5)
+        if self.console is not None:
+            self.console.join()
+            self.output += self.console.text()
+            self.console = None
         return self.proc.returncode
 
     def __exit__(self, *exc) -> None:

@@ -8,7 +8,6 @@ import glob
 import os
 import secrets
 import socket
-import threading
 import time
 
 from tests.stack import FreePorts, ServerProcess
@@ -24,37 +23,8 @@ class Target(ServerProcess):
                "RATE_LIMIT_FAILS": "100000"}
         env.update(extra_env or {})
         super().__init__(stage, workdir, extra_env=env, ports=ports or FreePorts())
-        self._console: list[str] = []
-        self._drain: threading.Thread | None = None
         self.deaf_periods = 0
         self.checks = 0
-
-    def __enter__(self) -> "Target":
-        super().__enter__()
-        assert self.proc is not None and self.proc.stdout is not None
-        stream = self.proc.stdout
-
-        def drain():
-            for line in stream:
-                self._console.append(line)
-        self._drain = threading.Thread(target=drain, daemon=True)
-        self._drain.start()
-        return self
-
-    def stop(self) -> int:
-        if self.proc is None:
-            return -1
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except Exception:   # noqa: BLE001
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        if self._drain is not None:
-            self._drain.join(timeout=5)
-        self.output = "".join(self._console)
-        return self.proc.returncode
 
     # --- probes -------------------------------------------------------------------------------
     def options(self, timeout: float = 2.0, transport: str = "udp") -> tuple[int | None, float]:
@@ -99,7 +69,7 @@ class Target(ServerProcess):
         return "".join(parts)
 
     def problems(self) -> list[str]:
-        text = self.log_text() + "".join(self._console)
+        text = self.log_text() + (self.console.text() if self.console is not None else self.output)
         return [line[:300] for line in text.splitlines() if any(p in line for p in PROBLEMS)][:20]
 
     def check(self, what: str = "") -> None:
