@@ -14,11 +14,7 @@ from sipcore.uri import NameAddr
 from tests.hostile.rawsip import SDP, Peer, with_proxy_auth
 from tests.stack import ServerProcess, agent
 
-# In the slow suite for now: on a quiet 2-core machine with -n 2 this module's calls sometimes
-# end 408 (1-3 of its 21 tests per full run, cause not found yet; it passes alone). The same
-# rules stay in the default suite through tests/server/test_edge_policy.py and the harness's
-# edge-* scenarios. Run it with: scripts/test.sh -m slow tests/hostile/test_edge_policy_server.py
-pytestmark = [pytest.mark.xdist_group("hostile-edge-policy"), pytest.mark.slow]
+pytestmark = [pytest.mark.xdist_group("hostile-edge-policy")]
 
 
 @pytest.fixture(scope="module", params=[0, 1, 2], ids=["stage0", "stage1", "stage2"])
