@@ -187,7 +187,7 @@ def main(stage: int, argv: list[str] | None, plugins: Plugins) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc.key}: {exc.message}", file=sys.stderr)
         return 2
-    setup_logging(config.log_level, config.log_dir)
+    setup_logging(config.log_level, config.log_dir, background=True)
     if args.check_config:
         from sipcore.preflight import run_checks
         checks = asyncio.run(run_checks(stage, config, plugins.build_media))

@@ -8,14 +8,21 @@ The level applies to every handler and can be changed at run time with ``set_lev
 On the console, records below WARNING go to stdout and WARNING and above to stderr, so pm2's
 out log holds the INFO trail and its error log only what needs attention.
 
+In the server (``background=True``) the event loop never writes a log line itself: it puts the
+record on a bounded queue and one thread formats and writes it. A console nobody reads (a full
+pipe), a stalled disk or a slow journald then delays the log, not SIP; when the queue is full the
+record is dropped and counted, and the count is logged once there is room again.
+
 Every message is written on one line: control characters in it (CR, LF, NUL, ESC, Unicode line
 separators...) are escaped (a newline as backslash-n, ESC as backslash-x1b), so a value from the
 wire or an MML command cannot forge log lines. Tracebacks of exceptions keep their lines.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import queue
 import sys
 import threading
 import time
@@ -139,16 +146,96 @@ def normalise_level(level: str) -> str:
     return name
 
 
+QUEUE_SIZE = 10000
+STOP_WAIT = 2.0          # seconds a writer gets at exit to write what is queued
+_writers: list["_Writer"] = []
+
+
+class _Writer:
+    """One handler's bounded queue and the thread that writes from it; counts what it dropped
+    and says so in its own log once it has caught up."""
+
+    def __init__(self, handler: logging.Handler):
+        self.handler = handler
+        self.queue: queue.Queue = queue.Queue(QUEUE_SIZE)
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"log-writer-{type(handler).__name__}")
+        self._thread.start()
+
+    def put(self, record: logging.LogRecord) -> None:
+        if record.levelno < self.handler.level or not self.handler.filter(record):
+            return
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+    def _run(self) -> None:
+        while True:
+            record = self.queue.get()
+            if record is None:
+                return
+            self.handler.handle(record)
+            if self.dropped:
+                dropped, self.dropped = self.dropped, 0
+                self.handler.handle(logging.makeLogRecord({
+                    "name": __name__, "levelno": logging.WARNING, "levelname": "WARNING", "funcName": "_run",
+                    "lineno": 0, "msg": f"{dropped} log records dropped: this log's writer fell behind"}))
+
+    def stop(self) -> None:
+        """Let the thread write what is queued (at most STOP_WAIT seconds: a blocked console
+        must not keep the process from exiting), then close the handler."""
+        try:
+            self.queue.put_nowait(None)
+        except queue.Full:
+            pass
+        self._thread.join(STOP_WAIT)
+        if not self._thread.is_alive():
+            self.handler.close()
+
+
+class _BackgroundHandler(logging.Handler):
+    """Takes what must be taken from a record now (its arguments may change later) and hands it
+    to each writer's queue; never blocks and never raises in the thread that logs. One writer
+    per handler, so a blocked console does not hold up the log file."""
+
+    def __init__(self, writers: list[_Writer]):
+        super().__init__()
+        self.writers = writers
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            record = logging.makeLogRecord(record.__dict__)
+            record.msg, record.args = record.getMessage(), None
+            if record.exc_info:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+                record.exc_info = None
+        except Exception:   # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+            return
+        for writer in self.writers:
+            writer.put(record)
+
+
+def _stop_writers() -> None:
+    """End the writer threads (at exit and before a reconfiguration)."""
+    while _writers:
+        _writers.pop().stop()
+
+
 def setup_logging(level: str = "INFO", log_dir: str | None = "logs", *, console: bool = True,
-                  clock: Callable[[], float] = time.time) -> list[logging.Handler]:
+                  clock: Callable[[], float] = time.time, background: bool = False) -> list[logging.Handler]:
     """(Re)install our console and file handlers on the root logger; returns them.
 
-    Handlers installed by others (pytest's capture, for instance) are left alone; calling this
-    again replaces only the handlers a previous call installed.
+    With ``background`` they are written by one thread fed through a bounded queue (the server);
+    without, by the thread that logs (tools and tests). Handlers installed by others (pytest's
+    capture, for instance) are left alone; calling this again replaces only the handlers a
+    previous call installed.
     """
     name = normalise_level(level)
     root = logging.getLogger()
     with _state_lock:
+        _stop_writers()
         for handler in list(root.handlers):
             if getattr(handler, _OURS, False):
                 root.removeHandler(handler)
@@ -161,10 +248,19 @@ def setup_logging(level: str = "INFO", log_dir: str | None = "logs", *, console:
             installed.append(DatedFileHandler(log_dir, clock))
         for handler in installed:
             handler.setFormatter(fmt)
+        attached: list[logging.Handler] = installed
+        if background and installed:
+            writers = [_Writer(handler) for handler in installed]
+            _writers.extend(writers)
+            attached = [_BackgroundHandler(writers)]
+        for handler in attached:
             setattr(handler, _OURS, True)
             root.addHandler(handler)
     set_level(name)
     return installed
+
+
+atexit.register(_stop_writers)
 
 
 def set_level(level: str) -> str:

@@ -80,3 +80,34 @@ def test_console_info_to_stdout_warnings_to_stderr(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "info-line" in out.stdout and "warn-line" not in out.stdout and "err-line" not in out.stdout
     assert "warn-line" in out.stderr and "err-line" in out.stderr and "info-line" not in out.stderr
+
+
+def test_background_logging_never_blocks_and_counts_what_it_dropped(restore_root, monkeypatch):
+    """A writer stuck in write() (a console nobody reads): the thread that logs goes on at once,
+    what exceeds the queue is dropped, and the writer reports the count once it is unblocked."""
+    import threading
+    import time
+
+    from sipcore import logsetup
+    monkeypatch.setattr(logsetup, "QUEUE_SIZE", 50)
+    released = threading.Event()
+    written: list[str] = []
+
+    class Stuck(logging.Handler):
+        def emit(self, record):
+            released.wait(10)
+            written.append(record.getMessage())
+
+    monkeypatch.setattr(logsetup, "console_handlers", lambda: [Stuck()])
+    setup_logging("INFO", None, background=True)
+    log = logging.getLogger("sipcore.test")
+    t0 = time.monotonic()
+    for i in range(500):
+        log.info("line %d %s", i, "x" * 100)
+    assert time.monotonic() - t0 < 0.5            # never waited for the stuck writer
+    released.set()
+    logsetup._stop_writers()
+    assert written[0] == "log level set to INFO" and "line 0 " + "x" * 100 in written
+    [note] = [w for w in written if "log records dropped" in w]
+    lines = [w for w in written if w.startswith("line ")]
+    assert 40 <= len(lines) < 500 and int(note.split()[0]) == 500 - len(lines)
