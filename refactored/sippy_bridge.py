@@ -38,11 +38,11 @@ import time
 from importlib import metadata, util
 
 from sipcore.call import Call, CallState
-from sipcore.errors import ConfigError, MediaBackendError, SDPParseError, SIPParseError
+from sipcore.errors import ConfigError, MediaBackendError, SDPParseError
 from sipcore.message import SIPMessage, SIPRequest, SIPResponse
 from sipcore.proxy_core import TX_LINGER
 from sipcore.sdp import SessionDescription
-from sipcore.uri import NameAddr, SipURI
+from sipcore.uri import SipURI, rewrite_name_addrs
 
 log = logging.getLogger(__name__)
 
@@ -86,18 +86,8 @@ def normalise_transport_params(msg: SIPMessage) -> None:
         values = msg.headers.get_all(name)
         if not any("transport=" in v.lower() for v in values):
             continue
-        out, changed = [], False
-        for value in values:
-            try:
-                na = NameAddr.parse(value)
-            except SIPParseError:
-                out.append(value)
-                continue
-            if na.uri is not None and na.uri.is_sip and lower_transport(na.uri):
-                changed = True
-                value = str(na)
-            out.append(value)
-        if changed:
+        out = rewrite_name_addrs(values, lambda _na, uri: uri.is_sip and lower_transport(uri))
+        if out is not None:
             msg.headers.replace_all(name, out)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from sipcore.errors import SDPParseError, SIPParseError
 from sipcore.message import SIPMessage, SIPRequest
 from sipcore.sdp import SessionDescription
-from sipcore.uri import NameAddr
+from sipcore.uri import NameAddr, SipURI, rewrite_name_addrs
 
 log = logging.getLogger(__name__)
 
@@ -113,29 +113,18 @@ class NATHelper:
     def fix_contact(self, msg: SIPMessage, source: tuple[str, int]) -> bool:
         """Rewrite host:port of every Contact URI to the packet source, keeping URI and header
         parameters (``;transport``, ``;ob``, ...). Kamailio's fix_nated_contact()."""
-        values = msg.headers.get_all("Contact")
-        if not values:
+        def to_source(na: NameAddr, uri: SipURI) -> bool:
+            if not uri.is_sip or (uri.host, uri.port or 5060) == (source[0], source[1]):
+                return False
+            na.uri = uri.with_host_port(source[0], source[1])
+            na.angle = True
+            return True
+        fixed = rewrite_name_addrs(msg.headers.get_all("Contact"), to_source)
+        if fixed is None:
             return False
-        changed = False
-        fixed: list[str] = []
-        for value in values:
-            try:
-                na = NameAddr.parse(value)
-            except SIPParseError:
-                fixed.append(value)
-                continue
-            if na.wildcard or na.uri is None or not na.uri.is_sip:
-                fixed.append(value)
-                continue
-            if (na.uri.host, na.uri.port or 5060) != (source[0], source[1]):
-                na.uri = na.uri.with_host_port(source[0], source[1])
-                na.angle = True
-                changed = True
-            fixed.append(str(na))
-        if changed:
-            msg.headers.replace_all("Contact", fixed)
-            self.counters.contact_fixed += 1
-        return changed
+        msg.headers.replace_all("Contact", fixed)
+        self.counters.contact_fixed += 1
+        return True
 
     def alias_param(self, source: tuple[str, int], transport: str = "udp") -> str:
         proto = {"udp": 1, "tcp": 2, "tls": 3}.get(transport, 1)
@@ -143,23 +132,17 @@ class NATHelper:
 
     def add_contact_alias(self, msg: SIPMessage, source: tuple[str, int], transport: str = "udp") -> bool:
         """Kamailio add_contact_alias(): keep the Contact as sent and add ``;alias=ip~port~proto``."""
-        values = msg.headers.get_all("Contact")
-        out: list[str] = []
-        changed = False
-        for value in values:
-            try:
-                na = NameAddr.parse(value)
-            except SIPParseError:
-                out.append(value)
-                continue
-            if na.uri is not None and na.uri.is_sip and "alias" not in na.uri.params:
-                na.uri.params["alias"] = self.alias_param(source, transport)
-                na.angle = True
-                changed = True
-            out.append(str(na))
-        if changed:
-            msg.headers.replace_all("Contact", out)
-        return changed
+        def add_alias(na: NameAddr, uri: SipURI) -> bool:
+            if not uri.is_sip or "alias" in uri.params:
+                return False
+            uri.params["alias"] = self.alias_param(source, transport)
+            na.angle = True
+            return True
+        out = rewrite_name_addrs(msg.headers.get_all("Contact"), add_alias)
+        if out is None:
+            return False
+        msg.headers.replace_all("Contact", out)
+        return True
 
     def fix_nated_sdp(self, msg: SIPMessage, source: tuple[str, int]) -> bool:
         """Rewrite private SDP addresses to the packet source IP: every c= (and o= and an a=rtcp

@@ -5,6 +5,7 @@ Sans-IO value objects. Unknown URI parameters and headers are preserved in order
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Callable
 from urllib.parse import unquote
 
 from sipcore.errors import SIPParseError
@@ -265,6 +266,25 @@ class NameAddr:
 
     def copy(self) -> "NameAddr":
         return replace(self, uri=self.uri.copy() if self.uri else None, params=dict(self.params))
+
+
+def rewrite_name_addrs(values: list[str], edit: Callable[[NameAddr, SipURI], bool]) -> list[str] | None:
+    """Apply ``edit`` to each name-addr of a header's values (Contact, Route, Record-Route);
+    ``edit(na, na.uri)`` changes the NameAddr in place and says whether it did. Unparsable values and the
+    ``*`` Contact are kept as they are. Returns the new values, or None when nothing changed."""
+    out: list[str] = []
+    changed = False
+    for value in values:
+        try:
+            na = NameAddr.parse(value)
+        except SIPParseError:
+            out.append(value)
+            continue
+        if not na.wildcard and na.uri is not None and edit(na, na.uri):
+            changed = True
+            value = str(na)
+        out.append(value)
+    return out if changed else None
 
 
 def _find_unquoted(text: str, ch: str) -> int:
