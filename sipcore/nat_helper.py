@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from dataclasses import dataclass, field
+from typing import Callable
 
 from sipcore.errors import SDPParseError, SIPParseError
 from sipcore.message import SIPMessage, SIPRequest
@@ -119,10 +120,8 @@ class NATHelper:
             na.uri = uri.with_host_port(source[0], source[1])
             na.angle = True
             return True
-        fixed = rewrite_name_addrs(msg.headers.get_all("Contact"), to_source)
-        if fixed is None:
+        if not _rewrite_contacts(msg, to_source):
             return False
-        msg.headers.replace_all("Contact", fixed)
         self.counters.contact_fixed += 1
         return True
 
@@ -138,11 +137,7 @@ class NATHelper:
             uri.params["alias"] = self.alias_param(source, transport)
             na.angle = True
             return True
-        out = rewrite_name_addrs(msg.headers.get_all("Contact"), add_alias)
-        if out is None:
-            return False
-        msg.headers.replace_all("Contact", out)
-        return True
+        return _rewrite_contacts(msg, add_alias)
 
     def fix_nated_sdp(self, msg: SIPMessage, source: tuple[str, int]) -> bool:
         """Rewrite private SDP addresses to the packet source IP: every c= (and o= and an a=rtcp
@@ -221,6 +216,14 @@ class NATHelper:
                 "local_networks": [str(n) for n in self.local_networks],
                 "register_fixed": c.register_fixed, "contact_fixed": c.contact_fixed,
                 "sdp_fixed": c.sdp_fixed, "detected": c.detected, "by_reason": dict(c.by_reason)}
+
+
+def _rewrite_contacts(msg: SIPMessage, edit: Callable[[NameAddr, SipURI], bool]) -> bool:
+    out = rewrite_name_addrs(msg.headers.get_all("Contact"), edit)
+    if out is None:
+        return False
+    msg.headers.replace_all("Contact", out)
+    return True
 
 
 def _contacts(msg: SIPMessage) -> list[NameAddr]:

@@ -172,7 +172,11 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.terminate()
         try:
-            self.proc.wait(timeout=15)
+            if self.console is None:       # nobody drained it: read it now
+                out, _ = self.proc.communicate(timeout=15)
+                self.output += out or ""
+            else:
+                self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=5)

@@ -29,15 +29,6 @@ class UnreadConsole(Target):
         self.stop()
         raise RuntimeError("server did not start: " + self.output)
 
-    def stop(self) -> int:
-        if self.proc is None:
-            return -1
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        out, _ = self.proc.communicate(timeout=20)      # reading now lets the console writer finish
-        self.output += out or ""
-        return self.proc.returncode
-
 
 @pytest.mark.parametrize("stage", [0, 2])
 def test_sip_is_answered_while_nobody_reads_the_console(stage, tmp_path):
