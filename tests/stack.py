@@ -79,39 +79,36 @@ class Ports:
 
 
 class FreePorts(Ports):
-    """Like Ports, but picked at run time: SIP/control/UA ports are ports the kernel hands out as
-    free (bound to port 0, checked for UDP and TCP), and the media relay range is a block of
-    ``RTP_BLOCK`` ports in ``rtp_lo``-``rtp_hi`` claimed with an exclusive lock file for as long as
-    this object lives, so concurrent suites (other workers, other checkouts) never share one."""
+    """Like Ports, for servers that may run beside many others (hostile tests, several per test):
+    a block of ``BLOCK`` ports in 30000-32639, below Linux's ephemeral range (32768-60999) so no
+    client socket can take one by chance, claimed with a lock file for as long as this object
+    lives and checked free when claimed. It holds SIP, MML and relay control (+0..2), three UA SIP
+    ports (+10..12), three UA RTP ports whose RTCP neighbour (+1) is in the block too (+20, +22,
+    +24), and a media relay range of 50 ports (+30..+79). (It used to take ports the kernel handed
+    out as free: those were in the ephemeral range, and an RTP port's +1 was never checked - a UA
+    that could not bind its RTCP port answered no INVITE, and the call ended 408.)"""
 
-    RTP_BLOCK = 50
+    BLOCK = 80
+    LOW, HIGH = 30000, 32640
 
-    def __init__(self, rtp_lo: int = 20000, rtp_hi: int = 20999):
-        picked: set[int] = set()
-
-        def one() -> int:
-            for _ in range(200):
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                    s.bind(("127.0.0.1", 0))
-                    port = s.getsockname()[1]
-                if port not in picked and _free(port):
-                    picked.add(port)
-                    return port
-            raise RuntimeError("no free port")
-
-        self.sip, self.mml, self.rtpproxy = one(), one(), one()
-        self.ua = [one(), one(), one()]
-        self.rtp_ua = [one(), one(), one()]
-        blocks = list(range(rtp_lo, rtp_hi - self.RTP_BLOCK + 2, self.RTP_BLOCK))
-        random.shuffle(blocks)
-        for start in blocks:
-            fh = _claim(f"rtp-{start}")
-            if fh is None:
+    def __init__(self):
+        starts = list(range(self.LOW, self.HIGH - self.BLOCK + 1, self.BLOCK))
+        random.shuffle(starts)
+        for start in starts:
+            lock = _claim(f"free-{start}")
+            if lock is None:
                 continue
-            self._lock = fh                     # released when this object (or the process) goes
-            self.relay_min, self.relay_max = start, start + self.RTP_BLOCK - 1
+            offsets = (0, 1, 2, 10, 11, 12, 20, 21, 22, 23, 24, 25, 30, 31)
+            if not all(_free(start + off) for off in offsets):
+                lock.close()
+                continue
+            self._lock = lock                   # released when this object (or the process) goes
+            self.sip, self.mml, self.rtpproxy = start, start + 1, start + 2
+            self.ua = [start + 10, start + 11, start + 12]
+            self.rtp_ua = [start + 20, start + 22, start + 24]
+            self.relay_min, self.relay_max = start + 30, start + self.BLOCK - 1
             return
-        raise RuntimeError(f"every RTP block in {rtp_lo}-{rtp_hi} is in use")
+        raise RuntimeError(f"every test port block in {self.LOW}-{self.HIGH} is in use")
 
 
 class ServerProcess:
