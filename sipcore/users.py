@@ -94,7 +94,7 @@ class UserStore:
             with self._file_lock():
                 if not os.path.exists(path):
                     self._users = {}
-                    self._save()
+                    self._save(self._users)
         if not self._load():
             raise ConfigError("USERS_FILE", f"cannot use {path}: see the error above")
 
@@ -149,12 +149,12 @@ class UserStore:
         log.info("loaded %d users from %s", len(users), self.path)
         return True
 
-    def _save(self) -> None:
+    def _save(self, users: dict) -> None:
         folder = os.path.dirname(os.path.abspath(self.path))
         fd, tmp = tempfile.mkstemp(prefix=".users.", suffix=".tmp", dir=folder)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(self._users, fh, ensure_ascii=False, indent=2)
+                json.dump(users, fh, ensure_ascii=False, indent=2)
                 fh.write("\n")
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -168,30 +168,42 @@ class UserStore:
 
     @contextlib.contextmanager
     def _changing(self):
-        """Lock (thread + file), re-read the latest file, let the caller change, then save."""
+        """Lock (thread + file), re-read the latest file, let the caller change a copy, save it,
+        then swap it in."""
         with self._lock, self._file_lock():
             if not self._load():
                 raise UserError(f"{self.path} is unreadable; fix it before changing users")
-            yield self._users
-            self._save()
+            users = {name: dict(user) for name, user in self._users.items()}
+            yield users                          # changed on a copy: readers never see half a change
+            self._save(users)
+            self._users = users
 
     def reload(self) -> bool:
         with self._lock:
             return self._load()
 
     # --- queries ------------------------------------------------------------------------------
+    def _refresh(self) -> None:
+        """Pick up an external edit of the file, unless a change is being written right now (by
+        a thread: MML runs ADD/MOD/RMV USER off the loop): then the users in memory are served
+        instead of waiting, so a lookup on the event loop never waits for a file write."""
+        if self._lock.acquire(blocking=False):
+            try:
+                self._load()
+            finally:
+                self._lock.release()
+
     def get(self, username: str) -> dict | None:
-        with self._lock:
-            self._load()
-            user = self._users.get(username)
-            return dict(user) if user else None
+        self._refresh()
+        user = self._users.get(username)
+        return dict(user) if user else None
 
     def list(self, status: str | None = None) -> list[dict]:
-        with self._lock:
-            self._load()
-            status = status.upper() if status else None
-            return [dict(u) for _, u in sorted(self._users.items())
-                    if status is None or str(u.get("status", "ACTIVE")).upper() == status]
+        self._refresh()
+        users = self._users
+        status = status.upper() if status else None
+        return [dict(u) for _, u in sorted(users.items())
+                if status is None or str(u.get("status", "ACTIVE")).upper() == status]
 
     def lookup_ha1(self, username: str, realm: str, algorithm: str = "MD5") -> str | None:
         """HA1 for digest verification, or None (unknown, not ACTIVE, or no usable secret)."""

@@ -11,6 +11,8 @@ parameters are reported instead of ignored.
 """
 from __future__ import annotations
 
+import asyncio
+
 import json
 import logging
 import os
@@ -391,14 +393,16 @@ class MMLExecutor:
         return _table(users, ["username", "display_name", "status", "service_type", "phone", "email", "role",
                               "update_time"]) + f"\n\n{len(users)} user(s)"
 
-    def _add_user(self, cmd) -> str:
+    # changes to users.json (write + fsync + rename) run in a thread: never on the event loop
+    async def _add_user(self, cmd) -> str:
         p = cmd.params
         fields = {"display_name": p.get("NAME"), "phone": p.get("PHONE"), "email": p.get("EMAIL"),
                   "service_type": p.get("SERVICE"), "role": p.get("ROLE")}
-        user = self.ctx.users.add(p["USERNAME"], p["PASSWORD"], **{k: v for k, v in fields.items() if v is not None})
+        user = await asyncio.to_thread(self.ctx.users.add, p["USERNAME"], p["PASSWORD"],
+                                       **{k: v for k, v in fields.items() if v is not None})
         return f"user {user['username']} added"
 
-    def _mod_user(self, cmd) -> str:
+    async def _mod_user(self, cmd) -> str:
         mapping = {"PASSWORD": "password", "NAME": "display_name", "PHONE": "phone", "EMAIL": "email",
                    "SERVICE": "service_type", "STATUS": "status", "ROLE": "role"}
         changes = {mapping[k]: v for k, v in cmd.params.items() if k in mapping}
@@ -408,12 +412,12 @@ class MMLExecutor:
                            BAD_PARAM)
         if self.ctx.users.get(name) is None:
             raise MMLError(f"user {name} does not exist", NOT_FOUND)
-        self.ctx.users.modify(name, **changes)
+        await asyncio.to_thread(self.ctx.users.modify, name, **changes)
         return f"user {name} modified ({', '.join(sorted(changes))})"
 
-    def _rmv_user(self, cmd) -> str:
+    async def _rmv_user(self, cmd) -> str:
         name = cmd.params["USERNAME"]
-        if not self.ctx.users.delete(name):
+        if not await asyncio.to_thread(self.ctx.users.delete, name):
             raise MMLError(f"user {name} does not exist", NOT_FOUND)
         return f"user {name} removed"
 

@@ -27,19 +27,21 @@ class Target(ServerProcess):
         self.checks = 0
 
     # --- probes -------------------------------------------------------------------------------
-    def options(self, timeout: float = 2.0, transport: str = "udp") -> tuple[int | None, float]:
-        """(status, round-trip seconds) of an OPTIONS to the server; status None when unanswered."""
+    def options(self, timeout: float = 2.0, transport: str = "udp",
+                source_ip: str = "127.0.0.1") -> tuple[int | None, float]:
+        """(status, round-trip seconds) of an OPTIONS to the server from ``source_ip`` (a loopback
+        address); status None when unanswered."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
             if transport == "tcp":
                 sock.connect(("127.0.0.1", self.ports.sip))
             else:
-                sock.bind(("127.0.0.1", 0))
+                sock.bind((source_ip, 0))
             port = sock.getsockname()[1]
             cid = secrets.token_hex(8)
             msg = (f"OPTIONS sip:127.0.0.1:{self.ports.sip} SIP/2.0\r\n"
-                   f"Via: SIP/2.0/{transport.upper()} 127.0.0.1:{port};branch=z9hG4bK{cid};rport\r\n"
+                   f"Via: SIP/2.0/{transport.upper()} {source_ip}:{port};branch=z9hG4bK{cid};rport\r\n"
                    f"From: <sip:probe@127.0.0.1>;tag={cid[:6]}\r\nTo: <sip:127.0.0.1:{self.ports.sip}>\r\n"
                    f"Call-ID: probe-{cid}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
             t0 = time.monotonic()

@@ -199,3 +199,38 @@ def test_any_command_gives_a_result(ctx, verb, obj, rest):
     result = asyncio.run(executor.execute(f"{verb} {obj} {rest}"))
     assert isinstance(result.retcode, int) and isinstance(result.retmsg, str) and isinstance(result.output, str)
     assert "Traceback" not in result.retmsg
+
+
+def test_user_changes_are_written_off_the_event_loop(ctx, tmp_path, monkeypatch):
+    """ADD/MOD/RMV USER write users.json (fsync + rename) in a worker thread; meanwhile a lookup
+    from the loop is served from memory at once instead of waiting for the write."""
+    import threading
+    import time
+    monkeypatch.chdir(tmp_path)
+    loop_thread = threading.get_ident()
+    writers: list[int] = []
+    lookups: list[float] = []
+    real_save = ctx.users._save
+
+    def slow_save(users):
+        writers.append(threading.get_ident())
+        time.sleep(0.3)                    # a slow disk
+        real_save(users)
+    monkeypatch.setattr(ctx.users, "_save", slow_save)
+    executor = MMLExecutor(ctx)
+
+    async def scenario():
+        async def lookup_while_writing():
+            await asyncio.sleep(0.05)
+            t0 = time.monotonic()
+            assert ctx.users.get("1001")["username"] == "1001"
+            lookups.append(time.monotonic() - t0)
+        results = await asyncio.gather(executor.execute("ADD USER USERNAME=Dave PASSWORD=pw"),
+                                       lookup_while_writing())
+        assert results[0].retcode == 0
+        assert (await executor.execute("MOD USER USERNAME=Dave NAME=David")).retcode == 0
+        assert (await executor.execute("RMV USER USERNAME=Dave")).retcode == 0
+    asyncio.run(scenario())
+    assert len(writers) == 3 and loop_thread not in writers
+    assert lookups and lookups[0] < 0.1
+    assert ctx.users.get("Dave") is None and ctx.users.get("1002") is not None
