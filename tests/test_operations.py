@@ -11,8 +11,7 @@ import subprocess
 
 
 from harness.cli import cli
-from tests.ops.ports import OpsPorts
-from tests.stack import PYTHON, ROOT, ServerProcess
+from tests.stack import FreePorts, PYTHON, ROOT, ServerProcess
 
 MIGRATION = open(os.path.join(ROOT, "MIGRATION.md"), encoding="utf-8").read()
 COMMANDS = [line.strip() for block in re.findall(r"```sh\n(.*?)```", MIGRATION, re.S)
@@ -64,7 +63,7 @@ def test_migration_mml_commands_run_against_stage2(tmp_path):
 def test_migration_cutover_and_rollback_copies(tmp_path):
     for name in ("run.py", "run_refactored.py", "run_sippy.py"):
         shutil.copy(os.path.join(ROOT, name), tmp_path / name)
-    ports = OpsPorts()
+    ports = FreePorts()
     env = dict(os.environ, SERVER_IP="127.0.0.1", CONFIG_FILE="/nonexistent", SERVER_PORT=str(ports.sip),
                MML_PORT=str(ports.mml), RTPPROXY_UDP_PORT=str(ports.rtpproxy), RTP_PORT_MIN=str(ports.relay_min),
                RTP_PORT_MAX=str(ports.relay_max))

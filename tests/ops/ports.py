@@ -1,11 +1,8 @@
-"""Ports for the ops tests, picked at run time: control/SIP/MML ports the kernel says are free (UDP
-and TCP both), relay ranges from this suite's own block (31000-31999) split per xdist worker, so
-parallel test runs of other checkouts using tests.stack.Ports' fixed blocks cannot collide."""
+"""One free port picked at run time (the kernel says it is free for UDP and TCP), for a test that
+needs a single address nobody listens on. A server's set of ports is tests.stack.FreePorts."""
 from __future__ import annotations
 
 import socket
-
-from tests.stack import worker_index
 
 
 _given: set[int] = set()          # never hand out the same port twice in one test process
@@ -26,13 +23,3 @@ def free_port() -> int:
             except OSError:
                 continue
     raise RuntimeError("no free port pair found")
-
-
-class OpsPorts:
-    _uses = 0
-
-    def __init__(self):
-        OpsPorts._uses += 1
-        self.sip, self.mml, self.rtpproxy = free_port(), free_port(), free_port()
-        base = 31000 + (worker_index() % 4) * 250 + (OpsPorts._uses % 2) * 120
-        self.relay_min, self.relay_max = base, base + 119

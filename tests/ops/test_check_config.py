@@ -9,12 +9,11 @@ import socket
 import subprocess
 
 from sipcore.stages import ENTRYPOINTS
-from tests.ops.ports import OpsPorts
-from tests.stack import PYTHON, ROOT, ServerProcess
+from tests.stack import FreePorts, PYTHON, ROOT, ServerProcess
 
 
 def check(tmp_path, stage=2, **extra):
-    ports = OpsPorts()
+    ports = FreePorts()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MML_", "IMS_"))}
     env.update(SERVER_IP="127.0.0.1", SERVER_PORT=str(ports.sip), MML_PORT=str(ports.mml),
                RTPPROXY_UDP_PORT=str(ports.rtpproxy), RTP_PORT_MIN=str(ports.relay_min),
@@ -43,7 +42,7 @@ def test_check_config_reports_every_problem(tmp_path):
     (tmp_path / "CDR").write_text("a file where the CDR directory should be")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "users.json").write_text("{ broken")
-    ports = OpsPorts()
+    ports = FreePorts()
     blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)      # another program holds the SIP port
     blocker.bind(("127.0.0.1", ports.sip))
     try:

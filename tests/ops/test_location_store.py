@@ -15,22 +15,15 @@ from sipcore.bindings import Binding
 from sipcore.digest import compute_ha1, compute_response, parse_auth_params
 from sipcore.errors import ConfigError
 from sipcore.location_store import PersistentBindingStore, SQLiteBackend, open_location_store, parse_location_store
-from tests.ops.ports import OpsPorts, free_port
-from tests.stack import ServerProcess, agent, received_from, sent
+from tests.ops.ports import free_port
+from tests.stack import FreePorts, ServerProcess, agent, received_from, sent
 
 
 class OpsServer(ServerProcess):
-    """A ServerProcess on run-time free ports (other checkouts run the fixed blocks at once)."""
+    """A ServerProcess on a claimed FreePorts block (other checkouts run the fixed blocks at once)."""
 
     def __init__(self, stage, workdir, extra_env=None, ports=None):
-        super().__init__(stage, workdir, extra_env=extra_env)
-        p = ports or OpsPorts()
-        self.ports.sip, self.ports.mml, self.ports.rtpproxy = p.sip, p.mml, p.rtpproxy
-        self.ports.relay_min, self.ports.relay_max = p.relay_min, p.relay_max
-        self.ports.ua = [free_port() for _ in range(3)]
-        self.ports.rtp_ua = [free_port() for _ in range(3)]
-        self.env.update(SERVER_PORT=str(p.sip), MML_PORT=str(p.mml), RTPPROXY_UDP_PORT=str(p.rtpproxy),
-                        RTP_PORT_MIN=str(p.relay_min), RTP_PORT_MAX=str(p.relay_min + 99))
+        super().__init__(stage, workdir, extra_env=extra_env, ports=ports or FreePorts())
 
 
 def binding(aor="sip:1001@sip.local", contact="sip:1001@10.0.0.5:5060", expires_at=None, nated=True):
@@ -79,7 +72,7 @@ def test_sqlite_store_writes_through_and_restores(tmp_path):
 
 def test_sqlite_restart_and_stage_change_keep_registrations(tmp_path):
     """REGISTER on stage 0, restart as stage 2 (the cutover copy), call without a new REGISTER."""
-    ports = OpsPorts()
+    ports = FreePorts()
     with OpsServer(0, str(tmp_path), ports=ports) as srv:
         alice, bob = agent("alice", "1001", srv, 0), agent("bob", "1002", srv, 1)
         try:
@@ -133,7 +126,7 @@ def _register_nated(sock: socket.socket, sip_port: int) -> int:
 
 
 def test_nat_keepalive_resumes_for_restored_bindings(tmp_path):
-    ports = OpsPorts()
+    ports = FreePorts()
     env = {"NAT_KEEPALIVE_INTERVAL": "1"}
     ua = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     ua.bind(("127.0.0.1", 0))

@@ -19,8 +19,7 @@ import time
 
 import pytest
 
-from tests.ops.ports import OpsPorts
-from tests.stack import ROOT
+from tests.stack import FreePorts, ROOT
 
 PM2 = os.path.join(ROOT, ".venv", "pm2", "node_modules", ".bin", "pm2")
 MIGRATION = open(os.path.join(ROOT, "MIGRATION.md"), encoding="utf-8").read()
@@ -41,7 +40,7 @@ class Install:
         for name in ("ecosystem.config.js", "run.py", "run_refactored.py", "run_sippy.py", "ims.env.example"):
             shutil.copy(os.path.join(ROOT, name), self.dir)
         os.symlink(os.path.join(ROOT, ".venv"), os.path.join(self.dir, ".venv"))
-        self.ports = OpsPorts()
+        self.ports = FreePorts()
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("MML_", "PM2_", "SERVER_", "RTP", "IMS_"))}
         self.env.update(PM2_HOME=os.path.join(base, "pm2"), HOME=base,
