@@ -84,7 +84,7 @@ class FreePorts(Ports):
     client socket can take one by chance, claimed with a lock file for as long as this object
     lives and checked free when claimed. It holds SIP, MML and relay control (+0..2), three UA SIP
     ports (+10..12), three UA RTP ports whose RTCP neighbour (+1) is in the block too (+20, +22,
-    +24), and a media relay range of 50 ports (+30..+79). (It used to take ports the kernel handed
+    +24), two spare ones (+26, +28), and a media relay range of 50 ports (+30..+79). (It used to take ports the kernel handed
     out as free: those were in the ephemeral range, and an RTP port's +1 was never checked - a UA
     that could not bind its RTCP port answered no INVITE, and the call ended 408.)"""
 
@@ -98,7 +98,7 @@ class FreePorts(Ports):
             lock = _claim(f"free-{start}")
             if lock is None:
                 continue
-            offsets = (0, 1, 2, 10, 11, 12, 20, 21, 22, 23, 24, 25, 30, 31)
+            offsets = (0, 1, 2, 10, 11, 12, *range(20, 30), 30, 31)
             if not all(_free(start + off) for off in offsets):
                 lock.close()
                 continue
@@ -106,6 +106,7 @@ class FreePorts(Ports):
             self.sip, self.mml, self.rtpproxy = start, start + 1, start + 2
             self.ua = [start + 10, start + 11, start + 12]
             self.rtp_ua = [start + 20, start + 22, start + 24]
+            self.spare_rtp = [start + 26, start + 28]       # a UA moving its media (re-INVITE)
             self.relay_min, self.relay_max = start + 30, start + self.BLOCK - 1
             return
         raise RuntimeError(f"every test port block in {self.LOW}-{self.HIGH} is in use")

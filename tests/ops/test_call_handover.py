@@ -15,19 +15,18 @@ import time
 import pytest
 
 from sipcore.call_handover import FILE_NAME
-from tests.ops.ports import OpsPorts, free_port
 from tests.ops.test_location_store import OpsServer
-from tests.stack import ROOT, agent
+from tests.stack import ROOT, FreePorts, agent
 
 
 @pytest.fixture
 def relay(tmp_path):
     """RTPProxy as its own process on loopback, as pm2's ims-rtpproxy app runs it."""
-    ports = OpsPorts()
+    ports = FreePorts()
     log = open(tmp_path / "rtpproxy.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "refactored.rtpproxy_launcher", "-l", "127.0.0.1",
                              "-s", f"udp:127.0.0.1:{ports.rtpproxy}", "-m", str(ports.relay_min),
-                             "-M", str(ports.relay_min + 99)], cwd=str(tmp_path), stdout=log,
+                             "-M", str(ports.relay_max)], cwd=str(tmp_path), stdout=log,
                             stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=ROOT))
     try:
         deadline = time.monotonic() + 15
@@ -48,7 +47,7 @@ def relay(tmp_path):
         log.close()
 
 
-def relay_command(ports: OpsPorts, text: str) -> str:
+def relay_command(ports: FreePorts, text: str) -> str:
     """One control command; a fresh cookie each time (RTPProxy answers a repeated cookie from its
     reply cache)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -76,8 +75,8 @@ def totals(stats: dict, sender: str) -> tuple[int, int, dict]:
     return sent, recv, sources
 
 
-def relayed(sources: dict, ports: OpsPorts) -> bool:
-    return bool(sources) and all(ports.relay_min <= int(src.rsplit(":", 1)[1]) <= ports.relay_min + 99
+def relayed(sources: dict, ports: FreePorts) -> bool:
+    return bool(sources) and all(ports.relay_min <= int(src.rsplit(":", 1)[1]) <= ports.relay_max
                                  for src in sources)
 
 
@@ -105,18 +104,18 @@ def test_reinvite_with_a_new_media_port_after_a_restart_goes_through_the_relay(t
         assert relay_command(ports, f"Q {call_id} {tags}").split()[0].isdigit()       # the relay kept it
         with server(tmp_path, ports) as srv2:
             # the caller, then the callee, re-INVITE with their media moved to a new port
-            for mover, mover_user, other, other_user in ((alice, "1001", bob, "1002"), (bob, "1002", alice, "1001")):
+            for mover, mover_user, other, other_user, new_port in ((alice, "1001", bob, "1002", ports.spare_rtp[0]),
+                                                                   (bob, "1002", alice, "1001", ports.spare_rtp[1])):
                 m0, o0 = totals(mover.request("stats"), other_user), totals(other.request("stats"), mover_user)
-                new_port = free_port()
                 assert mover.request("reinvite", rtp_port=new_port)["code"] == 200
                 time.sleep(1.5)
                 m1, o1 = totals(mover.request("stats"), other_user), totals(other.request("stats"), mover_user)
                 sdp = mover.request("observations")["sdp_received"][-1]
-                assert sdp["where"] == "reinvite-sendrecv" and ports.relay_min <= sdp["m_port"] <= ports.relay_min + 99, sdp
+                assert sdp["where"] == "reinvite-sendrecv" and ports.relay_min <= sdp["m_port"] <= ports.relay_max, sdp
                 [mstream] = mover.request("stats")["rtp"].values()
                 assert mstream["local_port"] == new_port
                 [ostream] = other.request("stats")["rtp"].values()
-                assert ports.relay_min <= ostream["remote"][1] <= ports.relay_min + 99, ostream   # still to the relay
+                assert ports.relay_min <= ostream["remote"][1] <= ports.relay_max, ostream   # still to the relay
                 # RTP both ways after the re-INVITE (the mover now on new_port), every packet from the relay
                 there, back = o1[1] - o0[1], m1[1] - m0[1]
                 assert m1[0] - m0[0] > 40 and there >= 0.7 * (m1[0] - m0[0]), (mover_user, m0, m1, o0, o1)
@@ -140,8 +139,8 @@ def test_handed_over_call_without_bye_ends_on_relay_timeout_and_time_limit(tmp_p
     with server(tmp_path, ports, **env) as srv:
         alice, bob, first = start_call(srv)
         try:
-            alice.request("set", rtp_port=free_port())
-            bob.request("set", rtp_port=free_port())
+            alice.request("set", rtp_port=ports.spare_rtp[0])
+            bob.request("set", rtp_port=ports.spare_rtp[1])
             second = bob.request("call", target="1001")
             assert second["code"] == 200
             time.sleep(0.5)
