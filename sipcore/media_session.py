@@ -76,11 +76,16 @@ class MediaHandoff:
     def delete(self, call: Call) -> MediaSteps:
         if not call.media:
             return False
-        try:
-            yield MediaOp("delete", call.call_id, call.caller_tag, call.callee_tag)
-        except MediaBackendError as exc:
-            log.warning("media delete failed for %s: %s", call.call_id, exc)
+        yield from self.delete_session(call.call_id, call.caller_tag, call.callee_tag)
         call.media = False
+        return True
+
+    def delete_session(self, call_id: str, from_tag: str | None, to_tag: str | None) -> MediaSteps:
+        """Release a relay session by Call-ID and tags, with or without a Call in memory."""
+        try:
+            yield MediaOp("delete", call_id, from_tag, to_tag)
+        except MediaBackendError as exc:
+            log.warning("media delete failed for %s: %s", call_id, exc)
         return True
 
     def _exchange(self, kind: str, msg: SIPMessage, source: Address, call: Call,

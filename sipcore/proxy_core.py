@@ -558,6 +558,10 @@ class ProxyCore:
         if call is None and check.route is not None:
             flow = check.route.target_for(req.from_tag)       # no state (restart): the token says
             dest, transport = (flow.address, flow.transport) if flow else (None, "udp")
+            if req.method == "BYE" and flow is not None:
+                # a call this process does not know (the previous one crashed: nothing was handed
+                # over): its relay session, if the relay outlived the crash, ends with the call
+                yield from self.media.delete_session(req.call_id or "", req.from_tag, req.to_tag)
         else:
             dest, transport = self._in_dialog_target(req, call, tx.source)
         if dest is None:

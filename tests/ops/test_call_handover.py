@@ -217,3 +217,28 @@ def test_handover_settings_are_read_and_checked(tmp_path, monkeypatch):
         with pytest.raises(ConfigError) as exc:
             Config.from_env({**base, key: "soon"})
         assert exc.value.key == key
+
+
+def test_after_a_crash_the_bye_still_ends_the_relay_session(tmp_path, relay):
+    """kill -9: nothing handed over, but the callee's BYE (tags in the other order) is relayed by
+    its route token and deletes the session the relay kept; no row can be written for it."""
+    ports = relay
+    srv = server(tmp_path, ports)
+    with srv:
+        alice, bob, call_id = start_call(srv)
+        try:
+            [session] = json.loads(srv.mml("DSP MEDIA FORMAT=JSON")["output"])["sessions"]
+            tags = f"{session['from_tag']};1 {session['to_tag']};1"
+            srv.proc.kill()
+            srv.proc.wait(10)
+            assert not os.path.exists(tmp_path / "CDR" / FILE_NAME)
+            assert relay_command(ports, f"Q {call_id} {tags}").split()[0].isdigit()     # audio goes on
+            with server(tmp_path, ports) as srv2:
+                assert bob.request("hangup")["code"] == 200
+                assert alice.request("wait", event="call_ended", timeout=5)["call_id"] == call_id
+                time.sleep(0.3)
+                assert relay_command(ports, f"Q {call_id} {tags}") == "E50"
+            assert call_rows(srv2) == []
+        finally:
+            alice.close()
+            bob.close()
