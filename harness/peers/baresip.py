@@ -27,6 +27,7 @@ import re
 import shutil
 import struct
 import sys
+import tempfile
 import wave
 
 from harness.agent import JsonLineAgent, agent_main
@@ -92,6 +93,7 @@ class BaresipPeer(JsonLineAgent):
         self.tokens = 0
         self.codes: list[dict] = []
         self.event_log: list[str] = []
+        self.short_dir = ""     # tone in, recordings out: baresip 1.0 cuts file names at 128 bytes
 
     # --- baresip -------------------------------------------------------------------------------
     def _write_config(self, expires: int) -> None:
@@ -102,12 +104,12 @@ class BaresipPeer(JsonLineAgent):
             fh.write("\n".join([
                 "poll_method epoll",
                 f"sip_listen {c['local_ip']}:{c['sip_port']}",
-                f"audio_source aufile,{os.path.join(self.workdir, 'tone.wav')}",
+                f"audio_source aufile,{os.path.join(self.short_dir, 'tone.wav')}",
                 "audio_player alsa,null",
                 f"rtp_ports {port}-{port + 40}",
                 "module_path /usr/lib/baresip/modules",
                 "module g711.so", "module aufile.so", "module alsa.so", "module sndfile.so",
-                f"snd_path {self.workdir}",
+                f"snd_path {self.short_dir}",
                 "module_app account.so", "module_app menu.so", "module_app ctrl_tcp.so",
                 f"ctrl_tcp_listen 127.0.0.1:{CTRL_PORT}", ""]))
         name = c.get("name", c["user"])
@@ -199,7 +201,8 @@ class BaresipPeer(JsonLineAgent):
             self.workdir = os.path.join(self.cfg["evidence"], f"{self.cfg.get('name', self.cfg['user'])}-baresip")
             shutil.rmtree(self.workdir, ignore_errors=True)
             os.makedirs(self.workdir)
-            write_tone(os.path.join(self.workdir, "tone.wav"), TONES.get(self.cfg["role"], 440))
+            self.short_dir = tempfile.mkdtemp(prefix="ims-baresip-")
+            write_tone(os.path.join(self.short_dir, "tone.wav"), TONES.get(self.cfg["role"], 440))
             self.capture = NamespaceCapture(os.path.join(self.workdir, "capture.pcap"))
             await self.capture.start()
             return {}
@@ -226,16 +229,35 @@ class BaresipPeer(JsonLineAgent):
         if self.proc is not None:
             raise ValueError("baresip peer: registers once, when it starts")
         await self._start_baresip(int(self.cfg["expires"] if expires is None else expires))
-        ev = await self._first_event(("register_ok", "register_fail"), 20)
-        if ev is None:
-            code = self._final_for("REGISTER") or 408
-        elif ev["event"] == "register_ok":
-            code = 200
-        else:
-            m = _CODE.search(str(ev.get("param", "")))
-            code = int(m.group(1)) if m else (self._final_for("REGISTER") or 408)
+        code = await self._registered(20)
         self.codes.append({"method": "REGISTER", "status": code})
         return {"code": code}
+
+    async def _registered(self, timeout: float) -> int:
+        """The registration's outcome: its event when ctrl_tcp was connected in time, else the final
+        response in the capture (baresip registers as it starts, often before the control port
+        answers); a challenge it does not answer stays the outcome after 3 s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        challenged_since = None
+        while loop.time() < deadline:
+            for ev in self.history:
+                if ev["event"] in ("register_ok", "register_fail") and not ev.get("_consumed"):
+                    ev["_consumed"] = True
+                    if ev["event"] == "register_ok":
+                        return 200
+                    m = _CODE.search(str(ev.get("param", "")))
+                    if m:
+                        return int(m.group(1))
+            code = self._final_for("REGISTER")
+            if code is not None and code not in (401, 407):
+                return code
+            if code is not None:
+                challenged_since = challenged_since or loop.time()
+                if loop.time() - challenged_since > 3:
+                    return code
+            await asyncio.sleep(0.1)
+        return self._final_for("REGISTER") or 408
 
     async def _call(self, target: str) -> dict:
         uri = target if target.startswith("sip:") else f"sip:{target}@{self.cfg['domain']}"
@@ -263,6 +285,9 @@ class BaresipPeer(JsonLineAgent):
         await self.capture.stop()
         out = self.capture.observations(self.cfg["local_ip"], int(self.cfg["sip_port"]), self.cfg.get("peer_user", ""))
         out["codes"] = list(self.codes)
+        for path in glob.glob(os.path.join(self.short_dir, "dump-*.wav")):      # into the evidence
+            shutil.move(path, self.workdir)
+        shutil.rmtree(self.short_dir, ignore_errors=True)
         recordings = sorted(glob.glob(os.path.join(self.workdir, "dump-*-dec.wav")))
         if recordings:
             rec = analyse_recording(recordings[-1])
@@ -270,23 +295,18 @@ class BaresipPeer(JsonLineAgent):
         return out
 
     async def close(self) -> None:
-        if self.writer is not None and self.proc is not None and self.proc.returncode is None:
-            try:
-                await self.command("quit")
-            except (asyncio.TimeoutError, OSError, ValueError):
-                pass
-        if self.proc is not None and self.proc.returncode is None:
-            try:
-                await asyncio.wait_for(self.proc.wait(), 3)
-            except asyncio.TimeoutError:
-                self.proc.terminate()
-                try:
-                    await asyncio.wait_for(self.proc.wait(), 3)
-                except asyncio.TimeoutError:
-                    self.proc.kill()
-                    await self.proc.wait()
+        """Fast (the controller waits 2 s): no graceful unregistration, the lab is going away."""
+        if self.short_dir:
+            shutil.rmtree(self.short_dir, ignore_errors=True)
         if self.reader_task is not None:
             self.reader_task.cancel()
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 0.5)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
         if self.capture is not None:
             await self.capture.stop()
 
