@@ -243,18 +243,21 @@ class SIPServer:
     async def _check_handed_over(self) -> None:
         """End a handed-over call whose relay session is gone or whose time is up: BYE to both
         parties, CDR row (RELAY_TIMEOUT / HANDOVER_TIMEOUT), relay session deleted."""
+        ask_relay = True
         for call in list(self.handed_over.values()):
             if call.ended:
                 self.handed_over.pop(call.call_id, None)
                 continue
-            alive = await self.media.session_alive(call.call_id, call.caller_tag, call.callee_tag)
+            alive = await self.media.session_alive(call.call_id, call.caller_tag, call.callee_tag) \
+                if ask_relay else None
+            ask_relay = alive is not None      # a relay that cannot tell (or is down): time limits only
             reason = call_handover.ending_reason(call, self.proxy.core.clock(),
                                                  self.config.handover_call_max_seconds, alive)
             if reason is None or call.ended:
                 continue
             self.handed_over.pop(call.call_id, None)
             log.info("handed-over call %s ends: %s", call.call_id, reason)
-            await self.proxy.end_call(call.call_id, reason, why=call_handover.BYE_TEXT[reason])
+            self._spawn(self.proxy.end_call(call.call_id, reason, why=call_handover.BYE_TEXT[reason]))
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
