@@ -16,8 +16,10 @@ can lose at most the last second of rows. ``close()`` fsyncs what is left.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import logging
+import math
 import os
 import re
 import shutil
@@ -39,6 +41,7 @@ COLUMNS = (
     "extra_info",
 )
 assert len(COLUMNS) == 34
+COLUMN_SET = frozenset(COLUMNS)
 
 RECORD_TYPES = ("CALL", "REGISTER", "MESSAGE", "OPTIONS")
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -46,16 +49,35 @@ _TYPE_RE = re.compile(r"^[A-Z]{1,20}$")
 
 
 # --- formatting (local time, as the original) ----------------------------------------------------
+@functools.lru_cache(maxsize=256)
+def _local_second(second: int) -> tuple[str, str, str]:
+    """(YYYY-MM-DD, HH:MM:SS, YYYYmmddHHMMSS) of one second, local time: rows of one second share it."""
+    dt = datetime.fromtimestamp(second)
+    return dt.strftime("%Y-%m-%d"), dt.strftime("%H:%M:%S"), dt.strftime("%Y%m%d%H%M%S")
+
+
+def _split(ts: float) -> tuple[int, int]:
+    """(second, microsecond) rounded as datetime.fromtimestamp rounds (half even)."""
+    second = math.floor(ts)
+    micro = round((ts - second) * 1e6)
+    if micro >= 1_000_000:
+        second, micro = second + 1, micro - 1_000_000
+    return second, micro
+
+
 def fmt_date(ts: float) -> str:
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d")
+    return _local_second(_split(ts)[0])[0]
 
 
 def fmt_time(ts: float | None) -> str:
-    return datetime.fromtimestamp(ts).strftime("%H:%M:%S") if ts else ""
+    return _local_second(_split(ts)[0])[1] if ts else ""
 
 
 def fmt_ms(ts: float | None) -> str:
-    return datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")[:-3] if ts else ""
+    if not ts:
+        return ""
+    second, micro = _split(ts)
+    return f"{_local_second(second)[1]}.{micro // 1000:03d}"
 
 
 def check_date(value: str) -> str:
@@ -97,14 +119,14 @@ class CDRWriter:
 
     def new_record_id(self, ts: float) -> str:
         self._counter = self._counter % 999_999 + 1
-        return datetime.fromtimestamp(ts).strftime("%Y%m%d%H%M%S") + f"{self._counter:06d}"
+        return _local_second(_split(ts)[0])[2] + f"{self._counter:06d}"
 
     def write(self, row: dict) -> dict:
         """Write one row (missing columns empty, unknown keys rejected) and make it durable.
 
         The file is the one of the day the row is written; ``date`` defaults to that day too.
         """
-        unknown = set(row) - set(COLUMNS)
+        unknown = row.keys() - COLUMN_SET
         if unknown:
             raise ValueError(f"unknown CDR columns: {sorted(unknown)}")
         full = {c: "" for c in COLUMNS}
@@ -277,7 +299,10 @@ class Syncer:
         self.rounds = 0
 
     def dirty(self, path: str, created: bool = False) -> None:
+        if not created and path in self._paths:
+            return      # already due for the next round (set membership: no lock needed to skip)
         with self._lock:
+            idle = not self._paths and not self._dirs
             self._paths.add(path)
             if created:
                 self._dirs.add(os.path.dirname(path) or ".")
@@ -285,7 +310,8 @@ class Syncer:
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name="cdr-fsync", daemon=True)
                 self._thread.start()
-            self._wake.notify()
+            if idle:
+                self._wake.notify()     # only a thread waiting for work needs waking
 
     def sync_now(self) -> None:
         with self._lock:

@@ -113,8 +113,11 @@ class Headers:
     __slots__ = ("_items", "_keys")
 
     def __init__(self, items: list[tuple[str, str]] | None = None):
-        self._items: list[tuple[str, str]] = list(items or [])
-        self._keys: list[str] = [_lower_canonical(n) for n, _ in self._items]
+        if items:
+            self._items: list[tuple[str, str]] = list(items)
+            self._keys: list[str] = [_lower_canonical(n) for n, _ in self._items]
+        else:
+            self._items, self._keys = [], []
 
     def __iter__(self):
         return iter(self._items)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -66,11 +67,22 @@ class NATHelper:
         self.use_alias = use_alias
         self.tests = tests
         self.counters = NATCounters()
+        nets = [*_ALWAYS_PRIVATE, *self.local_networks]
+        self._ranges4 = [(int(n.network_address), int(n.netmask)) for n in nets if n.version == 4]
+        self._ranges6 = [(int(n.network_address), int(n.netmask)) for n in nets if n.version == 6]
 
     # --- classification ---------------------------------------------------------------------
     def is_private(self, address: str) -> bool:
+        text = address.strip("[]")
+        # the common case without ipaddress objects: an address as integer against (network, mask)
+        for family, ranges in ((socket.AF_INET, self._ranges4), (socket.AF_INET6, self._ranges6)):
+            try:
+                value = int.from_bytes(socket.inet_pton(family, text), "big")
+            except OSError:
+                continue
+            return any(value & mask == net for net, mask in ranges)
         try:
-            ip = ipaddress.ip_address(address.strip("[]"))
+            ip = ipaddress.ip_address(text)         # e.g. an IPv6 address with a zone
         except ValueError:
             return False     # a host name: cannot tell, treat as routable
         return any(ip in n for n in _ALWAYS_PRIVATE) or any(ip in n for n in self.local_networks)

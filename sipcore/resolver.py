@@ -37,6 +37,11 @@ def ip_literal(host: str) -> str | None:
     """The normalised IP address when ``host`` is an IPv4/IPv6 literal (brackets allowed), else None."""
     if not isinstance(host, str) or not host:
         return None
+    return _ip_literal(host)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_literal(host: str) -> str | None:
     text = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
         return str(ipaddress.ip_address(text))

@@ -5,7 +5,6 @@ interpreted are kept verbatim and in order, so a parse/serialise round trip pres
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 from sipcore.errors import SDPParseError
@@ -163,6 +162,9 @@ class Media:
         return " ".join([self.kind, port, self.proto, *self.formats])
 
 
+_RECENT: dict[bytes, "SessionDescription"] = {}     # body -> parse (never handed out: copies are)
+_RECENT_MAX = 256
+
 STATIC_PAYLOAD_NAMES = {"0": "PCMU", "3": "GSM", "4": "G723", "8": "PCMA", "9": "G722",
                         "13": "CN", "18": "G729", "34": "H263"}
 
@@ -177,6 +179,21 @@ class SessionDescription:
     # --- parse / serialise --------------------------------------------------------------------
     @classmethod
     def parse(cls, body: bytes | str) -> "SessionDescription":
+        """Parse ``body``; each caller gets its own object to change. The same body is read by
+        several steps of one call (NAT test, relay hand-off, CDR codecs): the parse of a recent
+        body is kept and copied (a copy costs a fraction of a parse)."""
+        if type(body) is bytes and cls is SessionDescription:
+            kept = _RECENT.get(body)
+            if kept is None:
+                kept = cls._parse(body)
+                if len(_RECENT) >= _RECENT_MAX:
+                    _RECENT.clear()
+                _RECENT[body] = kept
+            return kept.copy()
+        return cls._parse(body)
+
+    @classmethod
+    def _parse(cls, body: bytes | str) -> "SessionDescription":
         if isinstance(body, bytes):
             if len(body) > MAX_SDP_SIZE:
                 raise SDPParseError("SDP too large")
@@ -226,7 +243,10 @@ class SessionDescription:
         return (self.line_ending.join(out) + self.line_ending).encode("utf-8")
 
     def copy(self) -> "SessionDescription":
-        return copy.deepcopy(self)
+        """A copy to change independently (its line tuples are immutable and shared)."""
+        return SessionDescription(list(self.session_lines),
+                                  [Media(m.kind, m.port, m.proto, list(m.formats), m.port_count, list(m.lines))
+                                   for m in self.media], self.line_ending)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SessionDescription):

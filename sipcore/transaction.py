@@ -335,8 +335,13 @@ class BoundTransaction:
     def respond(self, resp: SIPResponse, now: float) -> bool:
         """Send a response through a server transaction; False when the state machine dropped it."""
         actions = self.txn.respond(resp, now)                   # type: ignore[union-attr]
+        if not actions:
+            return False
         self._feed(actions)
-        return any(isinstance(a, Send) for a in actions)
+        for a in actions:
+            if type(a) is Send:
+                return True
+        return False
 
     def timer(self, now: float) -> list:
         return self._feed(self.txn.on_timer(now))
