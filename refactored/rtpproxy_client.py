@@ -14,7 +14,7 @@ import socket
 import time
 
 from refactored import rtpproxy_protocol as proto
-from sipcore.errors import MediaBackendError
+from sipcore.errors import MediaCapacityError
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +23,8 @@ HOW_TO_START = ("start one with: ims-rtpproxy -l <SERVER_IP> -s udp:127.0.0.1:77
                 "or set RTPPROXY_AUTO_START=1")
 
 
-class RTPProxyUnavailable(MediaBackendError):
-    pass
+class RTPProxyUnavailable(MediaCapacityError):
+    """No relay answers (503 to the caller)."""
 
 
 def parse_spec(spec: str) -> tuple[str, object]:
@@ -48,6 +48,42 @@ class _DatagramProtocol(asyncio.DatagramProtocol):
         self.client._reply(data)
 
 
+class _UDPControl:
+    """The UDP control socket read straight from the loop's reader callback, every queued reply
+    per wake-up: replies are never left waiting behind a busy SIP socket (the server reads SIP in
+    batches; a transport reading one datagram per loop turn let replies age into timeouts under
+    load). ``sendto(data)`` and ``close()`` as a connected DatagramTransport."""
+
+    def __init__(self, client: "RTPProxyClient", sock: socket.socket, loop: asyncio.AbstractEventLoop):
+        self.client, self.sock, self.loop = client, sock, loop
+        loop.add_reader(sock.fileno(), self._read_ready)
+
+    def _read_ready(self) -> None:
+        for _ in range(1024):
+            try:
+                data = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:        # ICMP port unreachable of an earlier command: no relay
+                log.debug("rtpproxy control socket: %s", exc)
+                # a fresh socket for the next command (uvloop stops polling one after an error);
+                # what was in flight is lost anyway: nothing listens there
+                if self.client._transport is self:
+                    self.client.close()
+                return
+            self.client._reply(data)
+
+    def sendto(self, data: bytes) -> None:
+        self.sock.send(data)               # OSError (no relay, buffer full): the command is retried
+
+    def close(self) -> None:
+        try:
+            self.loop.remove_reader(self.sock.fileno())
+        except (ValueError, OSError, RuntimeError):
+            pass
+        self.sock.close()
+
+
 class RTPProxyClient:
     """One control socket. ``await client.command(cmd)`` returns the reply text (no cookie)."""
 
@@ -66,8 +102,14 @@ class RTPProxyClient:
         loop = asyncio.get_running_loop()
         if self.kind in ("udp", "udp6"):
             family = socket.AF_INET6 if self.kind == "udp6" else socket.AF_INET
-            self._transport, _ = await loop.create_datagram_endpoint(
-                lambda: _DatagramProtocol(self), remote_addr=self.address, family=family)
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.setblocking(False)
+                await loop.sock_connect(sock, self.address)
+            except BaseException:
+                sock.close()
+                raise
+            self._transport = _UDPControl(self, sock, loop)
         elif self.kind == "unix":
             self._transport, _ = await loop.create_datagram_endpoint(
                 lambda: _DatagramProtocol(self), remote_addr=self.address, family=socket.AF_UNIX)
@@ -90,19 +132,29 @@ class RTPProxyClient:
                 if self.kind == "tcp":
                     return await self._stream_command(cmd)
                 return await self._datagram_command(cmd)
-            except (asyncio.TimeoutError, OSError, ConnectionError) as exc:
+            except asyncio.TimeoutError as exc:
+                last_exc = exc
+                if self.kind == "tcp":      # a stream out of step: start a new one
+                    self.close()
+                # a datagram socket stays: closing it would lose the replies of every other
+                # command in flight (under load one late reply then failed them all)
+            except (OSError, ConnectionError) as exc:
                 last_exc = exc
                 self.close()
         raise RTPProxyUnavailable(f"rtpproxy at {self.spec} does not answer ({last_exc or 'timeout'}); {HOW_TO_START}")
 
     async def _datagram_command(self, cmd: proto.Command) -> str:
         cookie = f"{next(self._cookies)}_{int(time.monotonic() * 1000) % 100000}"
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self._pending[cookie] = fut
+        # one timer handle instead of asyncio.wait_for (which wraps the future once more per command)
+        expiry = loop.call_later(self.timeout, _expire, fut)
         try:
             self._transport.sendto(proto.frame(cmd, cookie))
-            data = await asyncio.wait_for(fut, self.timeout)
+            data = await fut
         finally:
+            expiry.cancel()
             self._pending.pop(cookie, None)
         return proto.split_reply(data, cookie)
 
@@ -122,6 +174,11 @@ class RTPProxyClient:
         if self._writer is not None:
             self._writer.close()
             self._writer = self._reader = None
+
+
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(asyncio.TimeoutError())
 
 
 class Node:

@@ -10,7 +10,7 @@ import logging
 
 from refactored import rtpproxy_protocol as proto
 from refactored.rtpproxy_client import RTPProxyPool, RTPProxyUnavailable
-from sipcore.errors import MediaBackendError
+from sipcore.errors import MediaBackendError, MediaCapacityError
 from sipcore.media import MediaBackend
 from sipcore.sdp import SessionDescription
 
@@ -74,9 +74,11 @@ class RTPProxyBackend(MediaBackend):
                 if family:
                     raise MediaBackendError(f"rtpproxy cannot relay IPv6 media ({addr}) for {call_id}: {exc}; "
                                             "it needs an IPv6 listener (rtpproxy -6 ADDRESS)") from None
+                if exc.code in proto.CAPACITY_CODES:           # out of ports/memory: 503, not 488
+                    raise MediaCapacityError(f"rtpproxy refused {letter} for {call_id}: {exc}") from None
                 raise MediaBackendError(f"rtpproxy refused {letter} for {call_id}: {exc}") from None
             except RTPProxyUnavailable as exc:
-                raise MediaBackendError(str(exc)) from None
+                raise MediaCapacityError(str(exc)) from None
             relay = self._relay_address(reply)
             out.set_media_address(i, relay)
             out.set_media_port(i, reply.port)

@@ -28,6 +28,8 @@ E_CODES = {
     65: "internal error", 71: "out of ports", 99: "unknown error",
 }
 
+CAPACITY_CODES = frozenset((11, 12, 71, 72))      # the relay is out of ports, sockets or memory
+
 
 class RTPProxyError(Exception):
     def __init__(self, code: int, text: str = ""):

@@ -52,7 +52,12 @@ ENV_HELP = """environment (original names and defaults):
                        ended (BYE to both, CDR HANDOVER_TIMEOUT) this long after the restart (7200)
   HANDOVER_CHECK_INTERVAL  seconds between checks of such calls; one whose RTPProxy session is
                        gone (RTPProxy's own inactivity timeout) ends RELAY_TIMEOUT (15)
-  EVENT_LOOP           asyncio (default) | uvloop (needs the PyPI package uvloop)
+  EVENT_LOOP           auto (default: uvloop when installed, else asyncio) | asyncio | uvloop
+overload control (see MIGRATION.md "Capacity"):
+  OVERLOAD_QUEUE_MS    a new INVITE/REGISTER/MESSAGE/SUBSCRIBE that waited longer than this in the
+                       socket queue is answered 503 + Retry-After (default 200; 0 = off)
+  OVERLOAD_MAX_PENDING the same once this many transactions await their final answer (5000; 0 = off)
+  OVERLOAD_RETRY_AFTER seconds in the 503's Retry-After (5)
 edge policy (see MIGRATION.md "Edge policy"):
   CALLER_IDENTITY      1 = a From naming a local user must authenticate as that user (default:
                        on in stages 1 and 2, off in stage 0; AUTH_INVITE=0 alone turns it off)

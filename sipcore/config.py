@@ -33,13 +33,24 @@ DEFAULT_CONFIG_FILE = "config/config.json"
 DIGEST_ALGORITHMS = ("MD5", "SHA-256")
 MEDIA_BACKENDS = ("auto", "builtin", "rtpproxy")
 SIGNALLING_MODES = ("sipcore", "sippy")
-EVENT_LOOPS = ("asyncio", "uvloop")
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def uvloop_installed() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _event_loop(text: str) -> str:
+    """The loop to run: ``auto`` (the default) is uvloop when it is installed, else asyncio."""
     value = text.strip().lower()
     if value not in EVENT_LOOPS:
         raise ConfigError("EVENT_LOOP", f"must be one of {', '.join(EVENT_LOOPS)}, got {value!r}")
+    if value == "auto":
+        return "uvloop" if uvloop_installed() else "asyncio"
     if value == "uvloop":
         try:
             import uvloop  # noqa: F401
@@ -149,7 +160,11 @@ class Config:
     handover_call_max_seconds: float = 7200.0
     handover_check_interval: float = 15.0
     config_file: str | None = None
-    event_loop: str = "asyncio"              # asyncio | uvloop (PyPI, optional extra "fast")
+    event_loop: str = "asyncio"              # asyncio | uvloop (PyPI, optional extra "fast"); auto resolved
+    # overload control (sipcore.overload): 0 turns a test off
+    overload_queue_ms: int = 200
+    overload_max_pending: int = 5000
+    overload_retry_after: int = 5
     # edge safety (issue 10)
     server_header: str | None = None        # None: the stage's own text (sipcore/stages.py)
     tcp_max_connections: int = 1000
@@ -214,7 +229,7 @@ class Config:
         signalling = get("SIGNALLING", "sipcore").strip().lower()
         if signalling not in SIGNALLING_MODES:
             raise ConfigError("SIGNALLING", f"must be one of {', '.join(SIGNALLING_MODES)}, got {signalling!r}")
-        event_loop = _event_loop(get("EVENT_LOOP", "asyncio"))
+        event_loop = _event_loop(get("EVENT_LOOP", "auto"))
         backend = get("MEDIA_RELAY_BACKEND", "auto").strip().lower()
         if backend not in MEDIA_BACKENDS:
             raise ConfigError("MEDIA_RELAY_BACKEND", f"must be builtin or rtpproxy, got {backend!r}")
@@ -488,6 +503,9 @@ def _edge_safety(get) -> dict:
         "tcp_first_message_timeout": _float("TCP_FIRST_MESSAGE_TIMEOUT", get("TCP_FIRST_MESSAGE_TIMEOUT", "10")),
         "dns_timeout": _float("DNS_TIMEOUT", get("DNS_TIMEOUT", "2")),
         "dns_resolve": _bool("DNS_RESOLVE", get("DNS_RESOLVE", "1")),
+        "overload_queue_ms": _int("OVERLOAD_QUEUE_MS", get("OVERLOAD_QUEUE_MS", "200"), 0, 60000),
+        "overload_max_pending": _int("OVERLOAD_MAX_PENDING", get("OVERLOAD_MAX_PENDING", "5000"), 0, 10000000),
+        "overload_retry_after": _int("OVERLOAD_RETRY_AFTER", get("OVERLOAD_RETRY_AFTER", "5"), 1, 3600),
     }
 
 

@@ -67,6 +67,12 @@ class MediaBackendError(SIPError, RuntimeError):
         super().__init__(reason)
 
 
+class MediaCapacityError(MediaBackendError):
+    """The relay is down, overloaded or out of ports: a temporary condition of this server, so
+    the caller gets 503 (RFC 3261 21.5.4) rather than 488, which would blame its SDP."""
+    _status = 503
+
+
 def error_response(request, exc: SIPError, server_header: str | None = None,
                    warn_host: str = "-") -> "SIPResponse | None":
     """The response ``exc`` maps to for ``request`` (a Warning header from ``warn_host`` says

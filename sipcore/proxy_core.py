@@ -156,6 +156,8 @@ class ProxyCore:
         self._calls_due: Deadlines[str] = Deadlines()      # Call-ID -> next look
         self._invites: dict[tuple, ServerTx] = {}          # INVITEs that may still ring (Timer C)
         self.stats = {"requests": 0, "responses": 0, "calls": 0, "dropped": 0}
+        self.unanswered = 0      # server transactions without a final answer (overload control)
+        self.retry_after = 5     # seconds, in the Retry-After of every 503 the proxy generates
         self.pending: list[Transmit | OriginatedDone] = []       # actions not taken yet
         self._timers: list[tuple[float, int, BoundTransaction]] = []     # heap; stale entries skipped
         self._seq = itertools.count()
@@ -241,6 +243,8 @@ class ProxyCore:
                               to_tag=to_tag or (hashlib.sha1((req.call_id or "").encode("utf-8", "surrogateescape")).hexdigest()[:10]
                                                 if status > 100 else None),
                               extra_headers=list(extra) + self.local_headers())
+        if status == 503:             # a temporary condition (relay down or out of ports): say when to retry
+            resp.headers.add("Retry-After", str(self.retry_after))
         if (status == 405 or status == 200 and req.method == "OPTIONS") and not resp.headers.get("Allow"):
             resp.headers.add("Allow", ", ".join(self.policy.profile.allow))
         if isinstance(tx_or_req, ServerTx):
@@ -272,6 +276,8 @@ class ProxyCore:
             tx.last_response = resp
             if resp.status >= 200 and not tx.final_sent:
                 tx.final_sent, tx.finished_at = True, self.clock()
+                if tx.server is not None:
+                    self.unanswered -= 1
         return sent
 
     def stamp_via(self, request: SIPRequest, source: Address) -> None:
@@ -344,6 +350,7 @@ class ProxyCore:
                                    source, transport)
             tx.server.start(now)
             self.server_txs[tx.key] = tx
+            self.unanswered += 1
             self._tx_due.add(tx.key, now + TX_LINGER)
             if method == "INVITE":
                 self._invites[tx.key] = tx
@@ -818,7 +825,8 @@ class ProxyCore:
                 self._calls_due.add(call_id, now + CALL_RECHECK)
 
     def _forget(self, key, tx: ServerTx) -> None:
-        self.server_txs.pop(key, None)
+        if self.server_txs.pop(key, None) is tx and tx.server is not None and not tx.final_sent:
+            self.unanswered -= 1
         self._tx_due.discard(key)
         self._invites.pop(key, None)
         for run in (tx.server, *(r for b in tx.branches for r in (b.client, b.cancel_client))):

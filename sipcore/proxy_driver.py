@@ -96,6 +96,31 @@ class ProxyDriver:
     async def on_response(self, resp: SIPResponse, source: Address, transport: str) -> None:
         await self._drive(self.core.on_response(resp, source, transport))
 
+    def begin_request(self, req: SIPRequest, source: Address, transport: str):
+        """``on_request`` without a task for the common case: the core runs at once, and only
+        when it waits for the media backend is the rest returned as a coroutine to schedule
+        (else None). Errors of the synchronous part are raised here."""
+        return self._begin(self.core.on_request(req, source, transport))
+
+    def begin_response(self, resp: SIPResponse, source: Address, transport: str):
+        """``on_response`` the same way as ``begin_request``."""
+        return self._begin(self.core.on_response(resp, source, transport))
+
+    def _begin(self, steps: Steps):
+        try:
+            op = steps.send(None)
+        except StopIteration:
+            op = None
+        except BaseException:
+            self._flush()
+            self._arm()
+            raise
+        self._flush()
+        if op is None:
+            self._arm()
+            return None
+        return self._drive(steps, op)
+
     async def originate(self, request: SIPRequest, dest: Address, transport: str = "udp",
                         timeout: float = 32 * T1) -> SIPResponse | None:
         """Send a request we originate through an RFC 3261 client transaction and return its

@@ -20,6 +20,7 @@ from sipcore.message import SIPRequest
 from sipcore.logsetup import describe_exception
 from sipcore.nat_helper import init_nat_helper
 from sipcore.nat_keepalive import NATKeepalive
+from sipcore.overload import OverloadGuard
 from sipcore.proxy_driver import ProxyDriver
 from sipcore.record_route import RouteTokens, load_secret
 from sipcore.registrar import Registrar
@@ -102,6 +103,10 @@ class SIPServer:
                                  send=self.transport.send, registration=self.registration,
                                  admission=self.admission, user_exists=self._user_exists,
                                  server_header=self.server_header)
+        self.overload = OverloadGuard(queue_limit=config.overload_queue_ms / 1000.0,
+                                      max_pending=config.overload_max_pending,
+                                      retry_after=config.overload_retry_after, server_header=self.server_header)
+        self.proxy.core.retry_after = config.overload_retry_after
         self.keepalive = None
         if self.policy.keepalive:
             self.keepalive = NATKeepalive(self.proxy, self.registrar, interval=config.nat_keepalive_interval,
@@ -203,19 +208,40 @@ class SIPServer:
             return
         if self.engine is not None and self.engine.take(msg, source, transport):
             return
-        task = asyncio.get_running_loop().create_task(self._dispatch(msg, source, transport))
-        self._handlers.add(task)
-        task.add_done_callback(self._handlers.discard)
-
-    async def _dispatch(self, msg, source, transport) -> None:
+        is_request = isinstance(msg, SIPRequest)
+        if is_request and self.overload.enabled:
+            core = self.proxy.core
+            verdict = self.overload.check(msg, self.transport.rx_age, core.unanswered,
+                                          core.server_txs.__contains__, time.monotonic())
+            if verdict.reply is not None:
+                self.transport.send_raw(verdict.reply, source, transport)
+                return
+            if verdict.drop:
+                return
+        # the proxy core runs here, at once; only a wait for the media backend becomes a task
         try:
-            if isinstance(msg, SIPRequest):
+            if is_request:
                 log.debug("RX %s %s from %s:%s call-id=%s", msg.method, msg.uri, *source, msg.call_id)
-                await self.proxy.on_request(msg, source, transport)
+                rest = self.proxy.begin_request(msg, source, transport)
             else:
                 log.debug("RX %d %s from %s:%s call-id=%s", msg.status, msg.reason, *source, msg.call_id)
-                await self.proxy.on_response(msg, source, transport)
-        except SIPError as exc:          # the status it maps to is answered (never a traceback)
+                rest = self.proxy.begin_response(msg, source, transport)
+        except Exception as exc:   # noqa: BLE001 - one bad message must not stop the server
+            self._failed(msg, source, transport, exc)
+            return
+        if rest is not None:
+            task = asyncio.get_running_loop().create_task(self._finish(rest, msg, source, transport))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+    async def _finish(self, rest, msg, source, transport) -> None:
+        try:
+            await rest
+        except Exception as exc:   # noqa: BLE001
+            self._failed(msg, source, transport, exc)
+
+    def _failed(self, msg, source, transport, exc: Exception) -> None:
+        if isinstance(exc, SIPError):          # the status it maps to is answered (never a traceback)
             reply = error_response(msg, exc, self.server_header, warn_host=self.config.advertised_host)
             if reply is None:
                 log.warning("dropping message from %s:%s: %s", *source, exc.reason)
@@ -223,11 +249,11 @@ class SIPServer:
                 log.warning("%s from %s:%s: %s -> %d", getattr(msg, "method", "response"), *source,
                             exc.reason, reply.status)
                 self.transport.send(reply, source, transport)
-        except Exception as exc:   # noqa: BLE001 - one bad message must not stop the server
-            log.error("internal error handling message from %s:%s: %s", *source, describe_exception(exc))
-            reply = error_response(msg, SIPError("internal error"), self.server_header)
-            if reply is not None:
-                self.transport.send(reply, source, transport)
+            return
+        log.error("internal error handling message from %s:%s: %s", *source, describe_exception(exc))
+        reply = error_response(msg, SIPError("internal error"), self.server_header)
+        if reply is not None:
+            self.transport.send(reply, source, transport)
 
     # --- calls handed over by the previous process (sipcore.call_handover) ----------------------
     def _take_over_calls(self) -> None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 import time
 from typing import Callable
 
@@ -27,6 +29,11 @@ log = logging.getLogger(__name__)
 
 OnMessage = Callable[[SIPMessage, tuple[str, int], str], None]
 KEEPALIVE_PAYLOADS = (b"\r\n", b"\r\n\r\n", b"\n", b"\0\0\0\0")
+UDP_BATCH = 64                 # datagrams read per wake-up of the loop (then other callbacks run)
+UDP_RCVBUF = 1024 * 1024       # asked for (kernel caps: net.core.rmem_max); deeper only adds delay
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)       # Linux: kernel receive time per datagram
+_TIMESPEC = struct.Struct("@qq")
+_CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 
 
 def error_reply(data: bytes, exc: SIPParseError, host: str) -> SIPResponse | None:
@@ -34,19 +41,100 @@ def error_reply(data: bytes, exc: SIPParseError, host: str) -> SIPResponse | Non
     return error_response(exc.partial, exc, warn_host=host)
 
 
-class _UDPProtocol(asyncio.DatagramProtocol):
-    def __init__(self, owner: "SIPTransport"):
-        self.owner = owner
+class _UDPListener:
+    """The UDP SIP socket, read straight from the loop's reader callback (works on the standard
+    loop and on uvloop): up to ``UDP_BATCH`` datagrams per wake-up instead of one loop iteration
+    per datagram, each with the kernel's receive time (``SO_TIMESTAMPNS``), so the server knows how
+    long a message waited in the socket queue (``SIPTransport.rx_age``: overload control).
+    Sends go straight to the socket; a full send buffer or any send error drops that datagram
+    with one log line (UDP semantics) and never closes the socket. Offers the small part of a
+    DatagramTransport the rest uses (``sendto``, ``get_extra_info``, ``close``, ``abort``)."""
 
-    def datagram_received(self, data: bytes, addr) -> None:
-        self.owner._incoming(data, (addr[0], addr[1]), "udp", None)
+    def __init__(self, owner: "SIPTransport", sock: socket.socket, loop: asyncio.AbstractEventLoop):
+        self.owner, self.sock, self.loop = owner, sock, loop
+        self._closed = False
+        self._timestamps = True
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        except OSError:
+            self._timestamps = False
+        loop.add_reader(sock.fileno(), self._read_ready)
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors of earlier sends and OSErrors of sendto (EACCES, EMSGSIZE, ENETUNREACH ...)
-        log.info("udp send error (message dropped): %s", exc)
+    @classmethod
+    async def open(cls, owner: "SIPTransport", host: str, port: int) -> "_UDPListener":
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, addr = infos[0]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+            except OSError:
+                pass
+            sock.bind(addr)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(owner, sock, loop)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.owner._udp_lost(self, exc)
+    def _read_ready(self) -> None:
+        sock, incoming, now = self.sock, self.owner._incoming, time.time
+        unpack, ts = _TIMESPEC.unpack, self._timestamps
+        for _ in range(UDP_BATCH):
+            try:
+                data, anc, _flags, addr = sock.recvmsg(65536, _CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:      # ICMP errors of earlier sends (ECONNREFUSED ...): not fatal
+                if self._closed:
+                    return
+                log.debug("udp receive error (ignored): %s", exc)
+                continue
+            age = 0.0
+            if ts and anc:
+                for _level, kind, cdata in anc:
+                    if kind == SO_TIMESTAMPNS and len(cdata) >= _TIMESPEC.size:
+                        sec, nsec = unpack(cdata[:_TIMESPEC.size])
+                        age = now() - (sec + nsec * 1e-9)
+            incoming(data, (addr[0], addr[1]), "udp", None, age)
+            if self._closed:
+                return
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            self.sock.sendto(data, addr)
+        except BlockingIOError:
+            self.owner.stats["udp_send_full"] += 1
+            log.debug("udp send buffer full: datagram to %s:%s dropped", *addr)
+        except (OSError, ValueError, TypeError, OverflowError) as exc:
+            # EACCES, EMSGSIZE, ENETUNREACH, an address of the other family ...
+            log.info("udp send error (message dropped): %s", exc)
+
+    def get_extra_info(self, name: str, default=None):
+        if name == "sockname":
+            return self.sock.getsockname() if not self._closed else default
+        if name == "socket":
+            return self.sock
+        return default
+
+    def is_closing(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.loop.remove_reader(self.sock.fileno())
+        except (ValueError, OSError, RuntimeError):
+            pass
+        self.sock.close()
+
+    def abort(self) -> None:
+        """Close as if the socket had been lost (the owner reopens it)."""
+        self.close()
+        self.owner._udp_lost(self, None)
 
 
 class SIPTransport:
@@ -63,8 +151,7 @@ class SIPTransport:
         self.tcp_max_per_source = tcp_max_per_source
         self.resolver = resolver or Resolver()
         self.on_fatal = on_fatal
-        self._udp: asyncio.DatagramTransport | None = None
-        self._udp_protocol: _UDPProtocol | None = None
+        self._udp: _UDPListener | None = None
         self._udp_addr: tuple[str, int] | None = None
         self._tcp_server: asyncio.base_events.Server | None = None
         self._tcp_conns: dict[tuple[str, int], asyncio.StreamWriter] = {}
@@ -73,13 +160,14 @@ class SIPTransport:
         self._closing = False
         self._tasks: set[asyncio.Task] = set()
         self.stats = {"rx": 0, "tx": 0, "bad": 0, "oversize": 0, "bad_destination": 0,
-                      "udp_reopened": 0, "tcp_refused": 0, "tcp_idle_closed": 0}
+                      "udp_reopened": 0, "udp_send_full": 0, "tcp_refused": 0, "tcp_idle_closed": 0}
+        # seconds the message being handed to on_message waited in the kernel's socket queue
+        # (UDP, from the kernel's receive time; 0.0 for TCP): the server's overload control reads it
+        self.rx_age = 0.0
 
     # --- listening ----------------------------------------------------------------------------
     async def listen_udp(self, host: str, port: int) -> None:
-        loop = asyncio.get_running_loop()
-        self._udp, self._udp_protocol = await loop.create_datagram_endpoint(lambda: _UDPProtocol(self),
-                                                                            local_addr=(host, port))
+        self._udp = await _UDPListener.open(self, host, port)
         bound = self._udp.get_extra_info("sockname")
         self._udp_addr = (host, bound[1] if bound else port)    # the real port, also for port 0
 
@@ -107,14 +195,13 @@ class SIPTransport:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _udp_lost(self, protocol: "_UDPProtocol", exc: Exception | None) -> None:
+    def _udp_lost(self, listener: "_UDPListener", exc: Exception | None) -> None:
         """The UDP socket was closed under us (it should not happen: destinations are checked).
         Reopen it; if that fails, report a fatal error so the process exits non-zero."""
-        if self._closing or protocol is not self._udp_protocol or self._udp_addr is None:
+        if self._closing or listener is not self._udp or self._udp_addr is None:
             return
         log.error("udp listener %s:%s lost (%s); reopening", *self._udp_addr, exc or "closed")
         self._udp = None
-        self._udp_protocol = None
         self._spawn(self._reopen_udp())
 
     async def _reopen_udp(self) -> None:
@@ -135,8 +222,9 @@ class SIPTransport:
             self.on_fatal(f"udp listener {self._udp_addr[0]}:{self._udp_addr[1]} lost and cannot be reopened")
 
     # --- intake -------------------------------------------------------------------------------
-    def _incoming(self, data: bytes, source: tuple[str, int], transport: str, writer) -> bool:
-        """Parse and hand on one message; True when it was a parsable SIP message."""
+    def _incoming(self, data: bytes, source: tuple[str, int], transport: str, writer, age: float = 0.0) -> bool:
+        """Parse and hand on one message; True when it was a parsable SIP message. ``age``:
+        seconds it waited in the socket queue (``rx_age`` while ``on_message`` runs)."""
         if data in KEEPALIVE_PAYLOADS or not data.strip(b"\r\n\0 "):
             if writer is not None and data == b"\r\n\r\n":
                 writer.write(b"\r\n")     # RFC 5626 pong
@@ -157,6 +245,7 @@ class SIPTransport:
             else:
                 log.info("dropping malformed message from %s:%s: %s", *source, exc.reason)
             return False
+        self.rx_age = age
         self.on_message(msg, source, transport)
         return True
 
