@@ -6,7 +6,9 @@ CDR rows written to real files (a temporary directory; ``--no-cdr`` to leave the
 pass-through media backend. This isolates the signalling path's CPU cost from SIPp and the
 kernel (``harness bench`` measures the whole thing over UDP). The output says what is left out.
 
-    .venv/bin/python benchmarks/bench_proxy.py [--calls 3000] [--repeat 3] [--no-cdr]
+    .venv/bin/python benchmarks/bench_proxy.py [--calls 3000] [--repeat 3] [--no-cdr] [--stage 1|2]
+
+``--stage 2`` adds stage 2's NAT helper (nat_uac_test on every INVITE/response, force_rport).
 """
 import argparse
 import asyncio
@@ -21,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sipcore.call_records import CDREvents  # noqa: E402
 from sipcore.cdr import CDRWriter  # noqa: E402
 from sipcore.message import parse_message  # noqa: E402
+from sipcore.nat_helper import init_nat_helper  # noqa: E402
 from sipcore.proxy_driver import ProxyDriver  # noqa: E402
 from sipcore.registrar import Registrar  # noqa: E402
 from sipcore.stage_policy import StagePolicy  # noqa: E402
@@ -83,12 +86,13 @@ def _response(forwarded: bytes, status: int, reason: str, body: str = "") -> byt
             f"Contact: <sip:1002@203.0.113.20:41000>\r\n{ctype}Content-Length: {len(body)}\r\n\r\n{body}").encode()
 
 
-async def run_calls(calls: int, cdr_dir: str | None = None) -> tuple[float, float]:
+async def run_calls(calls: int, cdr_dir: str | None = None, stage: int = 1) -> tuple[float, float]:
     """(call flows per wall-clock second, per CPU-second of this process)."""
     wire = Wire()
     writer = CDRWriter(cdr_dir) if cdr_dir else None
     events = CDREvents(writer, server_ip=SERVER[0], server_port=SERVER[1]) if writer else NoEvents()
-    policy = StagePolicy(1, None)
+    nat = init_nat_helper(server_ip=SERVER[0], local_networks=[]) if stage == 2 else None
+    policy = StagePolicy(stage, nat)
     registrar = Registrar(contact_policy=policy.register_contact)
     registrar.handle_register(parse_message((
         "REGISTER sip:sip.local SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.20:41000;branch=z9hG4bKr\r\n"
@@ -118,9 +122,11 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=3000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-cdr", action="store_true", help="leave CDR writing out")
+    ap.add_argument("--stage", type=int, choices=(1, 2), default=1,
+                    help="the stage policy: 1 (no NAT handling) or 2 (NAT helper, force_rport)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-cdr-") as tmp:
-        runs = [asyncio.run(run_calls(a.calls, None if a.no_cdr else tmp)) for _ in range(a.repeat)]
+        runs = [asyncio.run(run_calls(a.calls, None if a.no_cdr else tmp, a.stage)) for _ in range(a.repeat)]
     left_out = ["sockets and the asyncio transport", "SIPp/kernel", "digest authentication",
                 "the media relay (pass-through backend: no RTPProxy round trip)", "logging"]
     if a.no_cdr:
@@ -128,7 +134,7 @@ def main() -> None:
     print(json.dumps({"call flows per second (best of runs)": round(max(r[0] for r in runs)),
                       "call flows per CPU-second (best of runs)": round(max(r[1] for r in runs)),
                       "CPU ms per call flow (best)": round(1000 / max(r[1] for r in runs), 3),
-                      "runs": [round(r[0]) for r in runs], "calls per run": a.calls,
+                      "runs": [round(r[0]) for r in runs], "calls per run": a.calls, "stage": a.stage,
                       "includes": "parse, proxy, transactions, Record-Route token" + ("" if a.no_cdr else ", CDR rows to files"),
                       "leaves out": left_out, "load": os.getloadavg(),
                       "python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
