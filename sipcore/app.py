@@ -52,7 +52,7 @@ ENV_HELP = """environment (original names and defaults):
                        ended (BYE to both, CDR HANDOVER_TIMEOUT) this long after the restart (7200)
   HANDOVER_CHECK_INTERVAL  seconds between checks of such calls; one whose RTPProxy session is
                        gone (RTPProxy's own inactivity timeout) ends RELAY_TIMEOUT (15)
-  EVENT_LOOP           auto (default: uvloop when installed, else asyncio) | asyncio | uvloop
+  EVENT_LOOP           asyncio (default) | uvloop (PyPI uvloop) | auto (uvloop when installed)
 overload control (see MIGRATION.md "Capacity"):
   OVERLOAD_QUEUE_MS    a new INVITE/REGISTER/MESSAGE/SUBSCRIBE that waited longer than this in the
                        socket queue is answered 503 + Retry-After (default 200; 0 = off)

@@ -45,7 +45,7 @@ def uvloop_installed() -> bool:
 
 
 def _event_loop(text: str) -> str:
-    """The loop to run: ``auto`` (the default) is uvloop when it is installed, else asyncio."""
+    """The loop to run: asyncio (the default), uvloop, or ``auto``: uvloop when it is installed."""
     value = text.strip().lower()
     if value not in EVENT_LOOPS:
         raise ConfigError("EVENT_LOOP", f"must be one of {', '.join(EVENT_LOOPS)}, got {value!r}")
@@ -229,7 +229,7 @@ class Config:
         signalling = get("SIGNALLING", "sipcore").strip().lower()
         if signalling not in SIGNALLING_MODES:
             raise ConfigError("SIGNALLING", f"must be one of {', '.join(SIGNALLING_MODES)}, got {signalling!r}")
-        event_loop = _event_loop(get("EVENT_LOOP", "auto"))
+        event_loop = _event_loop(get("EVENT_LOOP", "asyncio"))
         backend = get("MEDIA_RELAY_BACKEND", "auto").strip().lower()
         if backend not in MEDIA_BACKENDS:
             raise ConfigError("MEDIA_RELAY_BACKEND", f"must be builtin or rtpproxy, got {backend!r}")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import logging
 import os
@@ -109,7 +108,7 @@ class RouteTokens:
     # --- making -------------------------------------------------------------------------------
     def _mac(self, call_id: str, payload: str) -> str:
         msg = "\x00".join(("rr", call_id, f"{self.host}:{self.port}", payload)).encode("utf-8", "surrogateescape")
-        return _b64(hmac.new(self._secret, msg, hashlib.sha256).digest()[:MAC_BYTES])
+        return _b64(hmac.digest(self._secret, msg, "sha256")[:MAC_BYTES])      # one-shot: C fast path
 
     def token(self, call_id: str, ftag: str, caller: Flow | None, callee: Flow | None = None) -> str:
         text = "\n".join((VERSION, ftag, caller.encode() if caller else "", callee.encode() if callee else ""))

@@ -59,6 +59,8 @@ class Blacklist:
         return True
 
     def __contains__(self, ip: str) -> bool:
+        if not self._ips:           # checked for every message: no address parsing for an empty list
+            return False
         try:
             return _normalise(ip) in self._ips
         except ValueError:
