@@ -56,6 +56,7 @@ TIMER_C = 180.0           # an INVITE branch that only rings gives up after this
 TX_RECHECK = 2.0          # a transaction still in use is looked at again after this
 CALL_RECHECK = 5.0        # a call not ended (or ended within TX_LINGER of its start): again after this
 SWEEP_INTERVAL = 1.0      # how often finished transactions / Timer C are looked at
+TIMERS_PER_RUN = 256      # transaction timers handled per on_timer (the rest at once after other work)
 
 
 Address = tuple[str, int]
@@ -200,7 +201,9 @@ class ProxyCore:
         """Transaction timers that are due, then (once a second) the sweep."""
         now = self.clock()
         timers = self._timers
-        while timers and timers[0][0] <= now:
+        budget = TIMERS_PER_RUN        # a burst of due timers is worked off over several loop turns
+        while timers and timers[0][0] <= now and budget > 0:
+            budget -= 1
             due, _, run = heapq.heappop(timers)
             if run.scheduled == due:
                 run.scheduled = None

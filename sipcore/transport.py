@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 OnMessage = Callable[[SIPMessage, tuple[str, int], str], None]
 KEEPALIVE_PAYLOADS = (b"\r\n", b"\r\n\r\n", b"\n", b"\0\0\0\0")
-UDP_BATCH = 64                 # datagrams read per wake-up of the loop (then other callbacks run)
+UDP_BATCH = 16                 # datagrams read per wake-up of the loop (then other callbacks run)
 UDP_RCVBUF = 1024 * 1024       # asked for (kernel caps: net.core.rmem_max); deeper only adds delay
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)       # Linux: kernel receive time per datagram
 _TIMESPEC = struct.Struct("@qq")
