@@ -5,7 +5,8 @@ Everything that changes from run to run by nature becomes a stable placeholder:
                    <alice+bob-public> (hairpin), <nat_a-cgn_a> (other router sides), <other>
   ports         -> 5060 kept (the SIP port is meaningful), a UA's own RTP/RTCP port -> <alice-rtp>,
                    <alice-rtcp>, any other port -> <port>
-  Call-IDs, tags, branches, CDR record ids -> <call-1>, <tag-1>, <branch-1>, <record-1>
+  Call-IDs, tags, branches, CDR record ids -> <call-1>, <tag-1>, <branch-1>, <record-1>;
+                   baresip's per-run Contact user suffix (1001-0x55d2...@) -> 1001-<instance>@
                    (numbered in order of first appearance, so "same call id in two rows" survives)
   times         -> <time>; durations -> <duration> (or "0" when zero, "" when absent)
 
@@ -22,6 +23,8 @@ _IPV4 = r"\d{1,3}(?:\.\d{1,3}){3}"
 _ADDR_PORT = re.compile(rf"(?<![\d.])({_IPV4})(?::(\d{{1,5}}))?(?![\d.])")
 _TAG = re.compile(r"(;\s*tag=)([^;>,\s]+)", re.IGNORECASE)
 _BRANCH = re.compile(r"(;\s*branch=)([^;>,\s]+)", re.IGNORECASE)
+# baresip's Contact user is "<user>-0x<address of its UA object>", new every run
+_INSTANCE = re.compile(r"(sips?:[^@;>\s:]+?)-0x[0-9a-f]+@", re.IGNORECASE)
 CDR_TIME_FIELDS = ("date", "start_time", "end_time", "invite_time", "ringing_time", "answer_time", "bye_time")
 CDR_DURATION_FIELDS = ("duration", "setup_time")
 CDR_PORT_FIELDS = ("caller_port", "callee_port", "server_port")
@@ -99,7 +102,7 @@ class Normaliser:
         def addr_port(m: re.Match) -> str:
             out = self.address(m.group(1)) or ""
             return out + (f":{self.port(m.group(2))}" if m.group(2) else "")
-        value = _ADDR_PORT.sub(addr_port, str(value))
+        value = _ADDR_PORT.sub(addr_port, _INSTANCE.sub(r"\1-<instance>@", str(value)))
         value = _TAG.sub(lambda m: m.group(1) + self.token("tag", m.group(2)), value)
         return _BRANCH.sub(lambda m: m.group(1) + self.token("branch", m.group(2)), value)
 

@@ -160,7 +160,8 @@ def start_agent(lab, sc: Scenario, who: str, backend: str, cfg: dict, evidence: 
             raise StepError(problem)
         other = next(w for w in USERS if w != who)
         role = "caller" if any(s.kind == "call" and s.args.get("from") == who for s in sc.steps) else "callee"
-        cfg.update(evidence=evidence, name=who, peer_user=USERS[other], role=role, **peers.call_timing(sc.steps, who))
+        cfg.update(evidence=evidence, name=who, peer_user=USERS[other], role=role, **peers.call_timing(sc.steps, who),
+                   capture_iface=lab.iface(who, next(iter(lab.topology.host(who).addresses))))
     cfg.update(settings)
     proc = lab.spawn(who, [sys.executable, "-m", peers.module(kind), "--log-level", "INFO" if kind != "harness" else "WARNING"],
                      cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))

@@ -203,7 +203,7 @@ class BaresipPeer(JsonLineAgent):
             os.makedirs(self.workdir)
             self.short_dir = tempfile.mkdtemp(prefix="ims-baresip-")
             write_tone(os.path.join(self.short_dir, "tone.wav"), TONES.get(self.cfg["role"], 440))
-            self.capture = NamespaceCapture(os.path.join(self.workdir, "capture.pcap"))
+            self.capture = NamespaceCapture(os.path.join(self.workdir, "capture.pcap"), self.cfg.get("capture_iface", "any"))
             await self.capture.start()
             return {}
         if not self.cfg:

@@ -1,25 +1,30 @@
-"""The capture a peer agent takes in its own namespace (tcpdump on every interface, UDP only),
+"""The capture a peer agent takes in its own namespace (tcpdump on its lab interface, UDP only),
 read back into observations with harness.peers.correlate. The one place a peer touches tcpdump."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 
 from harness.pcap import read_pcap
 from harness.peers.correlate import PeerCapture
 
+log = logging.getLogger("harness.peers.capture")
+
 
 class NamespaceCapture:
-    def __init__(self, path: str):
+    def __init__(self, path: str, iface: str = "any"):
         self.path = path
+        self.iface = iface
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
         if shutil.which("tcpdump") is None:
             raise RuntimeError("tcpdump is not installed (apt-get install tcpdump): a peer UA is judged from a capture")
         self.proc = await asyncio.create_subprocess_exec(
-            "tcpdump", "-U", "--immediate-mode", "-n", "-s", "0", "-i", "any", "-w", self.path, "udp",
+            "tcpdump", "-U", "--immediate-mode", "-B", "4096", "-n", "-s", "0", "-i", self.iface, "-w", self.path,
+            "udp",
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         for _ in range(250):            # until tcpdump has opened the interfaces (5 s at most)
             if os.path.exists(self.path) and os.path.getsize(self.path) >= 24:
@@ -41,6 +46,8 @@ class NamespaceCapture:
         except asyncio.TimeoutError:
             proc.kill()
             await proc.wait()
+        if proc.stderr is not None:     # its counts ("N packets dropped by kernel") to the agent's log
+            log.info("capture %s: %s", self.path, (await proc.stderr.read()).decode(errors="replace").strip()[-300:])
 
     def observations(self, local_ip: str, sip_port: int, sender: str) -> dict:
         try:

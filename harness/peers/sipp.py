@@ -152,7 +152,7 @@ class SippPeer(JsonLineAgent):
                     **{k: v for k, v in msg.items() if k not in ("id", "cmd")}}
         self.workdir = os.path.join(self.cfg["evidence"], f"{self.cfg.get('name', self.cfg['user'])}-sipp")
         os.makedirs(self.workdir, exist_ok=True)
-        self.capture = NamespaceCapture(os.path.join(self.workdir, "capture.pcap"))
+        self.capture = NamespaceCapture(os.path.join(self.workdir, "capture.pcap"), self.cfg.get("capture_iface", "any"))
         await self.capture.start()
         self.rtp = RtpStream(self.cfg["user"], 1 if self.cfg["role"] == "caller" else 2, self.cfg["local_ip"],
                              int(self.cfg["rtp_port"]))

@@ -172,3 +172,10 @@ def test_baresip_both_symmetric_per_stage(lab_runs, stage):
     assert ab["received"] >= 0.9 * ab["sent"] and ba["received"] >= 0.9 * ba["sent"], (ab, ba)
     assert r.observation["audio"]["heard"] == {"alice": "callee tone", "bob": "caller tone"}
     assert r.observation["calls"] == [{"call": 1, "callee_leg": "seen", "by": "order"}]
+
+
+def test_baresip_contact_instance_is_normalised():
+    from harness.normalise import Normaliser
+    norm = Normaliser({"198.51.100.7": "alice-public"})
+    assert norm.text("<sip:1001-0x55f277d5e350@198.51.100.7:5060>") == "<sip:1001-<instance>@<alice-public>:5060>"
+    assert norm.text("<sip:1001@198.51.100.7>") == "<sip:1001@<alice-public>>"
