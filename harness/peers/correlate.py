@@ -43,6 +43,16 @@ def is_rtp(payload: bytes) -> bool:
     return len(payload) >= 12 and payload[0] >> 6 == 2 and not 72 <= (payload[1] & 0x7F) <= 76
 
 
+_SILENCE = (0xFF, 0x7F, 0xD5, 0x55)     # G.711 mu-law / A-law digital silence
+
+
+def is_silence(payload: bytes) -> bool:
+    """An RTP packet whose audio is one G.711 silence value throughout: stage 0's NAT punch
+    packets (legacy.rtp_relay), which prove that a relay port is open, not that audio arrived."""
+    body = payload[12 + 4 * (payload[0] & 0x0F):]
+    return bool(body) and body[0] in _SILENCE and body.count(body[0]) == len(body)
+
+
 @dataclass
 class PeerCapture:
     """What one peer UA sent and received, from datagrams captured in its own namespace."""
@@ -54,6 +64,7 @@ class PeerCapture:
     media_ports: set[int] = field(default_factory=set)
     rtp_sent: int = 0
     rtp_received: int = 0
+    silence_received: int = 0
 
     def feed(self, datagrams: list[Datagram]) -> "PeerCapture":
         sip = [d for d in datagrams if self.sip_port in (d.sport, d.dport) and not is_rtp(d.payload)]
@@ -75,7 +86,10 @@ class PeerCapture:
             if d.src == self.local_ip and d.sport in self.media_ports:
                 self.rtp_sent += 1
             elif d.dst == self.local_ip and d.dport in self.media_ports:
-                self.rtp_received += 1
+                if is_silence(d.payload):
+                    self.silence_received += 1
+                else:
+                    self.rtp_received += 1
         return self
 
     def _sip(self, msg, outgoing: bool) -> None:
@@ -112,7 +126,7 @@ class PeerCapture:
 
     def observations(self, sender: str) -> dict:
         """``harness.ua``-shaped observations; RTP received is credited to ``sender`` (the other party)."""
-        return {**self.observed, "rtp": {"capture": {"sent": self.rtp_sent,
+        return {**self.observed, "rtp": {"capture": {"sent": self.rtp_sent, "silence_received": self.silence_received,
                                                      "received": {sender: {"unique": self.rtp_received}}}}}
 
 

@@ -40,10 +40,12 @@ def test_peer_capture_counts_rtp_per_direction_and_reads_sip():
     grams = [Datagram(0.0, ME, 5060, SERVER, 5060, invite), Datagram(0.1, SERVER, 5060, ME, 5060, ok)]
     grams += [Datagram(1 + i / 50, ME, 40000, SERVER, 30000, build_rtp("1001", 1, i, 7, i * 160)) for i in range(5)]
     grams += [Datagram(1 + i / 50, SERVER, 30000, ME, 40000, build_rtp("1002", 2, i, 8, i * 160)) for i in range(3)]
+    punch = bytes([0x80, 0, 0, 1, 0, 0, 0, 160, 0, 0, 0, 9]) + b"\xff" * 160      # stage 0's NAT punch: silence
+    grams += [Datagram(0.9, SERVER, 30000, ME, 40000, punch)] * 2
     grams += [Datagram(2.0, SERVER, 30001, ME, 40001, build_rtcp_sr(8, 3, 480)),        # RTCP: not audio
               Datagram(2.0, SERVER, 31000, ME, 41000, build_rtp("1002", 2, 9, 8, 0))]   # not its media port
     obs = PeerCapture(ME).feed(grams).observations("1002")
-    assert obs["rtp"]["capture"] == {"sent": 5, "received": {"1002": {"unique": 3}}}
+    assert obs["rtp"]["capture"] == {"sent": 5, "silence_received": 2, "received": {"1002": {"unique": 3}}}
     assert obs["vias"] == [{"method": "INVITE", "status": 200, "received": "198.51.100.7", "rport": "7000"}]
     assert [(s["where"], s["c"], s["m_port"]) for s in obs["sdp_received"]] == [("200", SERVER, 30000)]
     assert obs["dialogs"] == [{"call_id": "leg-a", "role": "uac", "run": "r1", "call": 1}]
