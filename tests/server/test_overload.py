@@ -64,6 +64,7 @@ def _options(port: int) -> tuple[bytes, float]:
         return data, time.monotonic() - t0
 
 
+@pytest.mark.slow          # saturates both cores for a few seconds: not beside the default suite's timing tests
 @pytest.mark.xdist_group("sipp-load")
 def test_overload_calls_complete_or_get_503_and_server_stays_responsive(tmp_path):
     ports = Ports()          # a whole block: 600 relay ports for the calls in flight
