@@ -67,7 +67,8 @@ def _options(port: int) -> tuple[bytes, float]:
 @pytest.mark.slow          # saturates both cores for a few seconds: not beside the default suite's timing tests
 @pytest.mark.xdist_group("sipp-load")
 def test_overload_calls_complete_or_get_503_and_server_stays_responsive(tmp_path):
-    ports = Ports()          # a whole block: 600 relay ports for the calls in flight
+    ports = Ports()          # a whole block of 1000 ports: 800 of them for the relay
+    ports.relay_min = ports.ua[0] + 190      # above the UA ports of the block (SIP only here)
     env = {"AUTH_INVITE": "0", "RATE_LIMIT_FAILS": "100000", "OVERLOAD_QUEUE_MS": "50",
            "OVERLOAD_RETRY_AFTER": "7"}
     srv = ServerProcess(2, str(tmp_path), extra_env=env, ports=ports)
@@ -101,7 +102,9 @@ def test_overload_calls_complete_or_get_503_and_server_stays_responsive(tmp_path
     assert ok + failed == total, detail
     assert failed <= OTHER_OUTCOMES_MAX * total, "calls must complete or be refused with 503: " + detail
     assert refused > 0, "the offered load did not overload the server: " + detail
-    assert completed >= total // 20, "goodput collapsed: " + detail      # calls kept completing
+    # calls kept completing (the relay's 800 ports in this test bound the calls in flight: an accepted
+    # call the relay has no ports for gets 503 as well)
+    assert completed >= max(100, total // 50), "goodput collapsed: " + detail
     assert alive and data.startswith(b"SIP/2.0 200"), data[:200]
     assert took < 1.0, f"OPTIONS took {took:.2f}s after the overload"
     log = "".join(p.read_text() for p in (tmp_path / "logs").rglob("*.log"))
