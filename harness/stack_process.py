@@ -134,8 +134,12 @@ def start(lab, st: Stack, *, address: str, workdir: str, token: str, users: dict
     if st.relay == "ims-rtpproxy":
         running.relay = _start_relay(lab, address, workdir)
     if st.ims_env:
-        path = entry or fill(st.entry, values)
-        argv = [sys.executable, path if os.path.isabs(path) else os.path.join(ROOT, path)]
+        if entry:       # --candidate-entry: a file named relative to where the harness runs
+            path = os.path.abspath(entry)
+        else:           # the stack's entry: relative to this checkout
+            path = fill(st.entry, values)
+            path = path if os.path.isabs(path) else os.path.join(ROOT, path)
+        argv = [sys.executable, path]
     else:
         argv = [fill(a, values) for a in st.command]
     cwd = fill(st.cwd, values)
