@@ -40,7 +40,7 @@ ENV_HELP = """environment (original names and defaults):
                        sqlite:location.sqlite next to USERS_FILE), redis://HOST:PORT/N (shared by
                        several servers), or memory
   AUTH_INVITE          1 = challenge INVITE/MESSAGE from our users with 407 (default: stage 0 no,
-                       stages 1/2 yes)      AUTH_ALGORITHMS  default: stage 0 MD5, stages 1/2 MD5,SHA-256
+                       stages 1/2 yes)      AUTH_ALGORITHMS  default MD5 (MD5,SHA-256 also offers SHA-256)
   CDR_EXTENDED         1 = also CDR rows the original never wrote (failed REGISTER, refreshes,
                        calls/MESSAGEs the server refused) and ringing_time; default 0
   SIP_REALM, NONCE_TTL, MIN_EXPIRES, MAX_EXPIRES

@@ -66,7 +66,7 @@ STAGES: dict[int, Stage] = {
              media=MEDIA_RTPPROXY, nat_helper=False, signalling=("sipcore",),
              caller_identity=True, legacy_media_positions=False, relay_targets_source_ip=False,
              strip_target_params=True, echo_registered_contact=True,
-             auth_invite=True, auth_algorithms=("MD5", "SHA-256"), auth_failure_status=403, unknown_user_status=404,
+             auth_invite=True, auth_algorithms=("MD5",), auth_failure_status=403, unknown_user_status=404,
              server_header="ims-migrate", server_on_challenge=True, allow=ALLOW_ALL,
              allow_and_date=False, route_on_invite_2xx=False, options_local=False, punch_packets=0),
     2: Stage(2, "sippy", "run_sippy.py",
@@ -74,7 +74,7 @@ STAGES: dict[int, Stage] = {
              media=MEDIA_RTPPROXY, nat_helper=True, signalling=("sipcore", "sippy"),
              caller_identity=True, legacy_media_positions=False, relay_targets_source_ip=False,
              strip_target_params=False, echo_registered_contact=True,
-             auth_invite=True, auth_algorithms=("MD5", "SHA-256"), auth_failure_status=403, unknown_user_status=404,
+             auth_invite=True, auth_algorithms=("MD5",), auth_failure_status=403, unknown_user_status=404,
              server_header="ims-migrate", server_on_challenge=True, allow=ALLOW_ALL,
              allow_and_date=False, route_on_invite_2xx=False, options_local=False, punch_packets=0),
 }

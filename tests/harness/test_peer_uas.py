@@ -113,14 +113,16 @@ def test_recording_analysis_tells_whose_tone_was_heard(tmp_path):
 
 # --- in the NAT lab: one SIPp and one baresip scenario per stage ------------------------------------
 JOBS = [("sipp-late-offer", 0), ("sipp-late-offer", 1), ("sipp-late-offer", 2), ("sipp-both-cone", "2-sippy"),
-        ("baresip-both-symmetric", 0), ("baresip-both-symmetric", 1), ("baresip-both-symmetric", 2)]
+        ("baresip-both-symmetric", 0), ("baresip-both-symmetric", 1), ("baresip-both-symmetric", 2),
+        ("baresip-sha256-on", 2)]
+SHA256_ON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_scenarios", "baresip-sha256-on.yaml")
 
 
 @pytest.fixture(scope="module")
 def lab_runs(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("NAT labs need root (CI runs as root)")
-    by_name = {sc.name: sc for sc in load_all()}
+    by_name = {sc.name: sc for sc in [*load_all(), load(SHA256_ON)]}
     results = run_many([(by_name[name], stage, 0) for name, stage in JOBS], backend="netns",
                        evidence_root=str(tmp_path_factory.mktemp("peers")), workers=4)
     return {(r.scenario, r.stage): r for r in results}
@@ -181,3 +183,14 @@ def test_baresip_contact_instance_is_normalised():
     norm = Normaliser({"198.51.100.7": "alice-public"})
     assert norm.text("<sip:1001-0x55f277d5e350@198.51.100.7:5060>") == "<sip:1001-<instance>@<alice-public>:5060>"
     assert norm.text("<sip:1001@198.51.100.7>") == "<sip:1001@<alice-public>>"
+
+
+@pytest.mark.privileged
+@pytest.mark.xdist_group("peer-uas-lab")
+def test_baresip_cannot_register_when_sha256_is_offered_besides_md5(lab_runs):
+    """Why every stage challenges with MD5 only by default: with AUTH_ALGORITHMS=MD5,SHA-256
+    baresip 1.0 gives up instead of answering the MD5 challenge (the same phone registers on the
+    default in baresip-both-symmetric above)."""
+    r = lab_runs[("baresip-sha256-on", 2)]
+    assert not r.error, f"{r.error} (evidence {r.evidence})"
+    assert r.observation["steps"] == {"register": 401}
