@@ -148,8 +148,7 @@ GC_THRESHOLDS = (20000, 20, 100)
 def tune_gc() -> None:
     """Collect young objects every 20,000 allocations instead of 700. Every call allocates
     thousands of short-lived objects, so the default ran a collection every few messages and a
-    full one every few seconds, whose pauses were the p99 setup latency under SIPp (stage 2 at
-    300 calls/s: p99 90-115 ms with the default thresholds, 8-12 ms with these)."""
+    full one every few seconds, whose pauses were most of the p99 setup latency under SIPp."""
     gc.set_threshold(*GC_THRESHOLDS)
 
 
