@@ -2,7 +2,10 @@
 longer than a threshold (asyncio's slow-callback check, ``slow_callback_duration``), but counts
 only time the thread was running or blocked -- not time it waited for a CPU on the run queue
 (``/proc/thread-self/schedstat``), so a loaded machine does not look like a blocking call while
-a synchronous DNS lookup, an ``fsync`` or a long computation on the loop still does.
+a synchronous DNS lookup, an ``fsync`` or a long computation on the loop still does. Time spent
+in the garbage collector (of any thread: it holds the GIL) is not counted either but named in
+the line: a collection pause is a latency matter (the server tunes its thresholds and freezes its
+start-up heap), not a blocking call, and in a test process it is the test runner's heap.
 
 Off unless installed: ``sipcore.app`` installs it when ``IMS_LOOP_STALL_MS`` is set, the test
 suite (tests/loopstall.py) for every test process. Each stall is one WARNING line starting with
@@ -11,6 +14,7 @@ suite (tests/loopstall.py) for every test process. Each stall is one WARNING lin
 from __future__ import annotations
 
 import asyncio.events
+import gc
 import logging
 import os
 import threading
@@ -22,6 +26,17 @@ log = logging.getLogger(__name__)
 _original_run = asyncio.events.Handle._run
 _state = threading.local()
 _settings: dict = {"threshold": 0.1, "listeners": []}
+
+
+_gc = {"total": 0.0, "started": 0.0}
+
+
+def _gc_timer(phase: str, info: dict) -> None:
+    if phase == "start":
+        _gc["started"] = time.monotonic()
+    elif _gc["started"]:
+        _gc["total"] += time.monotonic() - _gc["started"]
+        _gc["started"] = 0.0
 
 
 def _run_queue_wait() -> float:
@@ -44,6 +59,7 @@ def _run_queue_wait() -> float:
 def _watched_run(self) -> None:
     t0 = time.monotonic()
     w0 = _run_queue_wait()
+    g0 = _gc["total"]
     try:
         _original_run(self)
     finally:
@@ -51,13 +67,15 @@ def _watched_run(self) -> None:
         threshold = _settings["threshold"]
         if wall >= threshold:
             waited = _run_queue_wait() - w0
-            if wall - waited >= threshold:
+            collecting = _gc["total"] - g0
+            if wall - waited - collecting >= threshold:
                 try:
                     what = repr(self)[:200]
                 except Exception:   # noqa: BLE001
                     what = type(self).__name__
                 text = f"loop stall: {what} blocked the loop for {wall * 1000:.0f} ms " \
-                       f"({waited * 1000:.0f} ms run-queue wait not counted)"
+                       f"({waited * 1000:.0f} ms run-queue wait and {collecting * 1000:.0f} ms garbage " \
+                       f"collection not counted)"
                 log.warning("%s", text)
                 for listener in _settings["listeners"]:
                     listener(text)
@@ -68,4 +86,6 @@ def install(threshold: float = 0.1, listener: Callable[[str], None] | None = Non
     _settings["threshold"] = threshold
     if listener is not None and listener not in _settings["listeners"]:
         _settings["listeners"].append(listener)
+    if _gc_timer not in gc.callbacks:
+        gc.callbacks.append(_gc_timer)
     asyncio.events.Handle._run = _watched_run     # type: ignore[method-assign]
