@@ -30,8 +30,9 @@ import sys
 import tempfile
 import wave
 
-from harness.agent import JsonLineAgent, agent_main
+from harness.agent import agent_main
 from harness.pcap import read_pcap
+from harness.peers.base import PeerAgent
 from harness.peers.capture import NamespaceCapture
 from harness.peers.correlate import PeerCapture
 
@@ -80,7 +81,9 @@ def heard(recording: dict) -> str:
     return "other sound"
 
 
-class BaresipPeer(JsonLineAgent):
+class BaresipPeer(PeerAgent):
+    kind = "baresip"
+
     def __init__(self):
         super().__init__()
         self.cfg: dict = {}
@@ -208,22 +211,10 @@ class BaresipPeer(JsonLineAgent):
             return {}
         if not self.cfg:
             raise ValueError("send config first")
-        if cmd == "register":
-            return await self._register(msg.get("expires"))
-        if cmd == "call":
-            return await self._call(msg["target"])
-        if cmd == "hangup":
-            return await self._hangup()
-        if cmd == "sleep":
-            await asyncio.sleep(float(msg.get("seconds", 1)))
-            return {}
-        if cmd == "wait":
-            return await self.wait_event(msg.get("event"), float(msg.get("timeout", 5)))
-        if cmd == "observations":
-            return await self._observations()
-        if cmd == "transcript":
-            return {"text": "\n".join(self.event_log)}
-        raise ValueError(f"baresip peer: command {cmd!r} is not supported (harness.peers.PEER_STEPS)")
+        return await self.common_step(cmd, msg)
+
+    def _transcript(self) -> str:
+        return "\n".join(self.event_log)
 
     async def _register(self, expires) -> dict:
         if self.proc is not None:

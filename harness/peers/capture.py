@@ -8,7 +8,9 @@ import os
 import shutil
 
 from harness.pcap import read_pcap
+from harness.peers.base import terminate
 from harness.peers.correlate import PeerCapture
+
 
 log = logging.getLogger("harness.peers.capture")
 
@@ -40,12 +42,7 @@ class NamespaceCapture:
         if proc is None or proc.returncode is not None:
             return
         await asyncio.sleep(0.2)        # the last packets reach the file (-U flushes per packet)
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 5)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await terminate(proc)
         if proc.stderr is not None:     # its counts ("N packets dropped by kernel") to the agent's log
             log.info("capture %s: %s", self.path, (await proc.stderr.read()).decode(errors="replace").strip()[-300:])
 

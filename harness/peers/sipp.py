@@ -23,7 +23,8 @@ import os
 import re
 import sys
 
-from harness.agent import JsonLineAgent, agent_main
+from harness.agent import agent_main
+from harness.peers.base import PeerAgent, terminate
 from harness.peers.capture import NamespaceCapture
 from harness.rtp_stream import RtpStream
 
@@ -34,7 +35,9 @@ PROCESS_LIMIT = 90.0
 log = logging.getLogger("harness.peers.sipp")
 
 
-class SippPeer(JsonLineAgent):
+class SippPeer(PeerAgent):
+    kind = "SIPp"
+
     def __init__(self):
         super().__init__()
         self.cfg: dict = {}
@@ -127,24 +130,9 @@ class SippPeer(JsonLineAgent):
         if cmd == "set":
             self.cfg.update({k: v for k, v in msg.items() if k not in ("id", "cmd")})
             return {}
-        if cmd == "register":
-            return await self._register(msg.get("expires"))
-        if cmd == "call":
-            return await self._call(msg["target"])
-        if cmd == "hangup":
-            return await self._hangup()
         if cmd == "reoffer":
             return await self._reoffer()
-        if cmd == "sleep":
-            await asyncio.sleep(float(msg.get("seconds", 1)))
-            return {}
-        if cmd == "wait":
-            return await self.wait_event(msg.get("event"), float(msg.get("timeout", 5)))
-        if cmd == "observations":
-            return await self._observations()
-        if cmd == "transcript":
-            return {"text": self._transcript()}
-        raise ValueError(f"SIPp peer: command {cmd!r} is not supported (harness.peers.PEER_STEPS)")
+        return await self.common_step(cmd, msg)
 
     async def _config(self, msg: dict) -> dict:
         self.cfg = {"domain": "sip.local", "expires": 300, "flow": "basic", "hold_ms": 1500,
@@ -245,13 +233,7 @@ class SippPeer(JsonLineAgent):
 
     async def close(self) -> None:
         for proc in self.procs.values():
-            if proc.returncode is None:
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 5)
-                except asyncio.TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+            await terminate(proc)
         if self._watch is not None:
             self._watch.cancel()
         if self.rtp is not None:
