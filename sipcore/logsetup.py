@@ -9,9 +9,10 @@ On the console, records below WARNING go to stdout and WARNING and above to stde
 out log holds the INFO trail and its error log only what needs attention.
 
 In the server (``background=True``) the event loop never writes a log line itself: it puts the
-record on a bounded queue and one thread formats and writes it. A console nobody reads (a full
-pipe), a stalled disk or a slow journald then delays the log, not SIP; when the queue is full the
-record is dropped and counted, and the count is logged once there is room again.
+record on a bounded queue per handler (console, file), and that handler's own thread formats and
+writes it. A console nobody reads (a full pipe), a stalled disk or a slow journald then delays
+that log, not SIP and not the other log; when a queue is full the record is dropped and counted,
+and the count is logged once that writer has caught up.
 
 Every message is written on one line: control characters in it (CR, LF, NUL, ESC, Unicode line
 separators...) are escaped (a newline as backslash-n, ESC as backslash-x1b), so a value from the
@@ -227,7 +228,7 @@ def setup_logging(level: str = "INFO", log_dir: str | None = "logs", *, console:
                   clock: Callable[[], float] = time.time, background: bool = False) -> list[logging.Handler]:
     """(Re)install our console and file handlers on the root logger; returns them.
 
-    With ``background`` they are written by one thread fed through a bounded queue (the server);
+    With ``background`` each is written by its own thread fed through a bounded queue (the server);
     without, by the thread that logs (tools and tests). Handlers installed by others (pytest's
     capture, for instance) are left alone; calling this again replaces only the handlers a
     previous call installed.

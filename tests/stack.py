@@ -33,6 +33,22 @@ def _free(port: int) -> bool:
     return True
 
 
+_given: set[int] = set()          # free_port never hands out the same port twice in one process
+
+
+def free_port() -> int:
+    """One port the kernel hands out that is free for UDP and TCP: an address nobody listens on,
+    or the port of a helper process (redis-server). A server's set of ports is FreePorts."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not {port - 1, port, port + 1} & _given and _free(port):
+            _given.add(port)
+            return port
+    raise RuntimeError("no free port found")
+
+
 LOCK_DIR = "/tmp/ims-test-ports"
 
 

@@ -15,8 +15,7 @@ from sipcore.bindings import Binding
 from sipcore.digest import compute_ha1, compute_response, parse_auth_params
 from sipcore.errors import ConfigError
 from sipcore.location_store import PersistentBindingStore, SQLiteBackend, open_location_store, parse_location_store
-from tests.ops.ports import free_port
-from tests.stack import FreePorts, ServerProcess, agent, received_from, sent
+from tests.stack import FreePorts, ServerProcess, agent, free_port, received_from, sent
 
 
 class OpsServer(ServerProcess):

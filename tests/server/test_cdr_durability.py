@@ -5,8 +5,7 @@ import threading
 import time
 
 from sipcore.cdr import CDRWriter
-from tests.ops.ports import free_port
-from tests.stack import ServerProcess, worker_index
+from tests.stack import FreePorts, ServerProcess
 
 
 def options(port: int, i: int, local_port: int) -> bytes:
@@ -19,13 +18,7 @@ def options(port: int, i: int, local_port: int) -> bytes:
 def test_rows_answered_before_kill_9_are_on_disk(tmp_path):
     """A real server writes one CDR row per OPTIONS before its 200 OK; kill -9 right after the last
     answer must not lose any of them (the row is in the kernel, the fsync comes later)."""
-    srv = ServerProcess(0, str(tmp_path))
-    srv.env["LOG_LEVEL"] = "WARNING"        # the test does not drain the server's output pipe
-    # ports free right now, not the fixed blocks other checkouts' suites may be using
-    srv.ports.sip, srv.ports.mml = free_port(), free_port()
-    relay = 25000 + worker_index() % 4 * 200
-    srv.env.update(SERVER_PORT=str(srv.ports.sip), MML_PORT=str(srv.ports.mml),
-                   RTP_PORT_MIN=str(relay), RTP_PORT_MAX=str(relay + 199))
+    srv = ServerProcess(0, str(tmp_path), extra_env={"LOG_LEVEL": "WARNING"}, ports=FreePorts())
     n = 150
     with srv, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -3,8 +3,7 @@ import socket
 
 import pytest
 
-from tests.ops.ports import free_port
-from tests.stack import ServerProcess, worker_index
+from tests.stack import FreePorts, ServerProcess
 
 
 def options(port: int, local: int, i: int) -> bytes:
@@ -15,11 +14,7 @@ def options(port: int, local: int, i: int) -> bytes:
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_server_answers_on_the_chosen_event_loop(tmp_path, loop):
-    srv = ServerProcess(0, str(tmp_path))
-    srv.ports.sip, srv.ports.mml = free_port(), free_port()
-    relay = 25800 + worker_index() % 4 * 50
-    srv.env.update(SERVER_PORT=str(srv.ports.sip), MML_PORT=str(srv.ports.mml), EVENT_LOOP=loop,
-                   RTP_PORT_MIN=str(relay), RTP_PORT_MAX=str(relay + 49))
+    srv = ServerProcess(0, str(tmp_path), extra_env={"EVENT_LOOP": loop}, ports=FreePorts())
     with srv, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         sock.settimeout(2.0)
