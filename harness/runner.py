@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from harness import peers
 from harness import stack_process
 from harness.agent_control import AgentError, AgentProcess
+from harness.console import is_ready_line
 from harness.ladder import lab_map
 from harness.observation import build_observation
 from harness.scenario import ROOT, USERS, Scenario
@@ -52,7 +53,7 @@ def _wait_ready(proc: subprocess.Popen, log_path: str, timeout: float = 25.0) ->
             break
         try:
             with open(log_path, encoding="utf-8", errors="replace") as fh:
-                if any(line.startswith("ims-migrate ") and " ready on " in line for line in fh):
+                if any(is_ready_line(line) for line in fh):
                     return
         except FileNotFoundError:
             pass

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from harness.console import is_ready_line
 from tests.hostile.target import Target
 
 pytestmark = pytest.mark.xdist_group("hostile-blocked-console")
@@ -24,7 +25,7 @@ class UnreadConsole(Target):
             line = self.proc.stdout.readline()
             if not line:
                 break
-            if line.startswith("ims-migrate ") and " ready on " in line:
+            if is_ready_line(line):
                 return self
         self.stop()
         raise RuntimeError("server did not start: " + self.output)
