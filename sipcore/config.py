@@ -33,6 +33,7 @@ DEFAULT_CONFIG_FILE = "config/config.json"
 DIGEST_ALGORITHMS = ("MD5", "SHA-256")
 MEDIA_BACKENDS = ("auto", "builtin", "rtpproxy")
 SIGNALLING_MODES = ("sipcore", "sippy")
+RTPPROXY_ENGINES = ("rtpproxy", "rtpengine")     # what RTPPROXY_AUTO_START starts (ims-rtpproxy --engine)
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 
@@ -172,6 +173,7 @@ class Config:
     tcp_first_message_timeout: float = 10.0
     dns_timeout: float = 2.0
     dns_resolve: bool = True
+    rtpproxy_engine: str = "rtpproxy"         # RTPPROXY_ENGINE: the relay an auto-start launches
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, config_file: str | None = None, *,
@@ -230,6 +232,10 @@ class Config:
         if signalling not in SIGNALLING_MODES:
             raise ConfigError("SIGNALLING", f"must be one of {', '.join(SIGNALLING_MODES)}, got {signalling!r}")
         event_loop = _event_loop(get("EVENT_LOOP", "asyncio"))
+        rtpproxy_engine = get("RTPPROXY_ENGINE", "rtpproxy").strip().lower()
+        if rtpproxy_engine not in RTPPROXY_ENGINES:
+            raise ConfigError("RTPPROXY_ENGINE", f"must be one of {', '.join(RTPPROXY_ENGINES)}, "
+                                                 f"got {rtpproxy_engine!r}")
         backend = get("MEDIA_RELAY_BACKEND", "auto").strip().lower()
         if backend not in MEDIA_BACKENDS:
             raise ConfigError("MEDIA_RELAY_BACKEND", f"must be builtin or rtpproxy, got {backend!r}")
@@ -272,13 +278,18 @@ class Config:
             if "\x00" in get(name, "x"):
                 raise ConfigError(name, "path contains a NUL character")
 
+        rtpproxy_nodes = _rtpproxy_nodes(get)
+        if rtpproxy_engine == "rtpengine" and not rtpproxy_nodes[0][0].startswith("udp:"):
+            raise ConfigError("RTPPROXY_ENGINE", f"rtpengine takes the rtpproxy protocol on udp:HOST:PORT "
+                                                 f"only, the relay node is {rtpproxy_nodes[0][0]}")
         return cls(
             server_ip=server_ip, server_port=port, bind_ip=bind_ip, event_loop=event_loop,
             advertised_host=public_host, advertised_port=public_port,
             enable_tcp=_bool("ENABLE_TCP", get("ENABLE_TCP", "0")),
             local_networks=_networks("LOCAL_NETWORK_CIDR", get("LOCAL_NETWORK_CIDR", DEFAULT_LOCAL_NETWORKS)),
-            rtpproxy_nodes=_rtpproxy_nodes(get),
+            rtpproxy_nodes=rtpproxy_nodes,
             rtpproxy_auto_start=_bool("RTPPROXY_AUTO_START", get("RTPPROXY_AUTO_START", "1")),
+            rtpproxy_engine=rtpproxy_engine,
             rtp_port_min=rtp_min, rtp_port_max=rtp_max,
             rtp_inactivity_timeout=_float("RTP_INACTIVITY_TIMEOUT", get("RTP_INACTIVITY_TIMEOUT", "60")),
             media_relay_backend=backend,

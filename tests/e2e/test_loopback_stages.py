@@ -10,9 +10,15 @@ import pytest
 from tests.stack import PYTHON, ROOT, ServerProcess, agent, received_from, sent
 
 
-@pytest.fixture(params=[0, 1, 2, "2-sippy"], ids=["stage0", "stage1", "stage2", "stage2-sippy"])
+VARIANTS = {"2-sippy": (2, {"SIGNALLING": "sippy"}), "2-rtpengine": (2, {"RTPPROXY_ENGINE": "rtpengine"})}
+
+
+@pytest.fixture(params=[0, 1, 2, "2-sippy", "2-rtpengine"],
+                ids=["stage0", "stage1", "stage2", "stage2-sippy", "stage2-rtpengine"])
 def server(request, tmp_path):
-    stage, env = (2, {"SIGNALLING": "sippy"}) if request.param == "2-sippy" else (request.param, None)
+    stage, env = VARIANTS.get(request.param, (request.param, None))
+    if request.param == "2-rtpengine" and not shutil.which("rtpengine"):
+        pytest.fail("rtpengine is not installed: run scripts/setup.sh (apt-get install rtpengine-daemon)")
     with ServerProcess(stage, str(tmp_path), extra_env=env) as srv:
         yield srv
 
@@ -37,6 +43,8 @@ def test_register_call_media_and_cdr(server):
         assert received_from(b, "1001") >= 0.9 * sent(a)
         assert received_from(a, "1002") >= 0.9 * sent(b)
         assert alice.request("message", target="1002", text="hi")["code"] == 200
+        if server.env.get("RTPPROXY_ENGINE") == "rtpengine":     # the relay the server started is rtpengine
+            assert "--engine rtpengine" in server.console.text(), server.console.text()[-2000:]
     finally:
         alice.close()
         bob.close()

@@ -86,13 +86,21 @@ def test_rtpproxy_specs(tmp_path, env, nodes):
     ("SIGNALLING", "pjsip"), ("RTP_INACTIVITY_TIMEOUT", "-5"), ("RTPPROXY_AUTO_START", "sometimes"),
     ("RTPPROXY_SOCKET", "http://x"), ("RTPPROXY_SOCKET", "udp:127.0.0.1:99999"), ("RTPPROXY_NODES", "udp:h:1=0"),
     ("RTPPROXY_NODES", "udp6:notv6:7722"), ("RTPPROXY_UDP_PORT", "0"), ("RTPPROXY_TCP_PORT", "abc"),
-    ("SIP_REALM", 'a"b'), ("UDP_BIND_IP", "localhost"),
+    ("SIP_REALM", 'a"b'), ("UDP_BIND_IP", "localhost"), ("RTPPROXY_ENGINE", "mediaproxy"),
 ])
 def test_invalid_values_name_the_key(tmp_path, key, value):
     with pytest.raises(ConfigError) as exc:
         cfg(tmp_path, **{key: value})
     assert exc.value.key == key
     assert key in str(exc.value)
+
+
+def test_rtpengine_needs_a_udp_control_socket(tmp_path):
+    assert cfg(tmp_path, RTPPROXY_ENGINE="RTPengine").rtpproxy_engine == "rtpengine"
+    assert cfg(tmp_path).rtpproxy_engine == "rtpproxy"
+    with pytest.raises(ConfigError) as exc:
+        cfg(tmp_path, RTPPROXY_ENGINE="rtpengine", RTPPROXY_SOCKET="unix:/tmp/rtpp.sock")
+    assert exc.value.key == "RTPPROXY_ENGINE" and "unix:/tmp/rtpp.sock" in str(exc.value)
 
 
 def test_min_above_max_names_the_key(tmp_path):
