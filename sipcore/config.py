@@ -232,10 +232,6 @@ class Config:
         if signalling not in SIGNALLING_MODES:
             raise ConfigError("SIGNALLING", f"must be one of {', '.join(SIGNALLING_MODES)}, got {signalling!r}")
         event_loop = _event_loop(get("EVENT_LOOP", "asyncio"))
-        rtpproxy_engine = get("RTPPROXY_ENGINE", "rtpproxy").strip().lower()
-        if rtpproxy_engine not in RTPPROXY_ENGINES:
-            raise ConfigError("RTPPROXY_ENGINE", f"must be one of {', '.join(RTPPROXY_ENGINES)}, "
-                                                 f"got {rtpproxy_engine!r}")
         backend = get("MEDIA_RELAY_BACKEND", "auto").strip().lower()
         if backend not in MEDIA_BACKENDS:
             raise ConfigError("MEDIA_RELAY_BACKEND", f"must be builtin or rtpproxy, got {backend!r}")
@@ -279,9 +275,7 @@ class Config:
                 raise ConfigError(name, "path contains a NUL character")
 
         rtpproxy_nodes = _rtpproxy_nodes(get)
-        if rtpproxy_engine == "rtpengine" and not rtpproxy_nodes[0][0].startswith("udp:"):
-            raise ConfigError("RTPPROXY_ENGINE", f"rtpengine takes the rtpproxy protocol on udp:HOST:PORT "
-                                                 f"only, the relay node is {rtpproxy_nodes[0][0]}")
+        rtpproxy_engine = _rtpproxy_engine(get("RTPPROXY_ENGINE", "rtpproxy"), rtpproxy_nodes)
         return cls(
             server_ip=server_ip, server_port=port, bind_ip=bind_ip, event_loop=event_loop,
             advertised_host=public_host, advertised_port=public_port,
@@ -528,6 +522,16 @@ def _float(key: str, value) -> float:
     if not 0 < f < 1e7:
         raise ConfigError(key, f"must be a positive number of seconds, got {value!r}")
     return f
+
+
+def _rtpproxy_engine(value: str, nodes: tuple[tuple[str, int], ...]) -> str:
+    engine = value.strip().lower()
+    if engine not in RTPPROXY_ENGINES:
+        raise ConfigError("RTPPROXY_ENGINE", f"must be one of {', '.join(RTPPROXY_ENGINES)}, got {engine!r}")
+    if engine == "rtpengine" and not nodes[0][0].startswith("udp:"):
+        raise ConfigError("RTPPROXY_ENGINE", f"rtpengine takes the rtpproxy protocol on udp:HOST:PORT only, "
+                                             f"the relay node is {nodes[0][0]}")
+    return engine
 
 
 def _bool(key: str, value) -> bool:
