@@ -11,7 +11,11 @@
   stream count with <0.5% loss while the 50 pps schedule is kept and the added p99 latency stays
   under 50 ms, and the relay's CPU seconds per million packets relayed. The load comes from
   rtpgen, a C program with sendmmsg/recvmmsg (benchmarks/mediagen, built by scripts/setup.sh), in
-  its own process; ``--generator python`` keeps the old in-process Python generator.
+  its own process; ``--generator python`` keeps the old in-process Python generator. Steps of
+  100-200 streams locate the knee (last passing and first failing step, a relay stops after two
+  failed steps in a row); each round also records the load average and where packets were lost in
+  the kernel (the relay's socket drop counters, the machine's UDP RcvbufErrors/NoPorts), and the
+  table gives each relay's streams as a ratio to the Python relay's.
 
 Results are printed as a table and written as JSON plus a PNG plot next to it, with the machine's
 load average: figures taken while other work runs on the machine are not capacity figures.
@@ -413,6 +417,31 @@ def rtpgen_binary() -> str | None:
     return RTPGEN if os.access(RTPGEN, os.X_OK) else None
 
 
+UDP_COUNTERS = ("InErrors", "RcvbufErrors", "SndbufErrors", "NoPorts")
+
+
+def udp_counters() -> dict:
+    """The kernel's UDP error counters (/proc/net/snmp), machine-wide for this network namespace:
+    other programs' traffic on the machine counts too."""
+    with open("/proc/net/snmp") as fh:
+        head, values = [ln.split()[1:] for ln in fh if ln.startswith("Udp:")][:2]
+    table = dict(zip(head, (int(v) for v in values)))
+    return {k: table.get(k, 0) for k in UDP_COUNTERS}
+
+
+def socket_drops(port_min: int, port_max: int) -> int:
+    """Datagrams the kernel dropped at the receive buffers of the UDP sockets bound to these local
+    ports (the ``drops`` column of /proc/net/udp, counted since each socket was opened)."""
+    drops = 0
+    with open("/proc/net/udp") as fh:
+        next(fh)
+        for ln in fh:
+            f = ln.split()
+            if port_min <= int(f[1].rsplit(":", 1)[1], 16) <= port_max:
+                drops += int(f[-1])
+    return drops
+
+
 def _proc_cpu(pid: int) -> float:
     """CPU seconds (user + system, all threads) of a process, from /proc."""
     with open(f"/proc/{pid}/stat") as fh:
@@ -438,11 +467,14 @@ async def _media_round_c(backend, streams: int, seconds: float, base_port: int, 
     spec = os.path.join(workdir, f"rtpgen-{streams}.spec")
     with open(spec, "w") as fh:
         fh.writelines(lines)
-    cpu0 = relay_cpu()
+    load = os.getloadavg()[0]
+    kernel0, cpu0 = udp_counters(), relay_cpu()
     proc = await asyncio.create_subprocess_exec(RTPGEN, spec, str(seconds), "50", stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), timeout=seconds + 60)
     cpu = relay_cpu() - cpu0
+    kernel1 = udp_counters()
+    relay_drops = socket_drops(*RELAY_PORTS)         # the relay's sockets, before the deletes close them
     for i in range(streams):
         await backend.delete(f"bench{i}", "fa", "tb")
     if proc.returncode != 0:
@@ -451,7 +483,16 @@ async def _media_round_c(backend, streams: int, seconds: float, base_port: int, 
     r["generator"] = "rtpgen (C, sendmmsg/recvmmsg)"
     r["relay_cpu_s"] = round(cpu, 3)
     r["relay_cpu_s_per_mpkt"] = round(cpu / (r["received"] / 1e6), 2) if r["received"] else None
+    r["load_avg_1m"] = round(load, 2)
+    # where packets were lost: the relay's receive buffers (its sockets' drop counters), anywhere on
+    # the machine (RcvbufErrors: the relay's, the generator's or another program's), or sent to a
+    # closed port (NoPorts: e.g. packets still in the relay when the generator exited)
+    r["kernel_udp"] = {k: kernel1[k] - kernel0[k] for k in UDP_COUNTERS}
+    r["kernel_udp"]["relay_socket_drops"] = relay_drops
     return r
+
+
+STOP_AFTER_FAILED_STEPS = 2     # a relay's rounds end after this many failed steps in a row
 
 
 def media_round_passes(r: dict) -> bool:
@@ -467,16 +508,20 @@ def media_capacity(kind: str, counts: list[int], seconds: float, workdir: str, g
     code = f"""
 import asyncio, json, sys
 sys.path.insert(0, {ROOT!r})
-from harness.bench import MEDIA_ENDPOINT_BASE, _media_round, _media_round_c, _backend
+from harness.bench import MEDIA_ENDPOINT_BASE, _media_round, _media_round_c, _backend, media_round_passes
 async def main():
     backend, cleanup, relay_cpu = await _backend({kind!r}, {workdir!r})
     out = []
     try:
+        failed = 0
         for n in {counts!r}:
             if {generator!r} == "c":
                 out.append(await _media_round_c(backend, n, {seconds!r}, MEDIA_ENDPOINT_BASE, relay_cpu, {workdir!r}))
             else:
                 out.append(await _media_round(backend, n, {seconds!r}, MEDIA_ENDPOINT_BASE))
+            failed = 0 if media_round_passes(out[-1]) else failed + 1
+            if failed == {STOP_AFTER_FAILED_STEPS}:   # past the knee: more streams only cost time
+                break
     finally:
         await cleanup()
     print(json.dumps(out))
@@ -488,10 +533,17 @@ asyncio.run(main())
     rounds = json.loads(proc.stdout.strip().splitlines()[-1])
     ok = [r for r in rounds if media_round_passes(r)]
     best = max(ok, key=lambda r: r["streams"]) if ok else None
+    above = [r["streams"] for r in rounds if not media_round_passes(r) and (not best or r["streams"] > best["streams"])]
+    cpu = [r["relay_cpu_s_per_mpkt"] for r in rounds if r.get("relay_cpu_s_per_mpkt")]
     return {"relay": kind, "generator": generator, "rounds": rounds,
             "max_streams_under_half_pct_loss": best["streams"] if best else 0,
+            "first_failing_streams": min(above) if above else None,     # the knee lies between the two
             "lat_p50_ms": best["lat_p50_ms"] if best else None, "lat_p99_ms": best["lat_p99_ms"] if best else None,
-            "relay_cpu_s_per_mpkt": best.get("relay_cpu_s_per_mpkt") if best else None}
+            "relay_cpu_s_per_mpkt": best.get("relay_cpu_s_per_mpkt") if best else None,
+            # CPU per packet over every round (it hardly depends on the load below saturation)
+            "relay_cpu_s_per_mpkt_median": sorted(cpu)[len(cpu) // 2] if cpu else None,
+            "relay_socket_drops": best["kernel_udp"]["relay_socket_drops"] if best and "kernel_udp" in best else None,
+            "load_avg_1m": [r.get("load_avg_1m") for r in rounds]}
 
 
 async def _backend(kind: str, workdir: str):
@@ -554,8 +606,9 @@ def plot(data: dict, path: str) -> None:
 @click.option("--kamailio-rates", default="1000,2000,3000,4000,5000", show_default=True,
               help="offered calls/s for the Kamailio row (it is SIPp-bound well above the stages)")
 @click.option("--seconds", type=float, default=5.0, show_default=True, help="per call-rate step")
-@click.option("--streams", default="200,400,800,1200,1600,2000,2400", show_default=True,
-              help="concurrent media streams per step")
+@click.option("--streams", default="200,300,400,500,600,700,800,1000,1200,1400,1600,1800,2000",
+              show_default=True, help="concurrent media streams per step (a relay stops after "
+              f"{STOP_AFTER_FAILED_STEPS} failed steps in a row)")
 @click.option("--media-seconds", type=float, default=4.0, show_default=True)
 @click.option("--kamailio/--no-kamailio", default=True, show_default=True,
               help="add the Kamailio reference row (stacks/kamailio/bench.cfg) to the call setup rounds")
@@ -631,14 +684,19 @@ def bench(stages, rates, kamailio_rates, seconds, streams, media_seconds, kamail
     if rows:
         click.echo(tabulate(rows, headers=["call setup", "users", "REGISTER/s", "calls/s (<1% fail)", "p50 ms",
                                            "p99 ms", "server CPU ms/call", "process + children", "vs kamailio"]))
-    mrows = [[m["relay"], m["max_streams_under_half_pct_loss"], m["lat_p50_ms"], m["lat_p99_ms"],
-              m.get("relay_cpu_s_per_mpkt")] for m in data["media"]]
+    python_relay = next((m for m in data["media"] if m["relay"] == "legacy-relay"), None)
+    mrows = []
+    for m in data["media"]:
+        n, base = m["max_streams_under_half_pct_loss"], (python_relay or {}).get("max_streams_under_half_pct_loss")
+        loads = [x for x in m.get("load_avg_1m", []) if x is not None]
+        mrows.append([m["relay"], n, m.get("first_failing_streams") or "-", m["lat_p50_ms"], m["lat_p99_ms"],
+                      m.get("relay_cpu_s_per_mpkt"), m.get("relay_cpu_s_per_mpkt_median"),
+                      m.get("relay_socket_drops"), f"{n / base:.2f}x" if base else "-",
+                      f"{min(loads):.1f}-{max(loads):.1f}" if loads else "-"])
     if mrows:
-        base = mrows[0][1] or 1
-        for r in mrows:
-            r.append(f"{r[1] / base:.2f}x")
-        click.echo(tabulate(mrows, headers=["media relay", "streams (<0.5% loss)", "added p50 ms", "p99 ms",
-                                            "relay CPU s/Mpkt", "vs first"]))
+        click.echo(tabulate(mrows, headers=["media relay", "streams (<0.5% loss)", "first failing", "added p50 ms",
+                                            "p99 ms", "relay CPU s/Mpkt", "(median)", "relay sock drops",
+                                            "vs Python relay", "load 1m"]))
     click.echo(f"machine: {data['machine']}")
     with open(os.path.join(output, "bench.json"), "w") as fh:
         json.dump(data, fh, indent=2)
