@@ -69,6 +69,57 @@ def test_sqlite_store_writes_through_and_restores(tmp_path):
         again.close()
 
 
+class CountingSQLite(SQLiteBackend):
+    """The real SQLite backend, remembering the batches the writer thread handed it."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.batches: list[list[str]] = []
+
+    def write(self, ops):
+        self.batches.append([aor for aor, _, _ in ops])
+        super().write(ops)
+
+
+def _rows(path) -> dict[str, str]:
+    import sqlite3
+    conn = sqlite3.connect(path)
+    try:
+        return dict(conn.execute("SELECT aor, bindings FROM location"))
+    finally:
+        conn.close()
+
+
+def test_sqlite_writes_a_burst_in_few_batches_and_keeps_the_last_change(tmp_path):
+    path = str(tmp_path / "loc.sqlite")
+    backend = CountingSQLite(path)
+    store = PersistentBindingStore(backend)
+    try:
+        for i in range(300):                                   # a REGISTER burst: one transaction per batch
+            aor = f"sip:u{i}@sip.local"
+            store.put(aor, [binding(aor, f"sip:u{i}@10.0.0.5:{5000 + i}")])
+        store.put("sip:u1@sip.local", [binding("sip:u1@sip.local", "sip:u1@10.0.0.9:7000")])   # refreshed
+        store.put("sip:u2@sip.local", [])                      # unregistered before it was written
+        deadline = time.monotonic() + 5                        # no flush: the writer gets there by itself
+        while len(_rows(path)) < 299 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rows = _rows(path)
+        assert len(rows) == 299 and "sip:u2@sip.local" not in rows
+        assert "sip:u1@10.0.0.9:7000" in rows["sip:u1@sip.local"]
+        assert sum(len(b) for b in backend.batches) <= 302 and len(backend.batches) <= 5, backend.batches
+        store.clear()                                          # a clear, then a new REGISTER: only that one stays
+        store.put("sip:new@sip.local", [binding("sip:new@sip.local", "sip:new@10.0.0.5:5060")])
+        assert store.flush()
+        assert list(_rows(path)) == ["sip:new@sip.local"]
+    finally:
+        store.close()
+    again = PersistentBindingStore(SQLiteBackend(path))
+    try:
+        assert again.restored == 1 and again.get("sip:new@sip.local")[0].contact == "sip:new@10.0.0.5:5060"
+    finally:
+        again.close()
+
+
 def test_sqlite_restart_and_stage_change_keep_registrations(tmp_path):
     """REGISTER on stage 0, restart as stage 2 (the cutover copy), call without a new REGISTER."""
     ports = FreePorts()
