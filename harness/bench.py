@@ -203,23 +203,65 @@ def _own_cpu(pid: int) -> float:
         return 0.0
 
 
-def register_users(port: int, users: int, rate: int, workdir: str, local_port: int) -> dict:
-    """REGISTER ``users`` users through the server with SIPp (digest answered), at ``rate``/s."""
+def register_users(port: int, users: int, rate: int, workdir: str, local_port: int, pid: int | None = None) -> dict:
+    """REGISTER ``users`` users through the server with SIPp (digest answered), offered at ``rate``/s.
+
+    ``register_per_s`` is registrations completed (200 OK, after the 401 round trip where there is
+    one) per second of SIPp's own run time; refused (503 from the overload control), timed-out and
+    otherwise failed registrations are counted apart and never in the rate. A failed registration
+    is aborted without the BYE SIPp sends by default (load of its own, answered 404). With
+    ``pid``, the server's CPU per completed registration (its process tree, from /proc)."""
     csv_path = os.path.join(workdir, "users.csv")
     with open(csv_path, "w") as fh:
         fh.write("SEQUENTIAL\n")
         fh.writelines(f"{u};[authentication username={u} password=1234];\n" for u in bench_users(users))
+    cpu0 = _tree_cpu(pid) if pid else 0.0
     t0 = time.monotonic()
-    subprocess.run(["sipp", f"127.0.0.1:{port}", "-sf", os.path.join(ROOT, "benchmarks", "sipp", "register_users.xml"),
-                    "-inf", csv_path, "-i", "127.0.0.1", "-p", str(local_port), "-r", str(rate), "-m", str(users),
-                    "-l", str(max(100, rate)), "-timeout", str(int(users / max(rate, 1)) + 60), "-nostdin",
-                    "-trace_stat", "-fd", "1", "-stf", "reg_.csv"],
-                   cwd=workdir, capture_output=True, text=True, timeout=users / max(rate, 1) + 120)
-    elapsed = time.monotonic() - t0
-    stats = _sipp_stats(workdir, "reg_.csv")
+    out = subprocess.run(["sipp", f"127.0.0.1:{port}", "-sf", os.path.join(ROOT, "benchmarks", "sipp", "register_users.xml"),
+                          "-inf", csv_path, "-i", "127.0.0.1", "-p", str(local_port), "-r", str(rate), "-m", str(users),
+                          "-l", str(max(100, rate)), "-timeout", str(int(users / max(rate, 1)) + 60), "-nostdin", "-default_behaviors", "all,-bye",
+                          "-trace_stat", "-fd", "1", "-stf", "reg_.csv"],
+                         cwd=workdir, capture_output=True, text=True, timeout=users / max(rate, 1) + 120)
+    wall = time.monotonic() - t0
+    cpu = _tree_cpu(pid) - cpu0 if pid else None
+    stats = _sipp_stats(workdir, "reg_.csv", keep_text=True)
+    elapsed = _sipp_seconds(stats.get("ElapsedTime(C)")) or wall
     ok, failed = stats.get("SuccessfulCall(C)", 0), stats.get("FailedCall(C)", users)
     return {"users": users, "offered_register_per_s": rate, "registered": ok, "failed": failed,
+            "failed_unexpected_reply": stats.get("FailedUnexpectedMessage(C)"),     # 503 (overload) and the like
+            "failed_timeout": stats.get("FailedMaxUDPRetrans(C)"),
+            "retransmissions": stats.get("Retransmissions(C)"),
+            "register_ms_mean": round(_sipp_seconds(stats.get("CallLength(C)")) * 1000, 2)
+            if _sipp_seconds(stats.get("CallLength(C)")) is not None else None,
+            "sipp_seconds": round(elapsed, 2), "wall_seconds": round(wall, 2), "sipp_exit": out.returncode,
+            "server_cpu_ms_per_register": round(cpu * 1000 / ok, 3) if cpu is not None and ok else None,
+            "load": os.getloadavg(),
             "register_per_s": round(ok / elapsed, 1) if elapsed else 0}
+
+
+def _register_cell(reg: dict) -> str | None:
+    """The table's REGISTER/s cell: the rate, the failures beside it, the server CPU per REGISTER."""
+    if not reg:
+        return None
+    text = f"{reg.get('register_per_s')}"
+    if reg.get("failed"):
+        text += f" ({reg['failed']} failed)"
+    if reg.get("server_cpu_ms_per_register") is not None:
+        text += f", {reg['server_cpu_ms_per_register']} ms CPU"
+    return text
+
+
+def _sipp_seconds(value) -> float | None:
+    """SIPp's duration text ``HH:MM:SS:micro`` (or ``HH:MM:SS``) in seconds."""
+    if not isinstance(value, str):
+        return None
+    parts = value.strip().split(":")
+    try:
+        h, m, sec = int(parts[0]), int(parts[1]), int(parts[2])
+        frac = int(parts[3]) / 10 ** len(parts[3]) if len(parts) > 3 else 0.0
+    except (ValueError, IndexError):
+        return None
+    return h * 3600 + m * 60 + sec + frac
 
 
 def _register(port: int, user: str, local_port: int) -> None:
@@ -255,7 +297,7 @@ def call_setup(stage: int | str, rates: list[int], seconds: float, workdir: str,
     with server as srv:
         uas_port = base + 20
         if users:
-            registration = register_users(srv.port, users, register_rate, workdir, base + 40)
+            registration = register_users(srv.port, users, register_rate, workdir, base + 40, srv.proc.pid)
         _register(srv.port, "1002", uas_port)
         uas = subprocess.Popen(["sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(uas_port), "-bg", "-nostdin"],
                                cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -301,7 +343,8 @@ def call_setup(stage: int | str, rates: list[int], seconds: float, workdir: str,
             "children_cpu_ms_per_call": best["children_cpu_ms_per_call"] if best else None}
 
 
-def _sipp_stats(workdir: str, pattern: str = "uac_*_.csv") -> dict:
+def _sipp_stats(workdir: str, pattern: str = "uac_*_.csv", keep_text: bool = False) -> dict:
+    """The last row of SIPp's -trace_stat file: counters as int (``keep_text``: the rest as text)."""
     files = sorted(glob.glob(os.path.join(workdir, pattern)), key=os.path.getmtime)
     if not files:
         return {}
@@ -315,7 +358,8 @@ def _sipp_stats(workdir: str, pattern: str = "uac_*_.csv") -> dict:
         try:
             out[k] = int(v)
         except ValueError:
-            pass
+            if keep_text:
+                out[k] = v
     for f in files:
         os.unlink(f)
     return out
@@ -677,7 +721,7 @@ def bench(stages, rates, kamailio_rates, seconds, streams, media_seconds, kamail
         ref = next((k for k in data["call_setup"] if k["stage"] == "kamailio" and k["users"] == c["users"]), None)
         reg = c.get("registration") or {}
         rows.append([c["stage"] if c["stage"] == "kamailio" else f"stage {c['stage']}", c["users"],
-                     reg.get("register_per_s"), c["max_cps_under_1pct_fail"], c["p50_ms"], c["p99_ms"],
+                     _register_cell(reg), c["max_cps_under_1pct_fail"], c["p50_ms"], c["p99_ms"],
                      c["server_cpu_ms_per_call"], _split(c),
                      f"{c['max_cps_under_1pct_fail'] / ref['max_cps_under_1pct_fail']:.2f}x"
                      if ref and ref["max_cps_under_1pct_fail"] else "-"])
