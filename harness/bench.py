@@ -219,7 +219,8 @@ def register_users(port: int, users: int, rate: int, workdir: str, local_port: i
     t0 = time.monotonic()
     out = subprocess.run(["sipp", f"127.0.0.1:{port}", "-sf", os.path.join(ROOT, "benchmarks", "sipp", "register_users.xml"),
                           "-inf", csv_path, "-i", "127.0.0.1", "-p", str(local_port), "-r", str(rate), "-m", str(users),
-                          "-l", str(max(100, rate)), "-timeout", str(int(users / max(rate, 1)) + 60), "-nostdin", "-default_behaviors", "all,-bye",
+                          "-l", str(max(100, rate)), "-timeout", str(int(users / max(rate, 1)) + 60), "-nostdin",
+                          "-default_behaviors", "all,-bye",
                           "-trace_stat", "-fd", "1", "-stf", "reg_.csv"],
                          cwd=workdir, capture_output=True, text=True, timeout=users / max(rate, 1) + 120)
     wall = time.monotonic() - t0

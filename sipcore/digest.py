@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -34,10 +36,23 @@ def compute_response(algorithm: str, ha1: str, nonce: str, method: str, uri: str
     return _h(algorithm, f"{ha1}:{nonce}:{ha2}")
 
 
+# the usual shape of a credential (what every UA sends): name=token or name="text without
+# escapes", separated by commas; anything else takes the general parser below
+_WELL_FORMED = re.compile(r'(?:[A-Za-z0-9_-]+=(?:"[^"\\]*"|[^\s,"\\]*)(?:[ \t]*,[ \t]*|[ \t]*$))*')
+_PARAM = re.compile(r'([A-Za-z0-9_-]+)="([^"\\]*)"|([A-Za-z0-9_-]+)=([^\s,"\\]*)')
+
+
 def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
     """``Digest a=b, c="d,e"`` -> ("digest", {"a": "b", "c": "d,e"}); quoted-string aware."""
     value = value.strip()
     scheme, _, rest = value.partition(" ")
+    if _WELL_FORMED.fullmatch(rest) is not None:     # one regex pass (every REGISTER comes here)
+        return scheme.lower(), {(q or t).lower(): (qv if q else tv) for q, qv, t, tv in _PARAM.findall(rest)}
+    return scheme.lower(), _parse_params_slowly(rest)
+
+
+def _parse_params_slowly(rest: str) -> dict[str, str]:
+    """Character by character: backslash escapes, unterminated quotes, names without a value."""
     params: dict[str, str] = {}
     i, n = 0, len(rest)
     while i < n:
@@ -69,7 +84,7 @@ def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
             while i < n and rest[i] != ",":
                 i += 1
             params[name] = rest[start:i].strip()
-    return scheme.lower(), params
+    return params
 
 
 def uri_matches(digest_uri: str, request_uri: str,
@@ -110,7 +125,9 @@ class DigestAuthenticator:
         self.nonce_ttl = nonce_ttl
         self.secret = secret or secrets.token_bytes(32)
         self.max_tracked = max_tracked
-        self._nc: dict[str, tuple[int, float]] = {}   # nonce -> (highest nc, issued)
+        # nonce -> (highest nc, issued), in the order of first use: expired ones leave from the front
+        self._nc: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._floor = 0.0     # nonces issued up to here that are not tracked are answered stale
 
     def _sign(self, stamp: str, rand: str) -> str:
         return hmac.new(self.secret, f"{stamp}.{rand}".encode(), hashlib.sha256).hexdigest()[:24]
@@ -141,11 +158,20 @@ class DigestAuthenticator:
             return None
 
     def _purge(self, now: float) -> None:
-        if len(self._nc) < self.max_tracked:
-            return
-        for k, (_, issued) in list(self._nc.items()):
+        """O(1) amortised: forget nonces from the front while they are expired (they are refused
+        stale by their age) or while more than ``max_tracked`` are remembered; a live nonce
+        forgotten that way, and every untracked one issued before it, is refused stale from then
+        on (the UA retries with a fresh nonce), so forgetting never lets a replay through."""
+        nc = self._nc
+        while nc:
+            _, issued = nc[next(iter(nc))]
             if now - issued > self.nonce_ttl:
-                del self._nc[k]
+                nc.popitem(last=False)
+            elif len(nc) >= self.max_tracked:
+                self._floor = max(self._floor, issued)
+                nc.popitem(last=False)
+            else:
+                return
 
     def verify(self, method: str, request_uri: str, authorization_value: str,
                lookup_ha1: Callable[[str, str, str], str | None], now: float,
@@ -191,6 +217,8 @@ class DigestAuthenticator:
         last = self._nc.get(nonce)
         if last is not None and nc <= last[0]:
             return AuthResult(False, username, reason="replayed credentials (nonce count not increasing)")
+        if last is None and issued <= self._floor:
+            return AuthResult(False, username, stale=True, reason="nonce no longer tracked")
         self._purge(now)
         self._nc[nonce] = (nc, issued)
         return AuthResult(True, username)

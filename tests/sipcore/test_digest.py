@@ -104,3 +104,60 @@ def test_digest_uri_equivalent_forms_and_sipp_default_are_accepted_replay_still_
     assert not auth.verify("REGISTER", "sip:sip.local", no_local, lookup, 1005).ok
     wrong_realm = creds(auth, ch, uri="sip:198.51.100.1:5060", nc="00000005").replace(f'realm="{REALM}"', 'realm="x"')
     assert auth.verify("REGISTER", "sip:sip.local", wrong_realm, lookup, 1006, is_local=local).reason == "wrong realm"
+
+
+def test_parse_auth_params_one_pass_agrees_with_the_general_parser():
+    """The regex pass taken for usual credentials gives what the character-by-character parser
+    gives, on usual shapes and on random text near them (the general parser then decides)."""
+    import random
+
+    from sipcore.digest import _parse_params_slowly
+    rnd = random.Random(7)
+    names = ["username", "realm", "nonce", "uri", "response", "algorithm", "qop", "nc", "cnonce", "X-Y", "a_b"]
+    values = ["u000001", "sip.local", "18c1.ab.cd", "sip:127.0.0.1:5060", "", "auth", "a,b", "x y", 'q\\"t', "=", "0001"]
+    seps = [", ", ",", " , ", ",\t", " ", "", ",,", " \\"]
+    for _ in range(20000):
+        parts = []
+        for _ in range(rnd.randrange(0, 6)):
+            name, value = rnd.choice(names), rnd.choice(values)
+            quoted = rnd.random() < 0.5
+            parts.append(f'{name}="{value}"' if quoted else f"{name}={value}")
+            parts.append(rnd.choice(seps))
+        rest = "".join(parts)
+        if rnd.random() < 0.2 and rest:                      # damage it somewhere
+            i = rnd.randrange(len(rest))
+            rest = rest[:i] + rnd.choice(' "\\,=\t') + rest[i + 1:]
+        scheme, params = parse_auth_params("Digest " + rest)
+        assert scheme == "digest" and params == _parse_params_slowly(("Digest " + rest).strip()[7:]), rest
+    _, p = parse_auth_params('Digest username="1001", realm="sip.local", nonce="n", uri="sip:a", '
+                             'response="r", algorithm=MD5, qop=auth, nc=00000001, cnonce="c"')
+    assert p == {"username": "1001", "realm": "sip.local", "nonce": "n", "uri": "sip:a", "response": "r",
+                 "algorithm": "MD5", "qop": "auth", "nc": "00000001", "cnonce": "c"}
+
+
+def test_nonce_memory_is_bounded_and_forgetting_never_lets_a_replay_through():
+    auth = DigestAuthenticator(REALM, max_tracked=50)
+    used = []
+    for i in range(200):                               # 200 live nonces, 50 remembered at most
+        value = creds(auth, auth.challenge(1000.0 + i * 0.01)[1])
+        assert auth.verify("REGISTER", "sip:sip.local", value, lookup, 1001.0 + i * 0.01).ok
+        used.append(value)
+        assert len(auth._nc) <= 50
+    oldest = auth.verify("REGISTER", "sip:sip.local", used[0], lookup, 1010.0)     # forgotten: stale, not ok
+    assert not oldest.ok and oldest.stale
+    latest = auth.verify("REGISTER", "sip:sip.local", used[-1], lookup, 1010.0)    # remembered: a replay
+    assert not latest.ok and "replay" in latest.reason
+    fresh = creds(auth, auth.challenge(1010.0)[1])       # the UA's retry with a new nonce works
+    assert auth.verify("REGISTER", "sip:sip.local", fresh, lookup, 1010.5).ok
+
+
+def test_expired_nonces_are_forgotten_as_new_ones_come():
+    auth = DigestAuthenticator(REALM, nonce_ttl=30)
+    for i in range(100):
+        assert auth.verify("REGISTER", "sip:sip.local", creds(auth, auth.challenge(1000.0)[1]), lookup, 1001.0).ok
+    assert len(auth._nc) == 100
+    value = creds(auth, auth.challenge(1040.0)[1])
+    assert auth.verify("REGISTER", "sip:sip.local", value, lookup, 1041.0).ok
+    assert len(auth._nc) == 1                            # the 100 expired ones are gone
+    stale = auth.verify("REGISTER", "sip:sip.local", creds(auth, auth.challenge(1000.0)[1]), lookup, 1042.0)
+    assert not stale.ok and stale.stale
