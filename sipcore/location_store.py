@@ -232,7 +232,9 @@ class RedisBackend:
 # --- the store ------------------------------------------------------------------------------------
 # How long the writer gathers changes before it writes them (SQLite): one transaction then holds
 # every REGISTER of that time instead of one commit each, which cost more than the REGISTER itself.
-# A shared store (Redis) is written at once: the other servers must see a REGISTER at once.
+# A shared store (Redis) is written at once, the other servers must see a REGISTER at once (a
+# 5 ms delay already let a call through another server miss a REGISTER just answered); changes
+# that come while it writes go in its next pipeline.
 WRITE_DELAY = 0.1
 
 
@@ -242,7 +244,7 @@ class PersistentBindingStore(MemoryBindingStore):
     ``put`` encodes the AOR's bindings at once (the event loop's consistent view) and files them
     in a dict of pending changes keyed by AOR, so a later change of the same AOR replaces an
     unwritten one; the writer thread takes the whole dict ``write_delay`` seconds after the first
-    change (at once for a shared store) and writes it in one batch. It is woken once per batch, not
+    change (0.1 s; at once for a shared store) and writes it in one batch. It is woken once per batch, not
     once per REGISTER."""
 
     def __init__(self, backend, *, clock=time.time, write_delay: float | None = None):
