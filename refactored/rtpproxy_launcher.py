@@ -52,11 +52,13 @@ RTPENGINE_LEVELS = {"DBUG": "7", "INFO": "6", "WARN": "4", "ERR": "3", "CRIT": "
 
 def rtpengine_argv(a) -> list[str]:
     """rtpengine with the rtpproxy-compatible UDP control socket, user-space forwarding (no kernel
-    module table), in the foreground, logging to stderr."""
+    module table), in the foreground, logging to stderr. ``--config-file=none``: Debian's
+    /etc/rtpengine/rtpengine.conf would add fixed NG, CLI and HTTP listeners (127.0.0.1:2223-2225),
+    so a second rtpengine on the machine (another server, a parallel test) failed to start."""
     kind, addr = parse_spec(a.control)
     if kind != "udp":
         raise ValueError("--engine rtpengine needs a udp:HOST:PORT control socket")
-    return ["-f", "-E", "--table=-1", f"--interface={a.listen}", f"--listen-udp={addr[0]}:{addr[1]}",
+    return ["--config-file=none", "-f", "-E", "--table=-1", f"--interface={a.listen}", f"--listen-udp={addr[0]}:{addr[1]}",
             f"--port-min={a.port_min}", f"--port-max={a.port_max}",
             f"--log-level={RTPENGINE_LEVELS.get(a.debug.upper(), '4')}"]
 

@@ -32,8 +32,8 @@ ENV_HELP = """environment (original names and defaults):
   RTPPROXY_UDP_HOST/RTPPROXY_UDP_PORT, RTPPROXY_TCP_HOST/RTPPROXY_TCP_PORT  (127.0.0.1:7722)
   RTPPROXY_NODES       several relays: spec=weight,spec=weight
   RTPPROXY_AUTO_START  1 = start ims-rtpproxy when nothing answers (default 1)
-  RTPPROXY_ENGINE      relay it starts: rtpproxy (embedded RTPProxy) or rtpengine (Debian
-                       rtpengine-daemon, udp control socket only); default rtpproxy
+  RTPPROXY_ENGINE      relay it starts: rtpproxy (default, the embedded RTPProxy of rtp-io) or
+                       rtpengine (Debian rtpengine-daemon, udp control socket only)
   RTP_PORT_MIN/RTP_PORT_MAX  media ports, default 20000-29999
   UDP_BIND_IP          address SIP listens on; default SERVER_IP when it is an address of
                        this host, else 0.0.0.0

@@ -235,16 +235,25 @@ def test_embedded_rtpproxy_runs_without_rtp_io_default_modules(rtpproxy, tmp_pat
 
 
 def test_rtpengine_engine_answers_the_rtpproxy_protocol_and_relays(relay_range, tmp_path):
-    """`ims-rtpproxy --engine rtpengine` runs Debian's rtpengine behind the same client."""
-    spec = f"udp:127.0.0.1:{free_port()}"
-    local = LocalRTPProxy("127.0.0.1", spec, relay_range[0] + 450, relay_range[1], workdir=str(tmp_path),
-                          engine="rtpengine")
-    local.start()
+    """`ims-rtpproxy --engine rtpengine` runs Debian's rtpengine behind the same client; two of them
+    run side by side (Debian's config file would give both the same fixed NG/CLI ports)."""
+    half = (relay_range[1] - relay_range[0]) // 2
+    relays = []
+    for i, (lo, hi) in enumerate([(relay_range[0], relay_range[0] + half - 1), (relay_range[0] + half, relay_range[1])]):
+        spec = f"udp:127.0.0.1:{free_port()}"
+        (tmp_path / str(i)).mkdir()
+        relays.append((spec, lo, hi, LocalRTPProxy("127.0.0.1", spec, lo, hi, workdir=str(tmp_path / str(i)),
+                                                    engine="rtpengine")))
+    for *_, local in relays:
+        local.start()
     try:
-        offer, got_a, got_b = asyncio.run(call_through(spec, "e1"))
-        assert relay_range[0] + 450 <= offer.media[0].port <= relay_range[1]
-        with open(f"/proc/{local.relay_pid()}/comm") as fh:
-            assert fh.read().strip() == "rtpengine"
+        for i, (spec, lo, hi, local) in enumerate(relays):
+            offer, got_a, got_b = asyncio.run(call_through(spec, f"e{i}"))
+            assert lo <= offer.media[0].port <= hi
+            with open(f"/proc/{local.relay_pid()}/comm") as fh:
+                assert fh.read().strip() == "rtpengine"
+            assert local.alive()
+            assert got_a >= 18 and got_b >= 18
     finally:
-        local.stop()
-    assert got_a >= 18 and got_b >= 18
+        for *_, local in relays:
+            local.stop()
