@@ -12,8 +12,8 @@
   under 50 ms, and the relay's CPU seconds per million packets relayed. The load comes from
   rtpgen, a C program with sendmmsg/recvmmsg (benchmarks/mediagen, built by scripts/setup.sh), in
   its own process; ``--generator python`` keeps the old in-process Python generator. Steps of
-  100-200 streams locate the knee (last passing and first failing step, a relay stops after two
-  failed steps in a row); each round also records the load average and where packets were lost in
+  100-200 streams locate the knee (last passing and first failing step; a relay stops after two
+  steps in a row that lost >= 0.5%); each round also records the load average and where packets were lost in
   the kernel (the relay's socket drop counters, the machine's UDP RcvbufErrors/NoPorts), and the
   table gives each relay's streams as a ratio to the Python relay's.
 
@@ -537,7 +537,14 @@ async def _media_round_c(backend, streams: int, seconds: float, base_port: int, 
     return r
 
 
-STOP_AFTER_FAILED_STEPS = 2     # a relay's rounds end after this many failed steps in a row
+STOP_AFTER_SATURATED_STEPS = 2     # a relay's rounds end after this many saturated steps in a row
+
+
+def media_round_saturated(r: dict) -> bool:
+    """The relay fell behind for good: >= 0.5% of the packets lost (still queued when the generator
+    stopped, or dropped) or the 50 pps schedule not kept. A round that only missed the p99 bound
+    can be a moment of other load on the machine, so it does not end a relay's series."""
+    return r["loss"] >= 0.005 or r.get("offered_pps", 0) < 0.95 * r.get("nominal_pps", 0)
 
 
 def media_round_passes(r: dict) -> bool:
@@ -553,7 +560,7 @@ def media_capacity(kind: str, counts: list[int], seconds: float, workdir: str, g
     code = f"""
 import asyncio, json, sys
 sys.path.insert(0, {ROOT!r})
-from harness.bench import MEDIA_ENDPOINT_BASE, _media_round, _media_round_c, _backend, media_round_passes
+from harness.bench import MEDIA_ENDPOINT_BASE, _media_round, _media_round_c, _backend, media_round_saturated
 async def main():
     backend, cleanup, relay_cpu = await _backend({kind!r}, {workdir!r})
     out = []
@@ -564,8 +571,8 @@ async def main():
                 out.append(await _media_round_c(backend, n, {seconds!r}, MEDIA_ENDPOINT_BASE, relay_cpu, {workdir!r}))
             else:
                 out.append(await _media_round(backend, n, {seconds!r}, MEDIA_ENDPOINT_BASE))
-            failed = 0 if media_round_passes(out[-1]) else failed + 1
-            if failed == {STOP_AFTER_FAILED_STEPS}:   # past the knee: more streams only cost time
+            failed = failed + 1 if media_round_saturated(out[-1]) else 0
+            if failed == {STOP_AFTER_SATURATED_STEPS}:   # past the knee: more streams only cost time
                 break
     finally:
         await cleanup()
@@ -653,7 +660,7 @@ def plot(data: dict, path: str) -> None:
 @click.option("--seconds", type=float, default=5.0, show_default=True, help="per call-rate step")
 @click.option("--streams", default="200,300,400,500,600,700,800,1000,1200,1400,1600,1800,2000",
               show_default=True, help="concurrent media streams per step (a relay stops after "
-              f"{STOP_AFTER_FAILED_STEPS} failed steps in a row)")
+              f"{STOP_AFTER_SATURATED_STEPS} steps in a row with >= 0.5% loss)")
 @click.option("--media-seconds", type=float, default=4.0, show_default=True)
 @click.option("--kamailio/--no-kamailio", default=True, show_default=True,
               help="add the Kamailio reference row (stacks/kamailio/bench.cfg) to the call setup rounds")
