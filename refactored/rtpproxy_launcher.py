@@ -54,12 +54,14 @@ def rtpengine_argv(a) -> list[str]:
     """rtpengine with the rtpproxy-compatible UDP control socket, user-space forwarding (no kernel
     module table), in the foreground, logging to stderr. ``--config-file=none``: Debian's
     /etc/rtpengine/rtpengine.conf would add fixed NG, CLI and HTTP listeners (127.0.0.1:2223-2225),
-    so a second rtpengine on the machine (another server, a parallel test) failed to start."""
+    so a second rtpengine on the machine (another server, a parallel test) failed to start.
+    ``--delete-delay=0``: a ``D`` command ends the session at once, as in rtpproxy (rtpengine's
+    default keeps relaying a deleted call for 30 s)."""
     kind, addr = parse_spec(a.control)
     if kind != "udp":
         raise ValueError("--engine rtpengine needs a udp:HOST:PORT control socket")
-    return ["--config-file=none", "-f", "-E", "--table=-1", f"--interface={a.listen}", f"--listen-udp={addr[0]}:{addr[1]}",
-            f"--port-min={a.port_min}", f"--port-max={a.port_max}",
+    return ["--config-file=none", "-f", "-E", "--table=-1", "--delete-delay=0", f"--interface={a.listen}",
+            f"--listen-udp={addr[0]}:{addr[1]}", f"--port-min={a.port_min}", f"--port-max={a.port_max}",
             f"--log-level={RTPENGINE_LEVELS.get(a.debug.upper(), '4')}"]
 
 

@@ -9,7 +9,9 @@
  * and the other way round. Every stream sends PPS (50) packets/s per direction, streams spread
  * evenly over the packet interval (1 ms slots), RTP header + 160 bytes payload (G.711 20 ms).
  * The payload carries the send time (CLOCK_MONOTONIC), so the receiver measures the relay's added
- * one-way latency. Sockets are batched with sendmmsg/recvmmsg, one thread, epoll.
+ * one-way latency, and a run id: packets of an earlier run that a relay still delivers (its backlog,
+ * or sessions it keeps after the delete) are counted as stale, not as received. Sockets are
+ * batched with sendmmsg/recvmmsg, one thread, epoll.
  *
  * Prints one JSON object: packets sent/received, loss, latency p50/p99 (ms), streams that lost
  * more than 0.5%, the generator's own CPU seconds, and how late the send schedule ran.
@@ -48,7 +50,8 @@ static int nstreams;
 static struct endpoint *eps;
 static int neps;
 static uint64_t hist[HIST_N + 1];
-static uint64_t sent, received, late_slots, send_errors;
+static uint64_t sent, received, late_slots, send_errors, stale;
+static uint32_t run_id;
 
 static uint64_t now_ns(void) {
     struct timespec ts;
@@ -136,8 +139,8 @@ static void queue(int fd, struct sockaddr_in *to, int i, int dir, uint16_t seq, 
     p[0] = 0x80; p[1] = 0;
     p[2] = (unsigned char)(seq >> 8); p[3] = (unsigned char)seq;
     memcpy(p + 4, &ts, 4); memcpy(p + 8, &ssrc, 4);
-    memcpy(p + 12, &t, 8); memcpy(p + 20, &idx, 4);
-    memset(p + 24, 0xd5, PKT_LEN - 24);
+    memcpy(p + 12, &t, 8); memcpy(p + 20, &idx, 4); memcpy(p + 24, &run_id, 4);
+    memset(p + 28, 0xd5, PKT_LEN - 28);
     out_iov[out_n].iov_base = p;
     out_iov[out_n].iov_len = PKT_LEN;
     memset(&out_msgs[out_n], 0, sizeof out_msgs[out_n]);
@@ -176,9 +179,11 @@ static void drain(int fd) {
         if (r <= 0) return;
         uint64_t t = now_ns();
         for (int i = 0; i < r; i++) {
-            if (msgs[i].msg_len < 24) continue;
             uint64_t sent_at;
-            uint32_t idx;
+            uint32_t idx, rid;
+            if (msgs[i].msg_len < 28) { stale++; continue; }
+            memcpy(&rid, buf[i] + 24, 4);
+            if (rid != run_id) { stale++; continue; }
             memcpy(&sent_at, buf[i] + 12, 8);
             memcpy(&idx, buf[i] + 20, 4);
             received++;
@@ -205,6 +210,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     load_spec(argv[1]);
+    run_id = (uint32_t)now_ns() ^ ((uint32_t)getpid() << 16);
     double seconds = atof(argv[2]);
     int pps = argc > 3 ? atoi(argv[3]) : 50;
     if (seconds <= 0 || seconds > 600 || pps <= 0 || pps > 1000) {
@@ -263,10 +269,10 @@ int main(int argc, char **argv) {
     printf("{\"streams\": %d, \"sent\": %llu, \"received\": %llu, \"send_errors\": %llu, "
            "\"seconds\": %.3f, \"offered_pps\": %.0f, \"nominal_pps\": %d, \"loss\": %.5f, "
            "\"lat_p50_ms\": %.2f, \"lat_p99_ms\": %.2f, \"streams_over_half_pct_loss\": %d, "
-           "\"late_slots\": %llu, \"generator_cpu_s\": %.3f, \"sockets\": %d}\n",
+           "\"late_slots\": %llu, \"stale\": %llu, \"generator_cpu_s\": %.3f, \"sockets\": %d}\n",
            nstreams, (unsigned long long)sent, (unsigned long long)received,
            (unsigned long long)send_errors, sent_for, (double)sent / sent_for, nstreams * pps * 2,
            sent ? 1.0 - (double)received / (double)sent : 0.0, received ? pct(50) : -1.0,
-           received ? pct(99) : -1.0, lossy, (unsigned long long)late_slots, cpu, neps);
+           received ? pct(99) : -1.0, lossy, (unsigned long long)late_slots, (unsigned long long)stale, cpu, neps);
     return 0;
 }

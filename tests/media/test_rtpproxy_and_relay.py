@@ -207,8 +207,11 @@ async def call_through(spec: str, call_id: str):
     pa, pb = free_port(), free_port()
     offer = await backend.offer(call_id, "ftag", None, sdp(pa), ("127.0.0.1", 1))
     answer = await backend.answer(call_id, "ftag", "ttag", sdp(pb), ("127.0.0.1", 1))
-    got_a, got_b = await exchange(pa, pb, ("127.0.0.1", offer.media[0].port), ("127.0.0.1", answer.media[0].port))
+    relay_ports = ("127.0.0.1", offer.media[0].port), ("127.0.0.1", answer.media[0].port)
+    got_a, got_b = await exchange(pa, pb, *relay_ports)
     await backend.delete(call_id)
+    # a deleted call is relayed no more (rtpengine's default delete delay kept it going for 30 s)
+    assert await exchange(pa, pb, *relay_ports, n=5) == [0, 0]
     pool.close()
     return offer, got_a, got_b
 
