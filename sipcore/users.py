@@ -207,7 +207,8 @@ class UserStore:
 
     def lookup_ha1(self, username: str, realm: str, algorithm: str = "MD5") -> str | None:
         """HA1 for digest verification, or None (unknown, not ACTIVE, or no usable secret)."""
-        user = self.get(username)
+        self._refresh()
+        user = self._users.get(username)        # read only here: no private copy (every REGISTER)
         if user is None or str(user.get("status", "ACTIVE")).upper() != "ACTIVE":
             return None
         algorithm = algorithm.upper()
