@@ -10,6 +10,7 @@ O(1) lookups in the number of registered users and expiry through a timing wheel
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -227,7 +228,6 @@ class Registrar:
 
 
 def _register_tag(request: SIPRequest) -> str:
-    import hashlib
     return hashlib.sha1((request.call_id or "").encode("utf-8", "surrogateescape")).hexdigest()[:10]
 
 
