@@ -375,6 +375,8 @@ class PersistentBindingStore(MemoryBindingStore):
                     self.write_errors += 1
                     log.warning("location store %s: %d changes not written: %s", self.backend.describe(),
                                 len(ops), exc)
+                del ops
+            del batch                               # not kept alive while the writer waits
             self._written = upto
             if stopping:
                 return

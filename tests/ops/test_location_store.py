@@ -247,3 +247,48 @@ def test_two_servers_share_registrations_through_redis(tmp_path, redis_server):
         finally:
             alice.close()
             bob.close()
+
+
+def test_default_store_memory_per_binding_under_1kb_and_returned_after_expiry(tmp_path):
+    """The SQLite location store (every server's default) keeps nothing per binding beyond the
+    in-memory index once its writer has run, and gives it back when the bindings expire."""
+    import gc
+    import tracemalloc
+
+    from sipcore.message import parse_message
+    from sipcore.nat_helper import NATHelper
+    from sipcore.registrar import Registrar
+    from sipcore.stage_policy import StagePolicy
+    n = 2000
+    store = PersistentBindingStore(SQLiteBackend(str(tmp_path / "loc.sqlite")))
+    reg = Registrar(contact_policy=StagePolicy(2, NATHelper("198.51.100.1", ["192.168.0.0/16"])).register_contact,
+                    store=store)
+    msgs = [parse_message((
+        "REGISTER sip:sip.local SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 192.168.{i >> 8}.{i & 255}:5060;branch=z9hG4bK{i};rport\r\nMax-Forwards: 70\r\n"
+        f"To: <sip:u{i:06d}@sip.local>\r\nFrom: <sip:u{i:06d}@sip.local>;tag=f{i}\r\n"
+        f"Call-ID: reg-{i}@192.168.{i >> 8}.{i & 255}\r\nCSeq: 1 REGISTER\r\n"
+        f"Contact: <sip:u{i:06d}@192.168.{i >> 8}.{i & 255}:5060;transport=udp>\r\nExpires: 300\r\n"
+        "User-Agent: test-phone/1.0\r\nContent-Length: 0\r\n\r\n").encode()) for i in range(n)]
+    now = time.time()
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for i, m in enumerate(msgs):
+            reg.handle_register(m, ("203.0.113.7", 10000 + i), "udp", now)
+        del m
+        assert store.flush()
+        gc.collect()
+        full = tracemalloc.get_traced_memory()[0]
+        assert reg.count(now) == n and len(_rows(str(tmp_path / "loc.sqlite"))) == n
+        assert len(reg.expire(now + 301)) == n and reg.count(now + 301) == 0
+        assert store.flush()
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+        store.close()
+    assert _rows(str(tmp_path / "loc.sqlite")) == {}                  # expired rows deleted in the file too
+    assert (full - before) / n <= 1024, (full - before) / n
+    assert (after - before) / n < 64, (after - before) / n
