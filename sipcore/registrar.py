@@ -123,9 +123,11 @@ class Registrar:
 
     # --- REGISTER -----------------------------------------------------------------------------
     def handle_register(self, request: SIPRequest, source: tuple[str, int], transport: str,
-                        now: float) -> RegisterOutcome:
+                        now: float, to: NameAddr | None = None) -> RegisterOutcome:
+        """``to``: the request's To already parsed by the caller (it is not changed here)."""
         try:
-            to = request.to_addr()
+            if to is None:
+                to = request.to_addr()
         except SIPParseError as exc:
             return RegisterOutcome(build_response(request, 400, extra_headers=[("Warning", f'399 - "{exc.reason}"')]))
         if to.uri is None or not to.uri.is_sip or to.uri.user is None:

@@ -32,14 +32,14 @@ class Registration:
             if decision.failed:
                 self.events.register_failed(req, source, decision.response, decision.reason)
             return decision.response
-        to_uri = req.to_addr().uri
-        to_user = to_uri.user if to_uri is not None else None
+        to = req.to_addr()
+        to_user = to.uri.user if to.uri is not None else None
         if decision.username and to_user and decision.username != to_user:
             denial = build_response(req, 403, "Forbidden", to_tag="auth",
                                     extra_headers=[("Warning", '399 - "credentials do not match the AOR"')])
             self.events.register_failed(req, source, denial, "credentials do not match the AOR")
             return denial
-        outcome = self.registrar.handle_register(req, source, transport, now)
+        outcome = self.registrar.handle_register(req, source, transport, now, to=to)
         resp: SIPResponse = outcome.response
         for name, value in self.local_headers():
             resp.headers.add(name, value)
