@@ -3,13 +3,13 @@
     .venv/bin/python benchmarks/bench_register_path.py [--stages 0,1,2] [--users 5000] [--profile N]
 
 Each stage's real server (``assembly.build_server``: users file, CDR writer, the default SQLite
-location store, proxy core, transactions) is started in this process on loopback ports; its UDP
+location store, proxy core, transactions) is started in this process on free loopback ports; its UDP
 socket's ``sendto`` is replaced by a list, and each user's two REGISTERs (the first answered 401,
 the second with MD5 digest credentials, qop=auth, as SIPp sends them) go in through the
 transport's datagram entry point. Reported per stage: CPU per REGISTER of the whole process (the
 location writer and CDR threads included) over all users after a warm-up of 200, and with
-``--profile N`` the N functions with the most cumulative time under cProfile (which inflates
-everything, so read proportions). Process CPU time hardly depends on other load on the machine,
+``--profile N`` the N functions with the most cumulative time under cProfile on stderr (cProfile
+inflates everything, so read proportions). Process CPU time hardly depends on other load on the machine,
 unlike ``harness bench``'s REGISTER/s; the kernel's socket work (about a quarter of a REGISTER's
 CPU on loopback) and SIPp are left out, so this is not a capacity figure. JSON on stdout.
 """
@@ -24,6 +24,7 @@ import json
 import os
 import pstats
 import re
+import socket
 import sys
 import tempfile
 import time
@@ -31,9 +32,14 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-# SIP, MML, relay control at PORT_BASE + 10 * stage; RTPProxy's (unused) media range 900 below
-PORT_BASE = int(os.environ.get("IMS_BENCH_SIP_BASE", 10000)) + 1900
 WARMUP = 200
+
+
+def _free_port(kind: int) -> int:
+    """A port the kernel has free now (SIP and relay control: UDP; MML: TCP)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class _Wire:
@@ -60,22 +66,22 @@ def _register(user: str, port: int, server: str, cseq: int, auth: str = "") -> b
 async def _measure(stage: int, users: int, workdir: str, profile: int) -> dict:
     import assembly
     from sipcore.config import Config
-    base = PORT_BASE + stage * 10
+    sip, mml, control = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_STREAM), _free_port(socket.SOCK_DGRAM)
     names = [f"u{i:06d}" for i in range(users + WARMUP)]
     with open(os.path.join(workdir, "users.json"), "w") as fh:
         json.dump({u: {"username": u, "password": "1234", "status": "ACTIVE"} for u in names}, fh)
-    env = dict(os.environ, SERVER_IP="127.0.0.1", SERVER_PORT=str(base), MML_PORT=str(base + 1), MML_TOKEN="bench-token-1",
+    env = dict(os.environ, SERVER_IP="127.0.0.1", SERVER_PORT=str(sip), MML_PORT=str(mml), MML_TOKEN="bench-token-1",
                USERS_FILE=os.path.join(workdir, "users.json"), CDR_DIR=os.path.join(workdir, "CDR"),
                LOG_DIR=os.path.join(workdir, "logs"), CONFIG_FILE=os.path.join(workdir, "none.json"),
-               BLACKLIST_FILE=os.path.join(workdir, "bl"), RTPPROXY_UDP_PORT=str(base + 2),
-               RTP_PORT_MIN=str(PORT_BASE - 900 + stage * 100), RTP_PORT_MAX=str(PORT_BASE - 900 + stage * 100 + 98),
+               BLACKLIST_FILE=os.path.join(workdir, "bl"), RTPPROXY_UDP_PORT=str(control),
+               RTP_PORT_MIN="20000", RTP_PORT_MAX="20098",     # the relay's range: no call, nothing bound
                LOG_LEVEL="WARNING", AUTH_INVITE="0", RATE_LIMIT_FAILS="100000")
     server = assembly.build_server(stage, Config.from_env(env))
     await server.start()
     transport = server.transport
     wire, real = _Wire(), transport._udp
     transport._udp = wire
-    target = f"127.0.0.1:{base}"
+    target = f"127.0.0.1:{sip}"
     failures = 0
 
     async def one(i: int, user: str) -> None:
@@ -120,7 +126,8 @@ async def _measure(stage: int, users: int, workdir: str, profile: int) -> dict:
     if profiler:
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(profile)
-        row["profile"] = out.getvalue().splitlines()
+        print(f"--- stage {stage}, cProfile, top {profile} by cumulative time", file=sys.stderr)
+        print(out.getvalue(), file=sys.stderr)
     return row
 
 
