@@ -125,6 +125,8 @@ class BenchServer:
 
 KAMAILIO_CFG = os.path.join(ROOT, "stacks", "kamailio", "bench.cfg")
 UVLOOP_ROW = "2-uvloop"
+PURE_ROW = "2-pure"         # stage 2 on the pure-Python sipcore modules (IMS_COMPILED=0)
+VARIANT_ROWS = {UVLOOP_ROW: {"EVENT_LOOP": "uvloop"}, PURE_ROW: {"IMS_COMPILED": "0"}}
 
 
 class KamailioServer:
@@ -284,14 +286,14 @@ def call_setup(stage: int | str, rates: list[int], seconds: float, workdir: str,
     registered first; server CPU per call from /proc."""
     if not shutil.which("sipp"):
         raise click.ClickException("SIPp is not installed (apt-get install sip-tester)")
-    extra = {"kamailio": len(STACKS), UVLOOP_ROW: len(STACKS) + 1}
+    extra = {"kamailio": len(STACKS), UVLOOP_ROW: len(STACKS) + 1, PURE_ROW: len(STACKS) + 2}
     slot = extra[stage] if stage in extra else list(STACKS).index(str(stage))
     base = CALL_SETUP_BASE + slot * STAGE_STRIDE
     results = []
     if stage == "kamailio":
         server = KamailioServer(workdir, base)
-    elif stage == UVLOOP_ROW:                    # stage 2 on uvloop (EVENT_LOOP=uvloop)
-        server = BenchServer("2", workdir, base, users, extra_env={"EVENT_LOOP": "uvloop"})
+    elif stage in VARIANT_ROWS:                  # stage 2 on uvloop, or on pure-Python sipcore
+        server = BenchServer("2", workdir, base, users, extra_env=VARIANT_ROWS[stage])
     else:
         server = BenchServer(stage, workdir, base, users)
     registration = None
@@ -645,7 +647,8 @@ def plot(data: dict, path: str) -> None:
     if calls:
         labels = [f"{c['stage'] if c['stage'] == 'kamailio' else 'stage ' + str(c['stage'])}\n{c.get('users', 0) // 1000}k users"
                   for c in calls]
-        colours = {"kamailio": "#a72", "0": "#999", "1": "#4a7", "2": "#27a", "2-sippy": "#72a", UVLOOP_ROW: "#2aa"}
+        colours = {"kamailio": "#a72", "0": "#999", "1": "#4a7", "2": "#27a", "2-sippy": "#72a", UVLOOP_ROW: "#2aa",
+                   PURE_ROW: "#8ac"}
         ax1.bar(range(len(calls)), [c["max_cps_under_1pct_fail"] for c in calls],
                 color=[colours.get(str(c["stage"]), "#555") for c in calls])
         ax1.set_xticks(range(len(calls)), labels, fontsize=6, rotation=90)
@@ -658,6 +661,27 @@ def plot(data: dict, path: str) -> None:
     fig.suptitle(f"ims-migrate capacity — {data['machine']['cpu']} ({data['machine']['cores']} cores)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+
+
+def _reference_and_variant_rows(kamailio: bool, uvloop_row: bool, pure_row: bool) -> tuple[list, list]:
+    """The Kamailio row (before the stages) and the stage 2 variants (after them) that can run here."""
+    rows: list[int | str] = ["kamailio"] if kamailio and shutil.which("kamailio") else []
+    if kamailio and not rows:
+        click.echo("kamailio not installed (apt-get install kamailio): reference row skipped", err=True)
+    extra_rows: list[int | str] = []
+    if uvloop_row:
+        try:
+            import uvloop  # noqa: F401
+            extra_rows.append(UVLOOP_ROW)
+        except ImportError:
+            click.echo("uvloop not installed (pip install uvloop): its row is skipped", err=True)
+    if pure_row:
+        from sipcore import compiled
+        if compiled.ACTIVE:
+            extra_rows.append(PURE_ROW)
+        else:
+            click.echo(f"sipcore is {compiled.STATUS}: every row is pure Python, no {PURE_ROW} row", err=True)
+    return rows, extra_rows
 
 
 @click.command()
@@ -675,6 +699,8 @@ def plot(data: dict, path: str) -> None:
               help="add the Kamailio reference row (stacks/kamailio/bench.cfg) to the call setup rounds")
 @click.option("--uvloop/--no-uvloop", "uvloop_row", default=True, show_default=True,
               help="add a stage 2 row with EVENT_LOOP=uvloop (when uvloop is installed)")
+@click.option("--pure/--no-pure", "pure_row", default=True, show_default=True,
+              help="add a stage 2 row on the pure-Python sipcore modules (IMS_COMPILED=0), beside the compiled build")
 @click.option("--users", "users_axis", default="0,10000,50000", show_default=True,
               help="registered users before the call rounds (each value is a row per stage)")
 @click.option("--register-rate", type=int, default=2000, show_default=True, help="offered REGISTER/s for --users")
@@ -685,7 +711,7 @@ def plot(data: dict, path: str) -> None:
 @click.option("--skip-calls", is_flag=True)
 @click.option("--skip-media", is_flag=True)
 @click.option("--output", default="benchmarks/results", show_default=True)
-def bench(stages, rates, kamailio_rates, seconds, streams, media_seconds, kamailio, uvloop_row, users_axis,
+def bench(stages, rates, kamailio_rates, seconds, streams, media_seconds, kamailio, uvloop_row, pure_row, users_axis,
           register_rate, relays, generator,
           skip_calls, skip_media, output) -> None:
     """Capacity per stage, side by side: SIPp call setup rate and media relay streams."""
@@ -702,16 +728,7 @@ def bench(stages, rates, kamailio_rates, seconds, streams, media_seconds, kamail
         raise click.BadParameter(str(exc), param_hint="--stages") from None
     with tempfile.TemporaryDirectory(prefix="ims-bench-") as tmp:
         if not skip_calls:
-            rows: list[int | str] = ["kamailio"] if kamailio and shutil.which("kamailio") else []
-            if kamailio and not rows:
-                click.echo("kamailio not installed (apt-get install kamailio): reference row skipped", err=True)
-            extra_rows: list[int | str] = []
-            if uvloop_row:
-                try:
-                    import uvloop  # noqa: F401
-                    extra_rows.append(UVLOOP_ROW)
-                except ImportError:
-                    click.echo("uvloop not installed (pip install uvloop): its row is skipped", err=True)
+            rows, extra_rows = _reference_and_variant_rows(kamailio, uvloop_row, pure_row)
             for users in [int(u) for u in users_axis.split(",") if u != ""]:
                 for st in rows + stage_list + extra_rows:
                     wd = os.path.join(tmp, f"calls-{st}-{users}")

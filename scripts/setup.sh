@@ -55,6 +55,10 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "$WANT" > "$STAMP"
 fi
 
+# sipcore's hot modules compiled with mypyc (sipcore/compiled.py; ~1-2 min, skipped when current).
+# A failed build leaves the pure-Python modules in use: same behaviour, about 1.3x the CPU per call.
+.venv/bin/python scripts/build_compiled.py || echo "[setup] WARNING: the compiled build failed (above); the server runs pure Python"
+
 # the MML token the server and ims-mml read by default (never committed: .gitignore)
 .venv/bin/ims-mml --create-token-file config/mml.token >/dev/null
 

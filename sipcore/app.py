@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 
+from sipcore import compiled
 from sipcore.errors import ConfigError, MediaBackendError
 from dataclasses import dataclass
 from typing import Callable
@@ -56,6 +57,8 @@ ENV_HELP = """environment (original names and defaults):
   HANDOVER_CHECK_INTERVAL  seconds between checks of such calls; one whose RTPProxy session is
                        gone (RTPProxy's own inactivity timeout) ends RELAY_TIMEOUT (15)
   EVENT_LOOP           asyncio (default) | uvloop (PyPI uvloop) | auto (uvloop when installed)
+  IMS_COMPILED         0 = run sipcore's pure-Python modules even when the mypyc build
+                       (scripts/build_compiled.py, run by setup.sh) is current; default 1
 overload control (see MIGRATION.md "Capacity"):
   OVERLOAD_QUEUE_MS    a new INVITE/REGISTER/MESSAGE/SUBSCRIBE that waited longer than this in the
                        socket queue is answered 503 + Retry-After (default 200; 0 = off)
@@ -104,6 +107,7 @@ async def serve(stage: int, config, plugins: Plugins) -> int:
     from sipcore.mml.http_api import start_mml_server
     log.info("event loop: %s (EVENT_LOOP=%s)", type(asyncio.get_running_loop()).__module__.split(".")[0],
              config.event_loop)
+    log.info("sipcore: %s", compiled.STATUS)
     try:
         server = plugins.build_server(stage, config)
     except ConfigError as exc:          # e.g. a corrupt users.json or a bad SIGNALLING value

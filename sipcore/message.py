@@ -623,10 +623,7 @@ def parse_message(data: bytes, max_size: int = MAX_MESSAGE_SIZE,
 
 
 def _partial(method: str, headers: Headers) -> SIPRequest:
-    req = SIPRequest.__new__(SIPRequest)
-    SIPMessage.__init__(req, headers, b"")
-    req.method, req.uri, req.version = method, SipURI(host="invalid"), SIP_VERSION
-    return req
+    return SIPRequest(method, SipURI(host="invalid"), headers, b"")
 
 
 REASON_PHRASES = {
@@ -651,9 +648,9 @@ def build_response(request: SIPRequest, status: int, reason: str | None = None,
     for value in request.headers.get_raw("Via"):
         headers.add("Via", value)
     for name in ("From", "To", "Call-ID", "CSeq"):
-        value = request.headers.get(name)
-        if value is not None:
-            headers.add(name, value)
+        copied = request.headers.get(name)
+        if copied is not None:
+            headers.add(name, copied)
     if to_tag and status > 100:
         to_value = headers.get("To")
         if to_value is not None:
@@ -664,8 +661,9 @@ def build_response(request: SIPRequest, status: int, reason: str | None = None,
                     headers.set("To", str(to))
             except SIPParseError:
                 pass
-    if status == 100 and request.headers.get("Timestamp"):
-        headers.add("Timestamp", request.headers.get("Timestamp"))
+    timestamp = request.headers.get("Timestamp") if status == 100 else None
+    if timestamp:
+        headers.add("Timestamp", timestamp)
     for name, value in extra_headers:
         headers.add(name, value)
     return SIPResponse(status, reason or REASON_PHRASES.get(status, ""), headers)

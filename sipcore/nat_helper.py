@@ -19,7 +19,7 @@ import ipaddress
 import logging
 import socket
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 from sipcore.errors import SDPParseError, SIPParseError
 from sipcore.message import SIPMessage, SIPRequest
@@ -56,7 +56,7 @@ class NATCounters:
 
 
 class NATHelper:
-    def __init__(self, server_ip: str, local_networks: list[str] | None = None, *,
+    def __init__(self, server_ip: str, local_networks: Iterable[str] | None = None, *,
                  fix_origin: bool = True, fix_rtcp: bool = True, use_alias: bool = True,
                  tests: int = TEST_ALL):
         self.server_ip = server_ip
@@ -248,7 +248,7 @@ def _contacts(msg: SIPMessage) -> list[NameAddr]:
     return out
 
 
-def init_nat_helper(server_ip: str, local_networks: list[str] | None = None, **kwargs) -> NATHelper:
+def init_nat_helper(server_ip: str, local_networks: Iterable[str] | None = None, **kwargs) -> NATHelper:
     helper = NATHelper(server_ip, local_networks, **kwargs)
     log.info("NAT helper initialised, local networks: %s", [str(n) for n in helper.local_networks])
     return helper

@@ -67,6 +67,8 @@ def check_destination(addr) -> tuple[str, int, bool]:
         raise BadDestination(f"not a (host, port) pair: {addr!r}"[:120]) from None
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port <= 65535:
         raise BadDestination(f"bad port {port!r}"[:120])
+    if not isinstance(host, str):
+        raise BadDestination(f"bad host {host!r}"[:120])
     ip = ip_literal(host)
     if ip is not None:
         return ip, port, True

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from sipcore.admission import Admission, parse_outbound_route
 from sipcore import call_handover
@@ -121,7 +122,8 @@ class SIPServer:
         self._handover_check: asyncio.Task | None = None
         # Another signalling engine for INVITE dialogs (SIGNALLING=sippy: refactored.sippy_bridge):
         # start()/stop() with the server, take(msg, source, transport) -> True for its messages.
-        self.engine = None
+        # Any: the engine lives above sipcore (assembly plugs it in), sipcore names no type of it.
+        self.engine: Any = None
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:

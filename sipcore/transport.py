@@ -19,7 +19,7 @@ import logging
 import socket
 import struct
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from sipcore.errors import SIPParseError, error_response
 from sipcore.message import SIPMessage, SIPResponse, parse_message
@@ -331,11 +331,12 @@ class SIPTransport:
             writer.close()
 
     # --- sending ------------------------------------------------------------------------------
-    def send(self, msg: SIPMessage | bytes, addr: tuple[str, int], transport: str = "udp") -> None:
+    # ``addr`` may come from the wire (Via, Contact): anything, checked by check_destination
+    def send(self, msg: SIPMessage | bytes, addr: Any, transport: str = "udp") -> None:
         data = msg if isinstance(msg, bytes) else msg.to_bytes()
         self.send_raw(data, addr, transport)
 
-    def send_raw(self, data: bytes, addr: tuple[str, int], transport: str = "udp") -> None:
+    def send_raw(self, data: bytes, addr: Any, transport: str = "udp") -> None:
         """Send ``data``; never raises and never closes a listener. A destination from the wire
         that is not usable drops the message with one log line; a DNS name is resolved off the
         loop first (sipcore.resolver)."""

@@ -94,15 +94,16 @@ def test_listener_that_cannot_be_reopened_is_fatal(monkeypatch):
         t, port, got = await _udp_pair()
         t.on_fatal = fatal.append
 
-        async def cannot_bind(host, p):
-            raise OSError(98, "Address already in use")
-        monkeypatch.setattr(t, "listen_udp", cannot_bind)
         monkeypatch.setattr(asyncio, "sleep", _fast_sleep)
         t._udp.abort()
+        # another process takes the port before the listener comes back: every reopen fails
+        squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        squatter.bind(("127.0.0.1", port))
         for _ in range(100):
             await _REAL_SLEEP(0.01)
             if fatal:
                 break
+        squatter.close()
         assert fatal and "cannot be reopened" in fatal[0]
         t.close()
     asyncio.run(main())

@@ -1,0 +1,93 @@
+"""The compiled build of sipcore's hot modules (mypyc), and the switch that puts it in use.
+
+``scripts/build_compiled.py`` (run by scripts/setup.sh) compiles MODULES with mypyc into
+``build/compiled/`` and writes a manifest holding the SHA-256 of every source it compiled.
+``sipcore/__init__.py`` calls ``activate()`` before any other sipcore module is imported: when the
+manifest matches the sources on disk and this interpreter, the compiled directory goes in front of
+the package's ``__path__`` and the compiled modules replace the ``.py`` ones; otherwise (no build, a
+source edited since, another Python, ``IMS_COMPILED=0``) the pure-Python modules run, which behave
+the same, only slower. ``STATUS`` says which, and why; the server logs it at start.
+
+This module is never compiled itself: it runs before the compiled ones can be found.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD_DIR = os.path.join(ROOT, "build", "compiled")
+MANIFEST = os.path.join(BUILD_DIR, "manifest.json")
+GROUP = "sipcore_compiled"           # name of the shared runtime library mypyc builds for the group
+
+# The modules a SIP message passes through, per message, and their plain helpers. Left out: the
+# cold or I/O-bound modules (app, config, logging, CDR file writing, location-store backends,
+# MML), the media backend base class and the binding store (subclassed by interpreted code),
+# errors (exceptions deriving from built-in types are not native classes), and the registrar.
+MODULES = (
+    "admission", "auth_policy", "call", "call_records", "deadlines", "digest", "media_session",
+    "message", "nat_helper", "offer_answer", "originated", "overload", "proxy_core", "proxy_driver",
+    "record_route", "resolver", "sdp", "security", "server",
+    "stage_policy", "stages", "textsafe", "transaction", "transaction_runner", "transport", "uri",
+)
+
+STATUS = "pure Python (not activated)"
+ACTIVE = False
+
+
+def source_path(module: str) -> str:
+    return os.path.join(ROOT, "sipcore", module + ".py")
+
+
+def source_digest(module: str) -> str:
+    with open(source_path(module), "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+def interpreter_tag() -> str:
+    return f"{sys.implementation.cache_tag}-{sys.platform}"
+
+
+def write_manifest() -> None:
+    """Called by the build script after a successful build."""
+    data = {"interpreter": interpreter_tag(), "modules": {m: source_digest(m) for m in MODULES}}
+    with open(MANIFEST, "w") as fh:
+        json.dump(data, fh, indent=1, sort_keys=True)
+
+
+def _stale_reason() -> str | None:
+    try:
+        with open(MANIFEST) as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        return "no compiled build (run scripts/setup.sh, or .venv/bin/python scripts/build_compiled.py)"
+    except (OSError, ValueError) as exc:
+        return f"unreadable {MANIFEST}: {exc}"
+    if data.get("interpreter") != interpreter_tag():
+        return f"built for {data.get('interpreter')}, running {interpreter_tag()}"
+    built = data.get("modules", {})
+    if set(built) != set(MODULES):
+        return "the compiled build holds another module list (rebuild it)"
+    changed = [m for m in MODULES if built[m] != source_digest(m)]
+    if changed:
+        return f"sources changed since the build: {', '.join(changed)} (rebuild it)"
+    return None
+
+
+def activate(package_path: list[str]) -> None:
+    """Put the compiled build in front of ``package_path`` (sipcore.__path__) when it is current."""
+    global STATUS, ACTIVE
+    if os.environ.get("IMS_COMPILED", "1") == "0":
+        STATUS = "pure Python (IMS_COMPILED=0)"
+        return
+    reason = _stale_reason()
+    if reason is not None:
+        STATUS = f"pure Python: {reason}"
+        return
+    package_path.insert(0, os.path.join(BUILD_DIR, "sipcore"))
+    if BUILD_DIR not in sys.path:
+        sys.path.append(BUILD_DIR)          # the group's shared runtime library, imported by name
+    ACTIVE = True
+    STATUS = f"compiled (mypyc): {len(MODULES)} modules from {BUILD_DIR}"
