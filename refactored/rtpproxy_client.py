@@ -12,6 +12,9 @@ import logging
 import random
 import socket
 import time
+from typing import Any
+
+from mypy_extensions import mypyc_attr
 
 from refactored import rtpproxy_protocol as proto
 from sipcore.errors import MediaCapacityError
@@ -23,11 +26,13 @@ HOW_TO_START = ("start one with: ims-rtpproxy -l <SERVER_IP> -s udp:127.0.0.1:77
                 "or set RTPPROXY_AUTO_START=1")
 
 
+@mypyc_attr(native_class=False)          # an exception class: a plain Python class when compiled
 class RTPProxyUnavailable(MediaCapacityError):
     """No relay answers (503 to the caller)."""
 
 
-def parse_spec(spec: str) -> tuple[str, object]:
+def parse_spec(spec: str) -> tuple[str, Any]:
+    """(kind, address): address a (host, port) pair, or a path for unix."""
     kind, _, rest = spec.partition(":")
     if kind in ("udp", "tcp"):
         host, _, port = rest.rpartition(":")
@@ -92,11 +97,13 @@ class RTPProxyClient:
         self.kind, self.address = parse_spec(spec)
         self.timeout = timeout
         self.retries = retries
-        self._transport = None
+        # _UDPControl (udp), a DatagramTransport (unix), or a reader/writer pair (tcp)
+        self._transport: Any = None
         self._pending: dict[str, asyncio.Future] = {}
         self._cookies = itertools.count(random.randrange(1, 1 << 20))
         self._stream_lock = asyncio.Lock()
-        self._reader = self._writer = None
+        self._reader: Any = None
+        self._writer: Any = None
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -190,6 +197,7 @@ class Node:
         self.down_since: float | None = None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)    # refactored.rtpproxy_launcher.AutoStartPool
 class RTPProxyPool:
     def __init__(self, nodes: list[tuple[str, int]], timeout: float = 1.0, reprobe: float = 5.0):
         if not nodes:

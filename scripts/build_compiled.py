@@ -1,4 +1,4 @@
-"""Compile sipcore's hot modules with mypyc into build/compiled/ (see sipcore/compiled.py).
+"""Compile the server's hot modules (sipcore, the RTPProxy client) with mypyc into build/compiled/ (see sipcore/compiled.py).
 
     .venv/bin/python scripts/build_compiled.py [--force]
 

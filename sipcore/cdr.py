@@ -26,7 +26,7 @@ import shutil
 import threading
 import time
 from datetime import date as Date, datetime, timedelta
-from typing import Callable
+from typing import Any, Callable
 
 from sipcore.textsafe import ERRORS as TEXT_ERRORS
 
@@ -129,7 +129,7 @@ class CDRWriter:
         unknown = row.keys() - COLUMN_SET
         if unknown:
             raise ValueError(f"unknown CDR columns: {sorted(unknown)}")
-        full = {c: "" for c in COLUMNS}
+        full: dict[str, Any] = {c: "" for c in COLUMNS}     # values: text or numbers
         full.update({k: ("" if v is None else v) for k, v in row.items()})
         with self._lock:
             now = self.clock()
@@ -295,7 +295,7 @@ class Syncer:
         self._paths: set[str] = set()
         self._dirs: set[str] = set()
         self._closed = False
-        self._thread: threading.Thread | None = None
+        self._fsync_thread: threading.Thread | None = None
         self.rounds = 0
 
     def dirty(self, path: str, created: bool = False) -> None:
@@ -307,9 +307,9 @@ class Syncer:
             if created:
                 self._dirs.add(os.path.dirname(path) or ".")
                 self._dirs.add(os.path.dirname(os.path.dirname(path)) or ".")
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._run, name="cdr-fsync", daemon=True)
-                self._thread.start()
+            if self._fsync_thread is None and not self._closed:
+                self._fsync_thread = threading.Thread(target=self._run, name="cdr-fsync", daemon=True)
+                self._fsync_thread.start()
             if idle:
                 self._wake.notify()     # only a thread waiting for work needs waking
 
@@ -335,7 +335,7 @@ class Syncer:
         with self._lock:
             self._closed = True
             self._wake.notify()
-            thread = self._thread
+            thread = self._fsync_thread
         if thread is not None:
             thread.join(timeout=10)
         self.sync_now()

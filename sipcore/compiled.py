@@ -1,10 +1,11 @@
-"""The compiled build of sipcore's hot modules (mypyc), and the switch that puts it in use.
+"""The compiled build of the server's hot modules (mypyc), and the switch that puts it in use.
 
 ``scripts/build_compiled.py`` (run by scripts/setup.sh) compiles MODULES with mypyc into
 ``build/compiled/`` and writes a manifest holding the SHA-256 of every source it compiled.
-``sipcore/__init__.py`` calls ``activate()`` before any other sipcore module is imported: when the
-manifest matches the sources on disk and this interpreter, the compiled directory goes in front of
-the package's ``__path__`` and the compiled modules replace the ``.py`` ones; otherwise (no build, a
+``sipcore/__init__.py`` (and ``refactored/__init__.py``) call ``activate()`` before any other module
+of the package is imported: when the manifest matches the sources on disk and this interpreter, the
+compiled directory goes in front of the package's ``__path__`` and the compiled modules replace the
+``.py`` ones; otherwise (no build, a
 source edited since, another Python, ``IMS_COMPILED=0``) the pure-Python modules run, which behave
 the same, only slower. ``STATUS`` says which, and why; the server logs it at start.
 
@@ -22,23 +23,30 @@ BUILD_DIR = os.path.join(ROOT, "build", "compiled")
 MANIFEST = os.path.join(BUILD_DIR, "manifest.json")
 GROUP = "sipcore_compiled"           # name of the shared runtime library mypyc builds for the group
 
-# The modules a SIP message passes through, per message, and their plain helpers. Left out: the
-# cold or I/O-bound modules (app, config, logging, CDR file writing, location-store backends,
-# MML), the media backend base class and the binding store (subclassed by interpreted code),
-# errors (exceptions deriving from built-in types are not native classes), and the registrar.
-MODULES = (
-    "admission", "auth_policy", "call", "call_records", "deadlines", "digest", "media_session",
-    "message", "nat_helper", "offer_answer", "originated", "overload", "proxy_core", "proxy_driver",
-    "record_route", "resolver", "sdp", "security", "server",
-    "stage_policy", "stages", "textsafe", "transaction", "transaction_runner", "transport", "uri",
-)
+# The modules a SIP message passes through, per message, and their plain helpers, per package.
+# Left out: the cold modules (app, config, logging, location-store backends, MML), the media
+# backend base class and the binding store (subclassed by interpreted code), errors (exceptions
+# deriving from built-in types are not native classes), the registrar, and everything Sippy.
+PACKAGES: dict[str, tuple[str, ...]] = {
+    "sipcore": (
+        "admission", "auth_policy", "call", "call_records", "cdr", "deadlines", "digest", "media_session",
+        "message", "nat_helper", "offer_answer", "originated", "overload", "proxy_core", "proxy_driver",
+        "record_route", "resolver", "sdp", "security", "server",
+        "stage_policy", "stages", "textsafe", "transaction", "transaction_runner", "transport", "uri",
+    ),
+    # the RTPProxy control client of stages 1/2: three commands per call
+    "refactored": ("rtpproxy_client", "rtpproxy_media", "rtpproxy_protocol"),
+}
+MODULES = tuple(f"{package}.{name}" for package, names in PACKAGES.items() for name in names)
 
 STATUS = "pure Python (not activated)"
 ACTIVE = False
+_checked: str | None = None          # the stale reason, worked out once per process ("" = current)
 
 
 def source_path(module: str) -> str:
-    return os.path.join(ROOT, "sipcore", module + ".py")
+    """``module`` dotted ("sipcore.message")."""
+    return os.path.join(ROOT, *module.split(".")) + ".py"
 
 
 def source_digest(module: str) -> str:
@@ -76,17 +84,19 @@ def _stale_reason() -> str | None:
     return None
 
 
-def activate(package_path: list[str]) -> None:
-    """Put the compiled build in front of ``package_path`` (sipcore.__path__) when it is current."""
-    global STATUS, ACTIVE
+def activate(package_path: list[str], package: str = "sipcore") -> None:
+    """Put the compiled build in front of ``package_path`` (the package's __path__) when it is
+    current. All packages of the build go together: one stale source leaves every one pure."""
+    global STATUS, ACTIVE, _checked
     if os.environ.get("IMS_COMPILED", "1") == "0":
         STATUS = "pure Python (IMS_COMPILED=0)"
         return
-    reason = _stale_reason()
-    if reason is not None:
-        STATUS = f"pure Python: {reason}"
+    if _checked is None:
+        _checked = _stale_reason() or ""
+    if _checked:
+        STATUS = f"pure Python: {_checked}"
         return
-    package_path.insert(0, os.path.join(BUILD_DIR, "sipcore"))
+    package_path.insert(0, os.path.join(BUILD_DIR, package))
     if BUILD_DIR not in sys.path:
         sys.path.append(BUILD_DIR)          # the group's shared runtime library, imported by name
     ACTIVE = True

@@ -33,17 +33,18 @@ def test_ims_compiled_0_runs_the_pure_python_modules():
 def test_a_build_of_other_sources_or_another_interpreter_is_not_used(tmp_path, monkeypatch):
     with open(compiled.MANIFEST) as fh:
         manifest = json.load(fh)
-    stale = dict(manifest, modules=dict(manifest["modules"], message="0" * 64))
+    stale = dict(manifest, modules=dict(manifest["modules"], **{"sipcore.message": "0" * 64}))
     path = tmp_path / "manifest.json"
     path.write_text(json.dumps(stale))
     monkeypatch.setattr(compiled, "MANIFEST", str(path))
-    assert "sources changed since the build: message" in compiled._stale_reason()
+    assert "sources changed since the build: sipcore.message" in compiled._stale_reason()
     path.write_text(json.dumps(dict(manifest, interpreter="cpython-310-linux")))
     assert "built for cpython-310-linux" in compiled._stale_reason()
     monkeypatch.setattr(compiled, "MANIFEST", str(tmp_path / "absent.json"))
     assert "no compiled build" in compiled._stale_reason()
     monkeypatch.setattr(compiled, "STATUS", compiled.STATUS)     # restored after the test
     monkeypatch.setattr(compiled, "ACTIVE", compiled.ACTIVE)
+    monkeypatch.setattr(compiled, "_checked", None)
     package_path: list[str] = []
     compiled.activate(package_path)                  # leaves the package path alone
     assert package_path == [] and compiled.STATUS.startswith("pure Python: no compiled build")
