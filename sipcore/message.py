@@ -259,6 +259,12 @@ class Via:
     params: dict[str, str | None] = field(default_factory=dict)
     protocol: str = "SIP/2.0"
 
+    def __init__(self, transport: str = "UDP", host: str = "", port: int | None = None,
+                 params: dict[str, str | None] | None = None, protocol: str = "SIP/2.0") -> None:
+        # written out: mypyc compiles it (a generated dataclass __init__ runs interpreted)
+        self.transport, self.host, self.port, self.protocol = transport, host, port, protocol
+        self.params = {} if params is None else params
+
     @classmethod
     def parse(cls, value: str) -> "Via":
         value = value.strip()

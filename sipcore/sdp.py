@@ -65,6 +65,12 @@ class Media:
     port_count: int | None = None
     lines: list[tuple[str, str]] = field(default_factory=list)
 
+    def __init__(self, kind: str, port: int, proto: str, formats: list[str], port_count: int | None = None,
+                 lines: list[tuple[str, str]] | None = None) -> None:
+        # written out: mypyc compiles it (a generated dataclass __init__ runs interpreted)
+        self.kind, self.port, self.proto, self.formats, self.port_count = kind, port, proto, formats, port_count
+        self.lines = [] if lines is None else lines
+
     # --- line access -------------------------------------------------------------------------
     def _first(self, typ: str) -> int | None:
         for i, (t, _) in enumerate(self.lines):
@@ -175,6 +181,13 @@ class SessionDescription:
     session_lines: list[tuple[str, str]] = field(default_factory=list)
     media: list[Media] = field(default_factory=list)
     line_ending: str = "\r\n"
+
+    def __init__(self, session_lines: list[tuple[str, str]] | None = None, media: list[Media] | None = None,
+                 line_ending: str = "\r\n") -> None:
+        # written out: mypyc compiles it (a generated dataclass __init__ runs interpreted)
+        self.session_lines = [] if session_lines is None else session_lines
+        self.media = [] if media is None else media
+        self.line_ending = line_ending
 
     # --- parse / serialise --------------------------------------------------------------------
     @classmethod

@@ -80,6 +80,15 @@ class SipURI:
     headers: dict[str, str] = field(default_factory=dict)
     opaque: str | None = None   # non-SIP URIs (tel:, urn:, ...) kept verbatim after the scheme
 
+    def __init__(self, scheme: str = "sip", user: str | None = None, password: str | None = None,
+                 host: str = "", port: int | None = None, params: dict[str, str | None] | None = None,
+                 headers: dict[str, str] | None = None, opaque: str | None = None) -> None:
+        # written out: mypyc compiles it (a generated dataclass __init__ runs interpreted)
+        self.scheme, self.user, self.password, self.host, self.port = scheme, user, password, host, port
+        self.params = {} if params is None else params
+        self.headers = {} if headers is None else headers
+        self.opaque = opaque
+
     @classmethod
     def parse(cls, text: str) -> "SipURI":
         text = text.strip()
@@ -223,6 +232,12 @@ class NameAddr:
     params: dict[str, str | None] = field(default_factory=dict)
     angle: bool = True
     wildcard: bool = False
+
+    def __init__(self, uri: SipURI | None, display: str | None = None,
+                 params: dict[str, str | None] | None = None, angle: bool = True, wildcard: bool = False) -> None:
+        # written out: mypyc compiles it (a generated dataclass __init__ runs interpreted)
+        self.uri, self.display, self.angle, self.wildcard = uri, display, angle, wildcard
+        self.params = {} if params is None else params
 
     @classmethod
     def parse(cls, text: str) -> "NameAddr":

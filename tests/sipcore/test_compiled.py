@@ -20,7 +20,7 @@ def _module_file(env_extra: dict) -> str:
 
 def test_the_build_scripts_test_run_uses_is_the_compiled_one():
     # scripts/test.sh refuses to run the suite without it; this says which files the modules are
-    out = _module_file({})
+    out = _module_file({"IMS_COMPILED": "1"})
     assert out.splitlines()[0].endswith(".so") and "compiled (mypyc)" in out, out
 
 
@@ -45,6 +45,7 @@ def test_a_build_of_other_sources_or_another_interpreter_is_not_used(tmp_path, m
     monkeypatch.setattr(compiled, "STATUS", compiled.STATUS)     # restored after the test
     monkeypatch.setattr(compiled, "ACTIVE", compiled.ACTIVE)
     monkeypatch.setattr(compiled, "_checked", None)
+    monkeypatch.setenv("IMS_COMPILED", "1")
     package_path: list[str] = []
     compiled.activate(package_path)                  # leaves the package path alone
     assert package_path == [] and compiled.STATUS.startswith("pure Python: no compiled build")
