@@ -80,6 +80,14 @@ class RTPProxyBackend(MediaBackend):
             except RTPProxyUnavailable as exc:
                 raise MediaCapacityError(str(exc)) from None
             relay = self._relay_address(reply)
+            if family and ":" not in relay:
+                # rtpengine without an IPv6 interface answers an IPv6 request with an IPv4 address:
+                # media an IPv6-only party cannot reach. Refused as the embedded RTPProxy refuses it
+                # (488), and the relay session of a new call is not left behind.
+                if call_id not in self._calls:
+                    await self.delete(call_id, from_tag, to_tag)
+                raise MediaBackendError(f"rtpproxy cannot relay IPv6 media ({addr}) for {call_id}: the relay "
+                                        f"answered with IPv4 address {relay}; it needs an IPv6 interface")
             out.set_media_address(i, relay)
             out.set_media_port(i, reply.port)
             out.set_rtcp(i, reply.port + 1, relay if (m.rtcp and m.rtcp[1]) else None)

@@ -23,6 +23,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
+from mypy_extensions import mypyc_attr
+
 from sipcore.uri import SipURI
 
 
@@ -85,6 +87,7 @@ class Binding:
         return SipURI.parse(self.contact), self.source
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)    # location_store's stores (not compiled)
 class BindingStore(abc.ABC):
     """What the registrar needs from a location store. Lists returned are the caller's to keep."""
 
@@ -126,6 +129,7 @@ class BindingStore(abc.ABC):
         """Remove everything; returns how many bindings were removed."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)    # PersistentBindingStore (location_store)
 class MemoryBindingStore(BindingStore):
     def __init__(self) -> None:
         self._reset()

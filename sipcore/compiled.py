@@ -25,13 +25,13 @@ GROUP = "sipcore_compiled"           # name of the shared runtime library mypyc 
 
 # The modules a SIP message passes through, per message, and their plain helpers, per package.
 # Left out: the cold modules (app, config, logging, location-store backends, MML), the media
-# backend base class and the binding store (subclassed by interpreted code), errors (exceptions
-# deriving from built-in types are not native classes), the registrar, and everything Sippy.
+# backend base class (subclassed by interpreted code), errors (exceptions deriving from built-in
+# types are not native classes), and everything Sippy.
 PACKAGES: dict[str, tuple[str, ...]] = {
     "sipcore": (
-        "admission", "auth_policy", "call", "call_records", "cdr", "deadlines", "digest", "media_session",
+        "admission", "auth_policy", "bindings", "call", "call_records", "cdr", "deadlines", "digest", "media_session",
         "message", "nat_helper", "offer_answer", "originated", "overload", "proxy_core", "proxy_driver",
-        "record_route", "resolver", "sdp", "security", "server",
+        "record_route", "registrar", "registration", "resolver", "sdp", "security", "server",
         "stage_policy", "stages", "textsafe", "transaction", "transaction_runner", "transport", "uri",
     ),
     # the RTPProxy control client of stages 1/2: three commands per call

@@ -142,7 +142,8 @@ class Registrar:
         except SIPParseError as exc:
             return RegisterOutcome(build_response(request, 400, extra_headers=[("Warning", f'399 - "{exc.reason}"')]), aor=aor)
         header_expires = _int_or_none(request.headers.get("Expires"))
-        outcome = RegisterOutcome(response=None, aor=aor)  # type: ignore[arg-type]
+        # every path below sets the response; a 500 until then (never None: a typed field)
+        outcome = RegisterOutcome(response=SIPResponse(500, "Server Internal Error"), aor=aor)
 
         if any(c.wildcard for c in contacts):
             # RFC 3261 §10.3 step 6: '*' only alone and with Expires: 0

@@ -145,8 +145,11 @@ def test_bad_config_names_the_key(tmp_path):
 
 
 def test_sippy_signalling_without_the_package_names_the_install_command(tmp_path):
-    """`python -S` hides site-packages, so the sippy package is missing: refused with the command."""
-    out = subprocess.run([PYTHON, "-S", os.path.join(ROOT, "run_sippy.py")], capture_output=True, text=True,
+    """The sippy package is missing (hidden from this interpreter alone, as if never installed):
+    refused with the command."""
+    hide_sippy = ("import runpy, sys; sys.modules['sippy'] = None; sys.argv = sys.argv[1:]; "
+                  "runpy.run_path(sys.argv[0], run_name='__main__')")
+    out = subprocess.run([PYTHON, "-c", hide_sippy, os.path.join(ROOT, "run_sippy.py")], capture_output=True, text=True,
                          timeout=30, env=dict(os.environ, SERVER_IP="127.0.0.1", SIGNALLING="sippy",
                                               CONFIG_FILE="/nonexistent"))
     assert out.returncode == 2

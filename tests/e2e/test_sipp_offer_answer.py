@@ -24,13 +24,17 @@ FLOWS = MEDIA_FLOWS + ["ipv6_488"]
 SIPPY_FLOWS = ["late_offer", "early_media", "declined_video", "hold_variants", "ipv6_488"]
 
 
-@pytest.mark.parametrize("stage", [1, 2, "2-sippy"])
+@pytest.mark.parametrize("stage", [1, 2, "2-sippy", "2-rtpengine"])
 def test_every_offer_answer_position_relays_rtp_both_ways(stage, tmp_path):
     env = {"AUTH_INVITE": "0"}
     flows = FLOWS
     if stage == "2-sippy":
         stage, flows = 2, SIPPY_FLOWS
         env["SIGNALLING"] = "sippy"
+    elif stage == "2-rtpengine":
+        # rtpengine answers an IPv6 request with an IPv4 address: the backend turns that into 488
+        stage, flows = 2, ["late_offer", "ipv6_488"]
+        env["RTPPROXY_ENGINE"] = "rtpengine"
     srv = ServerProcess(stage, str(tmp_path), extra_env=env)
     users = {str(2001 + i): {"username": str(2001 + i), "password": "1234", "status": "ACTIVE"} for i in range(len(flows))}
     with open(os.path.join(str(tmp_path), "users.json"), "w") as fh:

@@ -10,6 +10,8 @@ STAGE = 2
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    # the pure-Python modules: a compiled class takes no patched method
+    os.environ["IMS_COMPILED"] = "0"
     from refactored import rtpproxy_media
     from assembly import main
 
