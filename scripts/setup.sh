@@ -23,6 +23,7 @@ fi
 PKGS="iproute2 iptables nftables conntrack sip-tester sipvicious tcpdump procps kmod python3-venv debootstrap docker.io"
 PKGS="$PKGS chromium redis-server"   # report.html rendering test; shared location store tests
 PKGS="$PKGS gcc libc6-dev kamailio rtpengine-daemon"   # harness bench: rtpgen, reference rows
+PKGS="$PKGS python3-dev"   # headers for the mypyc build of the hot modules (scripts/build_compiled.py)
 PKGS="$PKGS baresip-core"   # harness peer UA (ua: baresip): the softphone and its modules
 missing=""
 for p in $PKGS; do
