@@ -5,8 +5,9 @@
 #     docker.io + debootstrap (Docker lab backend), python3-venv, chromium (headless, for the
 #     HTML report test), redis-server (location store tests start their own instances)
 #     gcc (the bench's C RTP generator), kamailio and rtpengine-daemon (reference/relay rows of
-#     `harness bench` and the rtpengine launcher test; not started as services)
-#   - the project virtualenv in .venv with the project installed editable (+ test, sippy extras)
+#     `harness bench` and the rtpengine launcher test; not started as services), python3-dev
+#   - the project virtualenv in .venv with the project installed editable (+ test, sippy, fast extras)
+#   - the mypyc build of the server's hot modules in build/compiled (sipcore/compiled.py)
 #   - a Docker engine (dockerd) when none answers (skip with IMS_SKIP_DOCKER=1)
 #   - the MML management token config/mml.token (random, mode 0600, owner root; kept if present)
 #   - pm2 (npm) into .venv/pm2, only for the test that runs ecosystem.config.js under a real pm2
