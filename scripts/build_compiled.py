@@ -22,7 +22,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--force", action="store_true", help="rebuild even when the build is current")
     args = ap.parse_args()
-    if not args.force and compiled._stale_reason() is None:
+    if not args.force and compiled.stale_reason() is None:
         print(f"[build_compiled] current: {compiled.BUILD_DIR}")
         return 0
     from mypyc.build import mypycify

@@ -5,9 +5,8 @@
 ``sipcore/__init__.py`` (and ``refactored/__init__.py``) call ``activate()`` before any other module
 of the package is imported: when the manifest matches the sources on disk and this interpreter, the
 compiled directory goes in front of the package's ``__path__`` and the compiled modules replace the
-``.py`` ones; otherwise (no build, a
-source edited since, another Python, ``IMS_COMPILED=0``) the pure-Python modules run, which behave
-the same, only slower. ``STATUS`` says which, and why; the server logs it at start.
+``.py`` ones; otherwise (no build, a source edited since, another Python, ``IMS_COMPILED=0``) the
+pure-Python modules run, which behave the same, only slower. ``STATUS`` says which, and why; the server logs it at start.
 
 This module is never compiled itself: it runs before the compiled ones can be found.
 """
@@ -65,7 +64,8 @@ def write_manifest() -> None:
         json.dump(data, fh, indent=1, sort_keys=True)
 
 
-def _stale_reason() -> str | None:
+def stale_reason() -> str | None:
+    """Why the build cannot be used, or None when it matches the sources and this interpreter."""
     try:
         with open(MANIFEST) as fh:
             data = json.load(fh)
@@ -92,7 +92,7 @@ def activate(package_path: list[str], package: str = "sipcore") -> None:
         STATUS = "pure Python (IMS_COMPILED=0)"
         return
     if _checked is None:
-        _checked = _stale_reason() or ""
+        _checked = stale_reason() or ""
     if _checked:
         STATUS = f"pure Python: {_checked}"
         return

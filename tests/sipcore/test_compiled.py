@@ -37,11 +37,11 @@ def test_a_build_of_other_sources_or_another_interpreter_is_not_used(tmp_path, m
     path = tmp_path / "manifest.json"
     path.write_text(json.dumps(stale))
     monkeypatch.setattr(compiled, "MANIFEST", str(path))
-    assert "sources changed since the build: sipcore.message" in compiled._stale_reason()
+    assert "sources changed since the build: sipcore.message" in compiled.stale_reason()
     path.write_text(json.dumps(dict(manifest, interpreter="cpython-310-linux")))
-    assert "built for cpython-310-linux" in compiled._stale_reason()
+    assert "built for cpython-310-linux" in compiled.stale_reason()
     monkeypatch.setattr(compiled, "MANIFEST", str(tmp_path / "absent.json"))
-    assert "no compiled build" in compiled._stale_reason()
+    assert "no compiled build" in compiled.stale_reason()
     monkeypatch.setattr(compiled, "STATUS", compiled.STATUS)     # restored after the test
     monkeypatch.setattr(compiled, "ACTIVE", compiled.ACTIVE)
     monkeypatch.setattr(compiled, "_checked", None)
