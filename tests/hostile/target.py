@@ -70,6 +70,19 @@ class Target(ServerProcess):
                 parts.append(fh.read())
         return "".join(parts)
 
+    def wait_log(self, needle: str, timeout: float = 5.0) -> str:
+        """The log text once it holds ``needle`` (AssertionError after ``timeout`` s). The server's
+        log lines are written by a thread of their own (sipcore.logsetup), so a line for something
+        the server already did can reach the file a moment after its SIP answer."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log_text()
+            if needle in text:
+                return text
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{needle!r} not in the server's log after {timeout} s:\n{text[-3000:]}")
+            time.sleep(0.05)
+
     def problems(self) -> list[str]:
         text = self.log_text() + (self.console.text() if self.console is not None else self.output)
         return [line[:300] for line in text.splitlines() if any(p in line for p in PROBLEMS)][:20]

@@ -38,7 +38,7 @@ def test_svcrack_finds_a_weak_password_only_before_the_limiter_blocks_it(stage, 
         assert "1234" not in report and "found nothing" in report, report
         assert srv.options(source_ip="127.0.0.2")[0] == 200        # everyone else is still served
         assert srv.options(timeout=1.0)[0] is None                 # the cracker's address is not
-        log = srv.log_text()
+        log = srv.wait_log("rate limit: 127.0.0.1 added to the blacklist")
         assert "rate limit: 127.0.0.1 blocked for 60s after 10 failures" in log
         assert "rate limit: 127.0.0.1 added to the blacklist" in log
         with open(os.path.join(str(work), "bl.txt")) as fh:

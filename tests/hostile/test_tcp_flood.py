@@ -94,7 +94,7 @@ def test_idle_tcp_flood_leaves_udp_calls_working(stage, tmp_path):
             for s in socks:
                 s.close()
         assert srv.options(transport="tcp")[0] == 200          # TCP itself serves again
-        log = srv.log_text()
+        log = srv.wait_log("no valid SIP message")
         assert "RLIMIT_NOFILE" in log and "refused" in log and "no valid SIP message" in log
         srv.check("TCP flood (after)")
     rows = [r for r in srv.cdr_rows() if r["record_type"] == "CALL"]
