@@ -55,6 +55,11 @@ class Decision:
     auth_user: str | None = None          # who authenticated (None: nobody)
     outbound: Flow | None = None          # forward to the operator's outbound route
 
+    def __init__(self, response: SIPResponse | None = None, auth_user: str | None = None,
+                 outbound: Flow | None = None) -> None:
+        # written out: mypyc compiles it (a generated dataclass __init__ runs interpreted)
+        self.response, self.auth_user, self.outbound = response, auth_user, outbound
+
 
 def parse_outbound_route(text: str | None) -> Flow | None:
     """``OUTBOUND_ROUTE`` = ``sip:IP[:PORT][;transport=udp|tcp]`` (an address: no DNS on the loop)."""

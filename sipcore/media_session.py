@@ -36,6 +36,12 @@ class MediaOp:
     sdp: SessionDescription | None = None
     source: Address | None = None
 
+    def __init__(self, kind: str, call_id: str, from_tag: str | None, to_tag: str | None,
+                 sdp: SessionDescription | None = None, source: Address | None = None) -> None:
+        # written out: mypyc compiles it (a generated dataclass __init__ runs interpreted)
+        self.kind, self.call_id, self.from_tag, self.to_tag, self.sdp, self.source = \
+            kind, call_id, from_tag, to_tag, sdp, source
+
 
 MediaSteps = Generator[MediaOp, "SessionDescription | None", bool]
 RelaySteps = Generator[MediaOp, "SessionDescription | None", "SIPError | None"]

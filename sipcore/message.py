@@ -13,9 +13,10 @@ from __future__ import annotations
 import functools
 import secrets
 from dataclasses import dataclass, field
+from typing import Any
 
 from sipcore.errors import SIPParseError
-from sipcore.uri import NameAddr, SipURI, format_host, format_params, parse_params, split_hostport
+from sipcore.uri import NameAddr, SipURI, after_quoted, format_host, format_params, parse_params, split_hostport
 
 MAX_MESSAGE_SIZE = 65535
 SIP_VERSION = "SIP/2.0"
@@ -66,35 +67,48 @@ def split_list(value: str) -> list[str]:
         v = value.strip()
         return [v] if v else []
     parts: list[str] = []
-    buf_start = 0
-    in_q = in_angle = False
-    i = 0
+    if '"' not in value and "<" not in value:
+        # the usual case (Via, Allow, Supported ...): every comma separates
+        for piece in value.split(","):
+            piece = piece.strip()
+            if piece:
+                parts.append(piece)
+        return parts
+    # quotes or <...>: jump from one special character to the next (str.find runs in C; a loop
+    # over single characters costs a string object per character in the compiled build)
     n = len(value)
-    while i < n:
-        c = value[i]
-        if in_q:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                in_q = False
-        elif c == '"':
-            in_q = True
-        elif c == "<":
-            in_angle = True
-        elif c == ">":
-            in_angle = False
-        elif c == "," and not in_angle:
-            part = value[buf_start:i].strip()
-            if part:
-                parts.append(part)
-            buf_start = i + 1
-        i += 1
-    if in_q:
-        raise SIPParseError(f"unterminated quoted string in {value[:80]!r}")
-    part = value[buf_start:].strip()
-    if part:
-        parts.append(part)
-    return parts
+    start = i = 0
+    while True:
+        comma = value.find(",", i)
+        end = n if comma < 0 else comma
+        quote = value.find('"', i, end)
+        angle = value.find("<", i, end)
+        if quote < 0 and angle < 0:
+            piece = value[start:end].strip()
+            if piece:
+                parts.append(piece)
+            if comma < 0:
+                return parts
+            start = i = comma + 1
+            continue
+        if quote >= 0 and (angle < 0 or quote < angle):
+            i = after_quoted(value, quote + 1)
+        else:
+            i = _after_angle(value, angle + 1)
+
+
+def _after_angle(value: str, i: int) -> int:
+    """Index after the ``>`` closing ``<...>`` whose text starts at ``i`` (quotes inside are
+    still quoted strings); the end of the value when it is not closed."""
+    n = len(value)
+    while True:
+        close = value.find(">", i)
+        end = n if close < 0 else close
+        quote = value.find('"', i, end)
+        if quote >= 0:
+            i = after_quoted(value, quote + 1)
+            continue
+        return n if close < 0 else close + 1
 
 
 @functools.lru_cache(maxsize=1024)
@@ -108,11 +122,16 @@ class Headers:
     ``_items`` holds the (name, value) lines in order; ``_keys`` the lower-case canonical name of
     each line, in step with it, so a lookup is one C-level ``list.index``/scan over interned keys
     instead of lower-casing every header name on every call.
+
+    ``_memo`` keeps what SIPMessage's accessors parsed from these lines (Call-ID, CSeq, the tags,
+    the Vias...): a proxy reads them a dozen times per message. Every method that changes a line
+    drops it, so it never outlives the lines it was read from.
     """
 
-    __slots__ = ("_items", "_keys")
+    __slots__ = ("_items", "_keys", "_memo")
 
     def __init__(self, items: list[tuple[str, str]] | None = None):
+        self._memo: dict[str, Any] | None = None
         if items:
             self._items: list[tuple[str, str]] = list(items)
             self._keys: list[str] = [_lower_canonical(n) for n, _ in self._items]
@@ -137,6 +156,7 @@ class Headers:
         return list(self._items)
 
     def _append(self, name: str, value: str) -> None:
+        self._memo = None
         self._items.append((name, value))
         self._keys.append(_lower_canonical(name))
 
@@ -183,6 +203,7 @@ class Headers:
 
     def add(self, name: str, value: str, top: bool = False) -> None:
         """Add one value: ``top=True`` puts it before the first header of that name."""
+        self._memo = None
         name = canonical_name(name)
         low = _lower_canonical(name)
         if top:
@@ -201,6 +222,7 @@ class Headers:
         low = _lower_canonical(name)
         if low not in self._keys:
             return 0
+        self._memo = None
         before = len(self._items)
         pairs = [(k, item) for k, item in zip(self._keys, self._items) if k != low]
         self._keys = [k for k, _ in pairs]
@@ -214,6 +236,7 @@ class Headers:
             i = self._keys.index(low)
         except ValueError:
             return None
+        self._memo = None
         n, v = self._items[i]
         parts = split_list(v) if low in LIST_HEADERS else [v.strip()]
         first, rest = parts[0] if parts else "", parts[1:]
@@ -226,6 +249,7 @@ class Headers:
 
     def replace_all(self, name: str, values: list[str]) -> None:
         """Set the values of ``name`` to ``values`` (one line each) at the first position."""
+        self._memo = None
         name = canonical_name(name)
         low = _lower_canonical(name)
         keys, items = self._keys, self._items
@@ -248,6 +272,7 @@ class Headers:
         h = Headers.__new__(Headers)
         h._items = list(self._items)
         h._keys = list(self._keys)
+        h._memo = None
         return h
 
 
@@ -286,8 +311,7 @@ class Via:
         if "(" in hostport:
             hostport = hostport.split("(", 1)[0]
         host, port = split_hostport(hostport.replace(" ", "").replace("\t", ""))
-        return cls(transport=transport.upper(), host=host, port=port,
-                   params=parse_params(paramtext) if semi else {}, protocol="SIP/2.0")
+        return Via(transport.upper(), host, port, parse_params(paramtext) if semi else {}, "SIP/2.0")
 
     def __str__(self) -> str:
         port = f":{self.port}" if self.port is not None else ""
@@ -335,6 +359,9 @@ def _parsed_name_addr(value: str) -> NameAddr:
     return NameAddr.parse(value)
 
 
+_UNSET: Any = object()      # a memo entry not computed yet (None is a value there)
+
+
 def _tag_of(name_addr: str) -> str | None:
     return _parsed_name_addr(name_addr).tag
 
@@ -350,16 +377,32 @@ class SIPMessage:
         self.body = body
 
     # --- convenience accessors ----------------------------------------------------------------
+    # What they parse is kept in the headers' memo (Headers._memo) until a header line changes.
+    def _memo(self) -> dict[str, Any]:
+        headers = self.headers
+        memo = headers._memo
+        if memo is None:
+            memo = headers._memo = {}
+        return memo
+
     @property
     def call_id(self) -> str | None:
-        return self.headers.get("Call-ID")
+        memo = self._memo()
+        value = memo.get("call-id", _UNSET)
+        if value is _UNSET:
+            value = memo["call-id"] = self.headers.get("Call-ID")
+        return value
 
     @property
     def cseq(self) -> tuple[int, str]:
-        value = self.headers.get("CSeq")
+        memo = self._memo()
+        value = memo.get("cseq")
         if value is None:
-            raise SIPParseError("missing CSeq")
-        return parse_cseq(value)
+            text = self.headers.get("CSeq")
+            if text is None:
+                raise SIPParseError("missing CSeq")
+            value = memo["cseq"] = parse_cseq(text)
+        return value
 
     def from_addr(self) -> NameAddr:
         """The parsed From (a private copy: callers may change it)."""
@@ -377,35 +420,55 @@ class SIPMessage:
 
     @property
     def from_tag(self) -> str | None:
-        v = self.headers.get("From")
-        if v is None:
-            raise SIPParseError("missing From")
-        return _tag_of(v)
+        memo = self._memo()
+        value = memo.get("from-tag", _UNSET)
+        if value is _UNSET:
+            v = self.headers.get("From")
+            if v is None:
+                raise SIPParseError("missing From")
+            value = memo["from-tag"] = _tag_of(v)
+        return value
 
     @property
     def to_tag(self) -> str | None:
-        v = self.headers.get("To")
-        if v is None:
-            raise SIPParseError("missing To")
-        return _tag_of(v)
+        memo = self._memo()
+        value = memo.get("to-tag", _UNSET)
+        if value is _UNSET:
+            v = self.headers.get("To")
+            if v is None:
+                raise SIPParseError("missing To")
+            value = memo["to-tag"] = _tag_of(v)
+        return value
 
     def vias(self) -> list[Via]:
         """The parsed Via values, top first. Shared with other readers: do not modify them
         (``Via.parse`` gives a private copy to change)."""
-        return [_parsed_via(v) for v in self.headers.get_all("Via")]
+        memo = self._memo()
+        value = memo.get("vias")
+        if value is None:
+            value = memo["vias"] = tuple([_parsed_via(v) for v in self.headers.get_all("Via")])
+        return list(value)
 
     def top_via(self) -> Via | None:
         """The parsed top Via (shared, read-only: see ``vias``)."""
-        v = self.headers.get("Via")
-        return _parsed_via(v) if v is not None else None
+        memo = self._memo()
+        value = memo.get("top-via", _UNSET)
+        if value is _UNSET:
+            v = self.headers.get("Via")
+            value = memo["top-via"] = _parsed_via(v) if v is not None else None
+        return value
 
     def contacts(self) -> list[NameAddr]:
         return [NameAddr.parse(v) for v in self.headers.get_all("Contact")]
 
     @property
     def content_type(self) -> str | None:
-        ct = self.headers.get("Content-Type")
-        return ct.split(";")[0].strip().lower() if ct else None
+        memo = self._memo()
+        value = memo.get("content-type", _UNSET)
+        if value is _UNSET:
+            ct = self.headers.get("Content-Type")
+            value = memo["content-type"] = ct.split(";")[0].strip().lower() if ct else None
+        return value
 
     def has_sdp(self) -> bool:
         return bool(self.body) and self.content_type == "application/sdp"
@@ -614,8 +677,8 @@ def parse_message(data: bytes, max_size: int = MAX_MESSAGE_SIZE,
         cseq_num, cseq_method = msg.cseq
         if isinstance(msg, SIPRequest) and cseq_method != msg.method:
             raise SIPParseError(f"CSeq method {cseq_method} does not match {msg.method}")
-        _parsed_name_addr(headers.get("From") or "")     # validation; the tag lookups reuse it
-        _parsed_name_addr(headers.get("To") or "")
+        msg.from_tag            # validation (From/To parse); the values stay in the memo
+        msg.to_tag
         msg.vias()
         dup = [n for n, k in (("Call-ID", "call-id"), ("From", "from"), ("To", "to")) if keys.count(k) > 1]
         if dup:

@@ -40,6 +40,10 @@ class Verdict:
     reply: bytes | None = None
     drop: bool = False
 
+    def __init__(self, reply: bytes | None = None, drop: bool = False) -> None:
+        # written out: mypyc compiles it (a generated dataclass __init__ runs interpreted)
+        self.reply, self.drop = reply, drop
+
 
 PASS = Verdict()
 

@@ -70,6 +70,10 @@ class Transmit:
     dest: Address
     transport: str
 
+    def __init__(self, message: SIPMessage, dest: Address, transport: str) -> None:
+        # written out: mypyc compiles it (a generated dataclass __init__ runs interpreted)
+        self.message, self.dest, self.transport = message, dest, transport
+
 
 class CallEvents(Protocol):
     """What the proxy reports (CDR writer adapter, statistics)."""
@@ -108,6 +112,15 @@ class Branch:
     client: BoundTransaction | None = None
     cancel_client: BoundTransaction | None = None
 
+    def __init__(self, branch: str, request: SIPRequest, dest: Address, transport: str,
+                 binding: Binding | None = None, started: float = 0.0) -> None:
+        # written out: mypyc compiles it (a generated dataclass __init__ runs interpreted)
+        self.branch, self.request, self.dest, self.transport = branch, request, dest, transport
+        self.binding, self.started = binding, started
+        self.provisional = self.cancelled = False
+        self.final = None
+        self.client = self.cancel_client = None
+
 
 @dataclass(slots=True)
 class ServerTx:
@@ -126,6 +139,18 @@ class ServerTx:
     server: BoundTransaction | None = None    # None for ACK (no transaction of its own)
     auth_user: str | None = None   # who authenticated the request (sipcore.admission)
     outbound: Flow | None = None   # the operator's OUTBOUND_ROUTE for a foreign destination
+
+    def __init__(self, key: tuple, request: SIPRequest, source: Address, transport: str, created: float) -> None:
+        # written out: mypyc compiles it (a generated dataclass __init__ runs interpreted)
+        self.key, self.request, self.source, self.transport, self.created = key, request, source, transport, created
+        self.branches = []
+        self.last_response = self.best = None
+        self.final_sent = self.cancelled = False
+        self.finished_at = None
+        self.call = None
+        self.server = None
+        self.auth_user = None
+        self.outbound = None
 
 
 class ProxyCore:

@@ -43,6 +43,8 @@ VERSION = "v1"
 MAC_BYTES = 16
 SECRET_MIN_CHARS = 16
 TRANSPORTS = ("udp", "tcp", "tls", "sctp", "ws", "wss")
+MEMO_SIZE = 8192     # tokens made and verified, remembered (a call makes 3 and checks 4, most alike)
+MEMO_KEY_CHARS = 512
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,10 @@ class RouteTokens:
         self._secret = secret
         self.host = host
         self.port = port
+        # the same token is made for the 180 and the 200 of a call and checked on its ACK and BYE:
+        # HMAC results are remembered (bounded; emptied when full), keyed by everything they cover
+        self._made: dict[tuple[str, str, Flow | None, Flow | None], str] = {}
+        self._checked: dict[tuple[str, str], DialogRoute] = {}
 
     # --- making -------------------------------------------------------------------------------
     def _mac(self, call_id: str, payload: str) -> str:
@@ -111,9 +117,18 @@ class RouteTokens:
         return _b64(hmac.digest(self._secret, msg, "sha256")[:MAC_BYTES])      # one-shot: C fast path
 
     def token(self, call_id: str, ftag: str, caller: Flow | None, callee: Flow | None = None) -> str:
+        key = (call_id, ftag, caller, callee)
+        made = self._made.get(key)
+        if made is not None:
+            return made
         text = "\n".join((VERSION, ftag, caller.encode() if caller else "", callee.encode() if callee else ""))
         payload = _b64(text.encode("utf-8", "surrogateescape"))
-        return f"{payload}.{self._mac(call_id, payload)}"
+        made = f"{payload}.{self._mac(call_id, payload)}"
+        if len(call_id) + len(ftag) <= MEMO_KEY_CHARS:      # wire values: a huge one is not kept
+            if len(self._made) >= MEMO_SIZE:
+                self._made.clear()
+            self._made[key] = made
+        return made
 
     def uri(self, call_id: str, ftag: str, caller: Flow | None, callee: Flow | None = None) -> str:
         tok = self.token(call_id, ftag, caller, callee)
@@ -135,6 +150,18 @@ class RouteTokens:
         tok = uri.params.get(TOKEN_PARAM)
         if not tok or "." not in tok:
             return None
+        key = (tok, call_id)
+        route = self._checked.get(key)
+        if route is not None:
+            return route
+        route = self._check(tok, call_id)
+        if route is not None:       # only tokens of ours are kept: a forged one may be any size
+            if len(self._checked) >= MEMO_SIZE:
+                self._checked.clear()
+            self._checked[key] = route
+        return route
+
+    def _check(self, tok: str, call_id: str) -> DialogRoute | None:
         payload, _, mac = tok.partition(".")
         if not hmac.compare_digest(mac.encode("ascii", "replace"),
                                    self._mac(call_id, payload).encode("ascii")):
@@ -172,6 +199,11 @@ class RouteCheck:
     ours: bool = False                    # the top Route named this server
     status: int | None = None             # refuse with this status (None: admitted by the token)
     reason: str = ""
+
+    def __init__(self, route: DialogRoute | None = None, ours: bool = False, status: int | None = None,
+                 reason: str = "") -> None:
+        # written out: mypyc compiles it (a generated dataclass __init__ runs interpreted)
+        self.route, self.ours, self.status, self.reason = route, ours, status, reason
 
 
 def loose_route(request: SIPRequest, tokens: RouteTokens) -> RouteCheck:

@@ -99,7 +99,7 @@ class SipURI:
         if scheme_l not in _SIP_SCHEMES:
             if any(c in rest for c in " \t\r\n"):
                 raise SIPParseError(f"bad URI: {text[:80]!r}")
-            return cls(scheme=scheme_l, opaque=rest)
+            return SipURI(scheme_l, None, None, "", None, None, None, rest)
         headers: dict[str, str] = {}
         rest, qmark, hdrs = rest.partition("?")
         if qmark:
@@ -121,11 +121,9 @@ class SipURI:
         hostport, semi, paramtext = hostpart.partition(";")
         params = parse_params(paramtext) if semi else {}
         host, port = split_hostport(hostport)
-        for ch in user or "":
-            if ch in " \t\r\n<>\"":
-                raise SIPParseError(f"bad character in URI user part: {text[:80]!r}")
-        return cls(scheme=scheme_l, user=user, password=password, host=host, port=port,
-                   params=params, headers=headers)
+        if user and _has_any(user, " \t\r\n<>\""):
+            raise SIPParseError(f"bad character in URI user part: {text[:80]!r}")
+        return SipURI(scheme_l, user, password, host, port, params, headers)
 
     def __str__(self) -> str:
         if self.opaque is not None:
@@ -209,9 +207,10 @@ def split_hostport(text: str) -> tuple[str, int | None]:
         host, colon, port_s = text.partition(":")
         if colon and not port_s:
             raise SIPParseError(f"empty port: {text!r}")
-    for ch in host:
-        if not (ch.isalnum() or ch in ".-_:"):
-            raise SIPParseError(f"bad character in host: {text!r}")
+    # every character alphanumeric or one of . - _ : (str methods, not a loop per character)
+    letters = host.replace(".", "").replace("-", "").replace("_", "").replace(":", "")
+    if letters and not letters.isalnum():
+        raise SIPParseError(f"bad character in host: {text!r}")
     port = None
     if port_s:
         if not port_s.isdigit() or not 0 < int(port_s) <= 65535:
@@ -243,7 +242,7 @@ class NameAddr:
     def parse(cls, text: str) -> "NameAddr":
         text = text.strip()
         if text == "*":
-            return cls(uri=None, wildcard=True)
+            return NameAddr(None, None, None, True, True)
         if not text:
             raise SIPParseError("empty name-addr")
         lt = _find_unquoted(text, "<")
@@ -258,14 +257,14 @@ class NameAddr:
             rest = text[gt + 1:].strip()
             if rest and not rest.startswith(";"):
                 raise SIPParseError(f"junk after > in {text[:80]!r}")
-            return cls(uri=uri, display=display, params=parse_params(rest), angle=True)
+            return NameAddr(uri, display, parse_params(rest), True)
         # addr-spec: parameters after the URI belong to the header (RFC 3261 §20)
         if " " in text.split(";", 1)[0]:
             raise SIPParseError(f"bad addr-spec {text[:80]!r}")
         uri_text, semi, rest = text.partition(";")
         if "?" in uri_text or "," in uri_text:
             raise SIPParseError(f"addr-spec with reserved characters must use <>: {text[:80]!r}")
-        return cls(uri=SipURI.parse(uri_text), params=parse_params(rest) if semi else {}, angle=False)
+        return NameAddr(SipURI.parse(uri_text), None, parse_params(rest) if semi else {}, False)
 
     def __str__(self) -> str:
         if self.wildcard:
@@ -302,19 +301,37 @@ def rewrite_name_addrs(values: list[str], edit: Callable[[NameAddr, SipURI], boo
     return out if changed else None
 
 
+def _has_any(text: str, chars: str) -> bool:
+    for ch in chars:
+        if ch in text:
+            return True
+    return False
+
+
 def _find_unquoted(text: str, ch: str) -> int:
-    in_q = False
+    """Index of the first ``ch`` outside double quotes, or -1 (an unterminated quote: -1)."""
     i = 0
-    while i < len(text):
-        c = text[i]
-        if in_q:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                in_q = False
-        elif c == '"':
-            in_q = True
-        elif c == ch:
-            return i
-        i += 1
-    return -1
+    while True:
+        found = text.find(ch, i)
+        if found < 0:
+            return -1
+        quote = text.find('"', i, found)
+        if quote < 0:
+            return found
+        try:
+            i = after_quoted(text, quote + 1)
+        except SIPParseError:
+            return -1
+
+
+def after_quoted(text: str, i: int) -> int:
+    """Index after the quoted string whose text starts at ``i`` (after its opening quote); a
+    backslash escapes the next character. SIPParseError when it is not terminated."""
+    while True:
+        quote = text.find('"', i)
+        if quote < 0:
+            raise SIPParseError(f"unterminated quoted string in {text[:80]!r}")
+        slash = text.find("\\", i, quote)
+        if slash < 0:
+            return quote + 1
+        i = slash + 2           # the escaped character, whatever it is, is skipped

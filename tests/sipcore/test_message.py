@@ -100,6 +100,48 @@ def test_headers_set_add_remove():
     assert h.remove_first("Via") == "c" and h.remove("via") == 2 and "To" in h
 
 
+def _split_list_by_character(value: str) -> list[str]:
+    """The character-by-character definition split_list must agree with (its earlier code)."""
+    if "," not in value:
+        return [value.strip()] if value.strip() else []
+    parts, start, in_q, in_angle, i = [], 0, False, False, 0
+    while i < len(value):
+        c = value[i]
+        if in_q:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                in_q = False
+        elif c == '"':
+            in_q = True
+        elif c == "<":
+            in_angle = True
+        elif c == ">":
+            in_angle = False
+        elif c == "," and not in_angle:
+            if value[start:i].strip():
+                parts.append(value[start:i].strip())
+            start = i + 1
+        i += 1
+    if in_q:
+        raise SIPParseError("unterminated")
+    if value[start:].strip():
+        parts.append(value[start:].strip())
+    return parts
+
+
+@settings(max_examples=3000)
+@given(st.text(alphabet=',"<>\\ a;=', max_size=30))
+def test_split_list_agrees_with_the_character_definition(value):
+    try:
+        want = _split_list_by_character(value)
+    except SIPParseError:
+        with pytest.raises(SIPParseError):
+            split_list(value)
+        return
+    assert split_list(value) == want
+
+
 header_value = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126, blacklist_characters=',"<>'),
                        min_size=1, max_size=20)
 
@@ -151,3 +193,43 @@ def test_mutated_valid_messages_only_raise_the_typed_error(pos, byte):
 def test_via_response_address_honours_received_and_rport():
     v = Via.parse("SIP/2.0/UDP 10.0.0.2:5062;branch=z9hG4bKx;received=203.0.113.5;rport=40000")
     assert v.response_address() == ("203.0.113.5", 40000)
+
+
+def _find_unquoted_by_character(text: str, ch: str) -> int:
+    in_q, i = False, 0
+    while i < len(text):
+        c = text[i]
+        if in_q:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                in_q = False
+        elif c == '"':
+            in_q = True
+        elif c == ch:
+            return i
+        i += 1
+    return -1
+
+
+@settings(max_examples=2000)
+@given(st.text(alphabet='<"\\ a>', max_size=20))
+def test_find_unquoted_agrees_with_the_character_definition(text):
+    from sipcore.uri import _find_unquoted
+    assert _find_unquoted(text, "<") == _find_unquoted_by_character(text, "<")
+
+
+@settings(max_examples=2000)
+@given(st.text(max_size=12))
+def test_host_check_agrees_with_the_character_definition(host):
+    from sipcore.uri import split_hostport
+    if ":" in host or "[" in host or not host.strip():
+        return
+    text = host + ":5060"
+    ok = all(ch.isalnum() or ch in ".-_:" for ch in text.strip().partition(":")[0])
+    try:
+        split_hostport(text)
+        accepted = True
+    except SIPParseError:
+        accepted = False
+    assert accepted == ok
