@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass
 
 BASE_VERSION = "20040107"
@@ -60,6 +61,13 @@ def decode_token(token: str) -> str:
 
 
 def _check_ip(ip: str) -> str:
+    if ":" not in ip:
+        # IPv4 without the interpreted ipaddress module: inet_pton takes exactly the dotted quads
+        # ipaddress takes (no leading zeros, each <= 255), and inet_ntop writes them back as given
+        try:
+            return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, ip))
+        except (OSError, ValueError, UnicodeError):
+            raise ValueError(f"not an IP address: {ip!r}") from None
     try:
         return str(ipaddress.ip_address(ip))
     except ValueError:

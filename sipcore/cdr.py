@@ -111,11 +111,21 @@ class CDRWriter:
         self._lock = threading.Lock()
         self._counter = 0
         self._file = _AppendFile()
+        self._day_path = ("", "")        # (date, its file's path): the day's path checked once
+        self._buf = io.StringIO()        # one CSV formatter for every row (cleared after each)
+        self._csv = csv.writer(self._buf, lineterminator="\r\n")
 
     # --- files --------------------------------------------------------------------------------
     def path_for(self, date: str) -> str:
         check_date(date)
         return os.path.join(self.base_dir, date, f"cdr_{date}.csv")
+
+    def _path_of_day(self, date: str) -> str:
+        day, path = self._day_path
+        if day != date:
+            path = self.path_for(date)
+            self._day_path = (date, path)
+        return path
 
     def new_record_id(self, ts: float) -> str:
         self._counter = self._counter % 999_999 + 1
@@ -126,23 +136,26 @@ class CDRWriter:
 
         The file is the one of the day the row is written; ``date`` defaults to that day too.
         """
-        unknown = row.keys() - COLUMN_SET
-        if unknown:
-            raise ValueError(f"unknown CDR columns: {sorted(unknown)}")
-        full: dict[str, Any] = {c: "" for c in COLUMNS}     # values: text or numbers
-        full.update({k: ("" if v is None else v) for k, v in row.items()})
+        if not COLUMN_SET.issuperset(row):
+            raise ValueError(f"unknown CDR columns: {sorted(row.keys() - COLUMN_SET)}")
+        full: dict[str, Any] = dict.fromkeys(COLUMNS, "")     # values: text or numbers
+        for k, v in row.items():
+            full[k] = "" if v is None else v
         with self._lock:
             now = self.clock()
             full["record_id"] = full["record_id"] or self.new_record_id(now)
-            full["date"] = full["date"] or fmt_date(now)
-            path = self.path_for(fmt_date(now))
-            buf = io.StringIO()
-            out = csv.writer(buf, lineterminator="\r\n")
+            today = fmt_date(now)
+            full["date"] = full["date"] or today
+            path = self._path_of_day(today)
+            buf, out = self._buf, self._csv
+            buf.seek(0)
+            buf.truncate()
             fd, created = self._file.fd_for(path)
             if created:
                 out.writerow(COLUMNS)
             out.writerow([full[c] for c in COLUMNS])
-            data = buf.getvalue().encode("utf-8", TEXT_ERRORS)   # undecodable bytes as \xNN
+            text = buf.getvalue()
+            data = text.encode("utf-8", TEXT_ERRORS)   # undecodable bytes as \xNN
             written = os.write(fd, data)         # in the kernel now: survives kill -9
             while written < len(data):          # regular files write fully; be safe anyway
                 written += os.write(fd, data[written:])

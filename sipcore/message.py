@@ -10,7 +10,6 @@ round trips keep what is not understood byte for byte (apart from folding and co
 """
 from __future__ import annotations
 
-import functools
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,8 +50,24 @@ LIST_HEADERS = frozenset(h.lower() for h in (
 _TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
 
 
-@functools.lru_cache(maxsize=1024)
+_CANONICAL: dict[str, str] = {}       # header names seen -> canonical (short names only, bounded)
+_LOWER_CANONICAL: dict[str, str] = {}
+NAMES_KEPT = 2048
+NAME_MAX_CHARS = 64
+
+
 def canonical_name(name: str) -> str:
+    known = _CANONICAL.get(name)
+    if known is None:
+        known = _canonical(name)
+        if len(name) <= NAME_MAX_CHARS:
+            if len(_CANONICAL) >= NAMES_KEPT:
+                _CANONICAL.clear()
+            _CANONICAL[name] = known
+    return known
+
+
+def _canonical(name: str) -> str:
     low = name.lower()
     if low in COMPACT_FORMS:
         return COMPACT_FORMS[low]
@@ -111,9 +126,15 @@ def _after_angle(value: str, i: int) -> int:
         return n if close < 0 else close + 1
 
 
-@functools.lru_cache(maxsize=1024)
 def _lower_canonical(name: str) -> str:
-    return canonical_name(name).lower()
+    known = _LOWER_CANONICAL.get(name)
+    if known is None:
+        known = canonical_name(name).lower()
+        if len(name) <= NAME_MAX_CHARS:
+            if len(_LOWER_CANONICAL) >= NAMES_KEPT:
+                _LOWER_CANONICAL.clear()
+            _LOWER_CANONICAL[name] = known
+    return known
 
 
 class Headers:
@@ -337,11 +358,31 @@ class Via:
         return host, port
 
 
-@functools.lru_cache(maxsize=4096)
+# Recent parses of header values, shared by every message that carries the same text (a
+# response echoes its request's Vias, From and To). Bounded in entries and emptied when full;
+# a value longer than RECENT_MAX_CHARS (from the wire: anything up to the message size) is parsed
+# each time and never kept. The results are shared: readers must not modify them.
+RECENT_SIZE = 8192
+RECENT_MAX_CHARS = 512
+_RECENT_VIAS: dict[str, Via] = {}
+_RECENT_NAME_ADDRS: dict[str, NameAddr] = {}
+
+
 def _parsed_via(value: str) -> Via:
-    """Via values are parsed about three times per message (validation, transaction key, proxy):
-    parse each distinct value once. The result is shared; readers must not modify it."""
-    return Via.parse(value)
+    via = _RECENT_VIAS.get(value)
+    if via is None:
+        via = Via.parse(value)
+        remember_via(value, via)
+    return via
+
+
+def remember_via(value: str, via: Via) -> None:
+    """Keep ``via`` as the parse of ``value``: the proxy passes the Vias it writes, which come
+    back at the top of every response."""
+    if len(value) <= RECENT_MAX_CHARS:
+        if len(_RECENT_VIAS) >= RECENT_SIZE:
+            _RECENT_VIAS.clear()
+        _RECENT_VIAS[value] = via
 
 
 def new_branch() -> str:
@@ -352,11 +393,16 @@ def new_tag() -> str:
     return secrets.token_hex(6)
 
 
-@functools.lru_cache(maxsize=4096)
 def _parsed_name_addr(value: str) -> NameAddr:
-    """From/To values are parsed by validation and again by readers: parse each value once.
-    The result is shared; readers must not modify it."""
-    return NameAddr.parse(value)
+    """From/To values (see _parsed_via)."""
+    na = _RECENT_NAME_ADDRS.get(value)
+    if na is None:
+        na = NameAddr.parse(value)
+        if len(value) <= RECENT_MAX_CHARS:
+            if len(_RECENT_NAME_ADDRS) >= RECENT_SIZE:
+                _RECENT_NAME_ADDRS.clear()
+            _RECENT_NAME_ADDRS[value] = na
+    return na
 
 
 _UNSET: Any = object()      # a memo entry not computed yet (None is a value there)
@@ -619,7 +665,7 @@ def parse_message(data: bytes, max_size: int = MAX_MESSAGE_SIZE,
             if not name or not _TOKEN_CHARS.issuperset(name):
                 raise SIPParseError(f"bad header name: {name[:40]!r}")
             known = (canonical_name(name), _lower_canonical(name))
-            if len(names) < 2048:       # header names as received -> (canonical, key)
+            if len(names) < 2048 and len(raw_name) <= NAME_MAX_CHARS:     # names as received -> (canonical, key)
                 names[raw_name] = known
         items.append((known[0], value.strip()))
         keys.append(known[1])

@@ -38,7 +38,7 @@ from sipcore.call import Call, CallState
 from sipcore.deadlines import Deadlines
 from sipcore.errors import SDPParseError, SIPParseError
 from sipcore.media_session import MediaHandoff, MediaOp
-from sipcore.message import SIPMessage, SIPRequest, SIPResponse, Via, build_response, new_tag
+from sipcore.message import SIPMessage, SIPRequest, SIPResponse, Via, build_response, new_tag, remember_via
 from sipcore.offer_answer import CALLER, OfferAnswer, other_leg
 from sipcore.originated import BYE_BY_OPERATOR, OriginatedDone, OriginatedRequests, build_bye
 from sipcore.record_route import Flow, RouteTokens
@@ -259,7 +259,10 @@ class ProxyCore:
                                                   Flow(tx.source[0], tx.source[1], tx.transport))
 
     def _via(self, branch: str, transport: str) -> str:
-        return f"SIP/2.0/{transport.upper()} {self.host}:{self.port};branch={branch};rport"
+        text = f"SIP/2.0/{transport.upper()} {self.host}:{self.port};branch={branch};rport"
+        if ":" not in self.host:       # what parsing it gives (it tops every response to come)
+            remember_via(text, Via(transport.upper(), self.host, self.port, {"branch": branch, "rport": None}))
+        return text
 
     def _respond(self, tx_or_req, status: int, reason: str | None = None, extra=(), source=None,
                  transport="udp", to_tag: str | None = None) -> SIPResponse:
@@ -320,8 +323,10 @@ class ProxyCore:
         via = Via.parse(request.headers.get("Via") or "")
         via.params["received"] = source[0]
         via.params["rport"] = str(source[1])
+        text = str(via)
+        remember_via(text, via)         # the responses echo it as the Via under ours
         request.headers.remove_first("Via")
-        request.headers.add("Via", str(via), top=True)
+        request.headers.add("Via", text, top=True)
 
     # ==========================================================================================
     # requests

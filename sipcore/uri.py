@@ -4,7 +4,7 @@ Sans-IO value objects. Unknown URI parameters and headers are preserved in order
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import unquote
 
@@ -147,10 +147,13 @@ class SipURI:
         return self.opaque is None
 
     def with_host_port(self, host: str, port: int | None) -> "SipURI":
-        return replace(self, host=host, port=port, params=dict(self.params), headers=dict(self.headers))
+        return SipURI(self.scheme, self.user, self.password, host, port, dict(self.params), dict(self.headers),
+                      self.opaque)
 
     def copy(self) -> "SipURI":
-        return replace(self, params=dict(self.params), headers=dict(self.headers))
+        # by hand: dataclasses.replace runs interpreted and passes keywords
+        return SipURI(self.scheme, self.user, self.password, self.host, self.port, dict(self.params),
+                      dict(self.headers), self.opaque)
 
     def aor(self) -> str:
         """Address of record: scheme:user@host without port, params or headers (lower-case host)."""
@@ -279,7 +282,8 @@ class NameAddr:
         return self.params.get("tag")
 
     def copy(self) -> "NameAddr":
-        return replace(self, uri=self.uri.copy() if self.uri else None, params=dict(self.params))
+        return NameAddr(self.uri.copy() if self.uri else None, self.display, dict(self.params), self.angle,
+                        self.wildcard)
 
 
 def rewrite_name_addrs(values: list[str], edit: Callable[[NameAddr, SipURI], bool]) -> list[str] | None:
