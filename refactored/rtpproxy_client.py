@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 import itertools
 import logging
 import random
@@ -100,8 +101,15 @@ class RTPProxyClient:
         # _UDPControl (udp), a DatagramTransport (unix), or a reader/writer pair (tcp)
         self._transport: Any = None
         self._pending: dict[str, asyncio.Future] = {}
+        # datagram commands' timeouts: (deadline, cookie) in a heap under ONE loop timer, armed
+        # for the earliest (a loop timer per command cost a timer, a cancel and heap work each)
+        self._deadlines: list[tuple[float, str]] = []
+        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_loop: asyncio.AbstractEventLoop | None = None
+        self._expiry_at = 0.0
         self._cookies = itertools.count(random.randrange(1, 1 << 20))
         self._stream_lock = asyncio.Lock()
+        self._connect_lock = asyncio.Lock()
         self._reader: Any = None
         self._writer: Any = None
 
@@ -135,7 +143,9 @@ class RTPProxyClient:
         for attempt in range(self.retries + 1):
             try:
                 if self._transport is None and self._writer is None:
-                    await self._connect()
+                    async with self._connect_lock:     # commands that find no socket open ONE
+                        if self._transport is None and self._writer is None:
+                            await self._connect()
                 if self.kind == "tcp":
                     return await self._stream_command(cmd)
                 return await self._datagram_command(cmd)
@@ -148,22 +158,46 @@ class RTPProxyClient:
             except (OSError, ConnectionError) as exc:
                 last_exc = exc
                 self.close()
-        raise RTPProxyUnavailable(f"rtpproxy at {self.spec} does not answer ({last_exc or 'timeout'}); {HOW_TO_START}")
+        why = (str(last_exc) or type(last_exc).__name__) if last_exc is not None else "timeout"
+        raise RTPProxyUnavailable(f"rtpproxy at {self.spec} does not answer ({why}); {HOW_TO_START}")
 
     async def _datagram_command(self, cmd: proto.Command) -> str:
         cookie = f"{next(self._cookies)}_{int(time.monotonic() * 1000) % 100000}"
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._pending[cookie] = fut
-        # one timer handle instead of asyncio.wait_for (which wraps the future once more per command)
-        expiry = loop.call_later(self.timeout, _expire, fut)
+        deadline = time.monotonic() + self.timeout
+        heapq.heappush(self._deadlines, (deadline, cookie))
+        if self._expiry is None or deadline < self._expiry_at or self._expiry_loop is not loop:
+            self._arm_expiry(loop, deadline)
         try:
             self._transport.sendto(proto.frame(cmd, cookie))
             data = await fut
         finally:
-            expiry.cancel()
             self._pending.pop(cookie, None)
         return proto.split_reply(data, cookie)
+
+    def _arm_expiry(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry_at, self._expiry_loop = deadline, loop
+        self._expiry = loop.call_later(max(0.0, deadline - time.monotonic()), self._expire_due)
+
+    def _expire_due(self) -> None:
+        """Fail the commands whose time is up with TimeoutError (the answered ones just leave the
+        heap), then arm the timer for the next command still waiting."""
+        self._expiry = None
+        now = time.monotonic()
+        heap, pending = self._deadlines, self._pending
+        while heap:
+            deadline, cookie = heap[0]
+            fut = pending.get(cookie)
+            if fut is not None and not fut.done():
+                if deadline > now:
+                    self._arm_expiry(asyncio.get_running_loop(), deadline)
+                    return
+                fut.set_exception(asyncio.TimeoutError())
+            heapq.heappop(heap)
 
     async def _stream_command(self, cmd: proto.Command) -> str:
         async with self._stream_lock:
@@ -175,17 +209,16 @@ class RTPProxyClient:
             return proto.split_reply(line, None)
 
     def close(self) -> None:
+        if self._expiry is not None and not self._pending:
+            self._expiry.cancel()         # nothing waits: no timer left behind
+            self._expiry = None
+            self._deadlines.clear()
         if self._transport is not None:
             self._transport.close()
             self._transport = None
         if self._writer is not None:
             self._writer.close()
             self._writer = self._reader = None
-
-
-def _expire(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_exception(asyncio.TimeoutError())
 
 
 class Node:

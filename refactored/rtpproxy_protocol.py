@@ -19,6 +19,8 @@ import socket
 from dataclasses import dataclass
 
 BASE_VERSION = "20040107"
+_MODIFIERS = re.compile(r"[A-Za-z0-9,.]*")
+_ERROR = re.compile(r"E(\d+)")
 _SAFE = re.compile(r"^[A-Za-z0-9!#$&'()*+,\-./:<>?@\[\]^_`{|}~]+$")
 
 E_CODES = {
@@ -79,6 +81,10 @@ class Command:
     text: str          # without cookie
     kind: str          # U L D Q I V VF
 
+    def __init__(self, text: str, kind: str) -> None:
+        # written out: mypyc compiles it (a generated dataclass __init__ runs interpreted)
+        self.text, self.kind = text, kind
+
 
 def offer(call_id: str, ip: str, port: int, from_tag: str, to_tag: str | None = None,
           media_index: int | None = None, modifiers: str = "") -> Command:
@@ -96,7 +102,7 @@ def _tag(tag: str, media_index: int | None) -> str:
 
 
 def _ul(letter, call_id, ip, port, from_tag, to_tag, media_index, modifiers) -> Command:
-    if not re.fullmatch(r"[A-Za-z0-9,.]*", modifiers):
+    if modifiers and not _MODIFIERS.fullmatch(modifiers):
         raise ValueError(f"bad modifiers {modifiers!r}")
     if not 0 <= int(port) <= 65535:
         raise ValueError(f"bad port {port}")
@@ -151,7 +157,7 @@ def split_reply(data: bytes, cookie: str | None) -> str:
 
 
 def check_error(text: str) -> None:
-    m = re.fullmatch(r"E(\d+)", text.split()[0]) if text else None
+    m = _ERROR.fullmatch(text.split()[0]) if text else None
     if m:
         raise RTPProxyError(int(m.group(1)))
 
@@ -160,6 +166,10 @@ def check_error(text: str) -> None:
 class PortReply:
     port: int
     address: str | None
+
+    def __init__(self, port: int, address: str | None) -> None:
+        # written out: mypyc compiles it (a generated dataclass __init__ runs interpreted)
+        self.port, self.address = port, address
 
 
 def parse_port_reply(text: str) -> PortReply:

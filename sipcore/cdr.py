@@ -31,6 +31,7 @@ from typing import Any, Callable
 from sipcore.textsafe import ERRORS as TEXT_ERRORS
 
 log = logging.getLogger(__name__)
+_ROOT = logging.getLogger()    # per-message DEBUG lines: its level read as an attribute, not a Logger call
 
 COLUMNS = (
     "record_id", "record_type", "call_state", "date", "start_time", "end_time", "call_id",
@@ -160,7 +161,8 @@ class CDRWriter:
             while written < len(data):          # regular files write fully; be safe anyway
                 written += os.write(fd, data[written:])
             self.syncer.dirty(path, created)    # fsync'ed off this thread within fsync_interval
-        log.debug("CDR %s/%s call-id=%s", full["record_type"], full["call_state"], full["call_id"])
+        if _ROOT.level <= logging.DEBUG:
+            log.debug("CDR %s/%s call-id=%s", full["record_type"], full["call_state"], full["call_id"])
         return full
 
     def close(self) -> None:

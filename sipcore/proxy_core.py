@@ -560,12 +560,12 @@ class ProxyCore:
                     caller_transport=tx.transport, caller_from=req.headers.get("From") or "",
                     callee_to=req.headers.get("To") or "", caller_contact=contact,
                     started=self.clock(), invite_cseq=req.cseq[0], caller_cseq=req.cseq[0],
-                    user_agent=req.headers.get("User-Agent") or "")
+                    user_agent=req.headers.get("User-Agent") or "",
+                    offer_answer=OfferAnswer(legacy=self.policy.legacy_media_positions))
         old = self.calls.get(call.call_id)
         if old is not None and not old.ended:
             return old
         call.auth_user = tx.auth_user
-        call.offer_answer = OfferAnswer(legacy=self.policy.legacy_media_positions)
         self.calls[call.call_id] = call
         self._calls_due.add(call.call_id, call.started + TX_LINGER)
         tx.call = call

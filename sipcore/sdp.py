@@ -19,12 +19,16 @@ class Connection:
     addrtype: str = "IP4"
     address: str = "0.0.0.0"
 
+    def __init__(self, nettype: str = "IN", addrtype: str = "IP4", address: str = "0.0.0.0") -> None:
+        # written out: mypyc compiles it (a generated dataclass __init__ runs interpreted)
+        self.nettype, self.addrtype, self.address = nettype, addrtype, address
+
     @classmethod
     def parse(cls, value: str) -> "Connection":
         parts = value.split()
         if len(parts) != 3:
             raise SDPParseError(f"bad c= line: {value!r}")
-        return cls(*parts)
+        return Connection(parts[0], parts[1], parts[2])
 
     def __str__(self) -> str:
         return f"{self.nettype} {self.addrtype} {self.address}"
@@ -39,12 +43,18 @@ class Origin:
     addrtype: str
     address: str
 
+    def __init__(self, username: str, sess_id: str, sess_version: str, nettype: str, addrtype: str,
+                 address: str) -> None:
+        # written out: mypyc compiles it (a generated dataclass __init__ runs interpreted)
+        self.username, self.sess_id, self.sess_version = username, sess_id, sess_version
+        self.nettype, self.addrtype, self.address = nettype, addrtype, address
+
     @classmethod
     def parse(cls, value: str) -> "Origin":
         parts = value.split()
         if len(parts) != 6:
             raise SDPParseError(f"bad o= line: {value!r}")
-        return cls(*parts)
+        return Origin(parts[0], parts[1], parts[2], parts[3], parts[4], parts[5])
 
     def __str__(self) -> str:
         return " ".join((self.username, self.sess_id, self.sess_version, self.nettype,
@@ -147,7 +157,7 @@ class Media:
             port = int(parts[0])
         except (IndexError, ValueError):
             raise SDPParseError(f"bad a=rtcp: {val!r}") from None
-        conn = Connection(*parts[1:4]) if len(parts) >= 4 else None
+        conn = Connection(parts[1], parts[2], parts[3]) if len(parts) >= 4 else None
         return port, conn
 
     @property

@@ -33,6 +33,7 @@ from sipcore.stages import stage_of
 from sipcore.transport import SIPTransport
 
 log = logging.getLogger(__name__)
+_ROOT = logging.getLogger()    # per-message DEBUG lines: its level read as an attribute, not a Logger call
 
 
 def build_admission(config, policy: StagePolicy, authorizer, user_exists, server_header: str,
@@ -223,10 +224,12 @@ class SIPServer:
         # the proxy core runs here, at once; only a wait for the media backend becomes a task
         try:
             if is_request:
-                log.debug("RX %s %s from %s:%s call-id=%s", msg.method, msg.uri, *source, msg.call_id)
+                if _ROOT.level <= logging.DEBUG:
+                    log.debug("RX %s %s from %s:%s call-id=%s", msg.method, msg.uri, *source, msg.call_id)
                 rest = self.proxy.begin_request(msg, source, transport)
             else:
-                log.debug("RX %d %s from %s:%s call-id=%s", msg.status, msg.reason, *source, msg.call_id)
+                if _ROOT.level <= logging.DEBUG:
+                    log.debug("RX %d %s from %s:%s call-id=%s", msg.status, msg.reason, *source, msg.call_id)
                 rest = self.proxy.begin_response(msg, source, transport)
         except Exception as exc:   # noqa: BLE001 - one bad message must not stop the server
             self._failed(msg, source, transport, exc)

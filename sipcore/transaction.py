@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from sipcore.message import Headers, SIPRequest, SIPResponse, build_response
 
 log = logging.getLogger(__name__)
+_ROOT = logging.getLogger()    # per-message DEBUG lines: its level read as an attribute, not a Logger call
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,18 @@ class Timers:
 class Send:
     message: SIPRequest | SIPResponse
 
+    def __init__(self, message: SIPRequest | SIPResponse) -> None:
+        # written out: mypyc compiles it (a generated dataclass __init__ runs interpreted)
+        self.message = message
+
 
 @dataclass
 class PassUp:
     message: SIPRequest | SIPResponse
+
+    def __init__(self, message: SIPRequest | SIPResponse) -> None:
+        # written out: mypyc compiles it (a generated dataclass __init__ runs interpreted)
+        self.message = message
 
 
 @dataclass
@@ -77,7 +86,7 @@ class _Base:
     def state(self, new: TxState) -> None:
         """The one place a transaction changes state; logged old -> new."""
         if new is not self._state:
-            if log.isEnabledFor(logging.DEBUG):
+            if _ROOT.level <= logging.DEBUG:
                 log.debug("%s %s: %s -> %s", type(self).__name__, self._label(), self._state, new)
             self._state = new
 
