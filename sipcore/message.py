@@ -393,8 +393,8 @@ def new_tag() -> str:
     return secrets.token_hex(6)
 
 
-def _parsed_name_addr(value: str) -> NameAddr:
-    """From/To values (see _parsed_via)."""
+def parsed_name_addr(value: str) -> NameAddr:
+    """The parse of a name-addr value (From, To, Contact...), shared: read only (see _parsed_via)."""
     na = _RECENT_NAME_ADDRS.get(value)
     if na is None:
         na = NameAddr.parse(value)
@@ -409,7 +409,7 @@ _UNSET: Any = object()      # a memo entry not computed yet (None is a value the
 
 
 def _tag_of(name_addr: str) -> str | None:
-    return _parsed_name_addr(name_addr).tag
+    return parsed_name_addr(name_addr).tag
 
 
 class SIPMessage:

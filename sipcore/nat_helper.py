@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from sipcore.errors import SDPParseError, SIPParseError
-from sipcore.message import SIPMessage, SIPRequest
+from sipcore.message import SIPMessage, SIPRequest, parsed_name_addr
 from sipcore.sdp import SessionDescription
 from sipcore.uri import NameAddr, SipURI, rewrite_name_addrs
 
@@ -34,6 +34,8 @@ TEST_PRIVATE_VIA = 4
 TEST_PRIVATE_SDP = 8
 TEST_VIA_PORT = 16
 TEST_ALL = 31
+
+CLASSIFIED_KEPT = 4096
 
 _TEST_NAMES = {
     TEST_PRIVATE_CONTACT: "private_contact", TEST_VIA_RECEIVED: "via_received",
@@ -70,9 +72,22 @@ class NATHelper:
         nets = [*_ALWAYS_PRIVATE, *self.local_networks]
         self._ranges4 = [(int(n.network_address), int(n.netmask)) for n in nets if n.version == 4]
         self._ranges6 = [(int(n.network_address), int(n.netmask)) for n in nets if n.version == 6]
+        self._classified: dict[str, bool] = {}     # recent answers of is_private (bounded)
 
     # --- classification ---------------------------------------------------------------------
     def is_private(self, address: str) -> bool:
+        """Private, carrier-NAT, link-local or a configured local network. The same few
+        addresses are asked about several times per message: recent answers are kept."""
+        known = self._classified.get(address)
+        if known is None:
+            known = self._is_private(address)
+            if len(address) <= 64:
+                if len(self._classified) >= CLASSIFIED_KEPT:
+                    self._classified.clear()
+                self._classified[address] = known
+        return known
+
+    def _is_private(self, address: str) -> bool:
         text = address.strip("[]")
         # the common case without ipaddress objects: an address as integer against (network, mask)
         for family, ranges in ((socket.AF_INET, self._ranges4), (socket.AF_INET6, self._ranges6)):
@@ -239,10 +254,11 @@ def _rewrite_contacts(msg: SIPMessage, edit: Callable[[NameAddr, SipURI], bool])
 
 
 def _contacts(msg: SIPMessage) -> list[NameAddr]:
+    """The parsed Contacts, shared with other readers (read only)."""
     out = []
     for v in msg.headers.get_all("Contact"):
         try:
-            out.append(NameAddr.parse(v))
+            out.append(parsed_name_addr(v))
         except SIPParseError:
             continue
     return out

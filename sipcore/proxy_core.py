@@ -317,12 +317,13 @@ class ProxyCore:
         go back to the stored request source instead."""
         if not self.policy.force_rport:
             return
-        values = request.headers.get_raw("Via")
-        if not values:
+        top = request.top_via()         # parsed already (validation); shared: copied below
+        if top is None:
             return
-        via = Via.parse(request.headers.get("Via") or "")
-        via.params["received"] = source[0]
-        via.params["rport"] = str(source[1])
+        params = dict(top.params)
+        params["received"] = source[0]
+        params["rport"] = str(source[1])
+        via = Via(top.transport, top.host, top.port, params, top.protocol)
         text = str(via)
         remember_via(text, via)         # the responses echo it as the Via under ours
         request.headers.remove_first("Via")

@@ -2,6 +2,7 @@
 import gc
 import tracemalloc
 
+from sipcore import message, nat_helper
 from sipcore.bindings import MemoryBindingStore
 from sipcore.message import parse_message
 from sipcore.nat_helper import NATHelper
@@ -24,6 +25,16 @@ def register(i, *, cseq=1, expires=3600, domain="sip.local", contact_host=None, 
 def stage2_registrar():
     policy = StagePolicy(2, NATHelper("198.51.100.1", ["192.168.0.0/16"]))
     return Registrar(contact_policy=policy.register_contact)
+
+
+def drop_bounded_caches(reg):
+    """Empty the parse and NAT caches (bounded, shared by every message: not memory per binding)."""
+    assert len(message._RECENT_NAME_ADDRS) <= message.RECENT_SIZE and len(message._RECENT_VIAS) <= message.RECENT_SIZE
+    message._RECENT_NAME_ADDRS.clear()
+    message._RECENT_VIAS.clear()
+    nat = reg.contact_policy.__self__.nat
+    assert len(nat._classified) <= nat_helper.CLASSIFIED_KEPT
+    nat._classified.clear()
 
 
 def src(i):
@@ -112,6 +123,7 @@ def test_memory_per_binding_under_1kb_and_returned_after_expiry():
         for i, m in enumerate(msgs):
             reg.handle_register(m, src(i), "udp", 1000.0)
         del m
+        drop_bounded_caches(reg)
         gc.collect()
         full = tracemalloc.get_traced_memory()[0]
         assert reg.count(1000.0) == n
