@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import struct
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,19 @@ from sipcore.sdp import SessionDescription
 
 log = logging.getLogger(__name__)
 
+# The relay's sockets are plain non-blocking UDP sockets (not datagram transports: a call opens 4
+# and closes them again, and a transport + protocol per socket cost more per call than everything
+# else the relay does), each read from a loop reader callback (standard loop and uvloop alike)
+# and closed synchronously, so a deleted call's ports bind again at once.
+RECV_SIZE = 65536         # any UDP datagram fits whole (nothing is ever truncated)
+DRAIN = 32                # datagrams read from one socket per readiness before other work runs
+_SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)     # Linux: non-blocking from the start, no fcntl
+_NONBLOCKING_DGRAM = socket.SOCK_DGRAM | _SOCK_NONBLOCK
+_SEQ_TS = struct.Struct("!HI")              # RTP sequence number and timestamp, bytes 2-7
+_SSRC = struct.Struct("!I")                 # RTP SSRC, bytes 8-11
+# a punch packet: V=2, no padding/extension/CSRC, M=0, PT=0 (PCMU), 160 bytes of 0xFF (silence)
+_PUNCH = bytes([0x80, 0]) + bytes(10) + b"\xff" * 160
+
 
 @dataclass
 class Leg:
@@ -45,8 +59,8 @@ class Leg:
     tx: int = 0
     rtcp_rx: int = 0
     rtcp_tx: int = 0
-    rtp_transport: asyncio.DatagramTransport | None = None
-    rtcp_transport: asyncio.DatagramTransport | None = None
+    rtp_sock: socket.socket | None = None
+    rtcp_sock: socket.socket | None = None
 
 
 @dataclass
@@ -65,15 +79,23 @@ class Session:
     created: float = field(default_factory=time.time)
 
 
-class _LegProtocol(asyncio.DatagramProtocol):
-    def __init__(self, relay: "LegacyRelay", session: Session, stream: Stream, leg: Leg, rtcp: bool):
-        self.relay, self.session, self.stream, self.leg, self.rtcp = relay, session, stream, leg, rtcp
-
-    def datagram_received(self, data, addr):
-        self.relay._packet(self.session, self.stream, self.leg, self.rtcp, data, (addr[0], addr[1]))
-
-
 BIND_ATTEMPTS = 16        # port pairs tried for one leg before the call gets 488
+
+
+class _Readers:
+    """A loop.add_reader per socket (the standard loop and uvloop alike)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback):
+        self.loop, self.callback = loop, callback
+
+    def add(self, sock: socket.socket, *args) -> None:
+        self.loop.add_reader(sock.fileno(), self.callback, sock, *args)
+
+    def remove(self, sock: socket.socket) -> None:
+        self.loop.remove_reader(sock.fileno())
+
+    def close(self) -> None:
+        pass
 
 
 class LegacyRelay(MediaBackend):
@@ -84,10 +106,15 @@ class LegacyRelay(MediaBackend):
         self.advertised_ip = advertised_ip
         self.punch_packets = punch_packets
         self.bind_ip = bind_ip
+        self._family = socket.AF_INET6 if ":" in bind_ip else socket.AF_INET
         self.pool = PortPool(port_min, port_max)
         self.inactivity_timeout = inactivity_timeout
         self._sessions: dict[str, Session] = {}
         self._reaper: asyncio.Task | None = None
+        self._readers: _Readers | None = None     # of the loop the sockets are on
+        # one receive buffer for every socket: a datagram is forwarded before the next is read
+        self._buf = bytearray(RECV_SIZE)
+        self._view = memoryview(self._buf)
 
     async def start(self) -> None:
         self._reaper = asyncio.get_running_loop().create_task(self._reap(), name="relay-reaper")
@@ -99,6 +126,9 @@ class LegacyRelay(MediaBackend):
             self._reaper = None
         for call_id in list(self._sessions):
             await self.delete(call_id)
+        if self._readers is not None:
+            self._readers.close()
+            self._readers = None
 
     async def _reap(self) -> None:
         while True:
@@ -109,14 +139,41 @@ class LegacyRelay(MediaBackend):
                     log.info("relay session %s released after %.0fs without packets", call_id, self.inactivity_timeout)
                     await self.delete(call_id)
 
-    async def _open_leg(self, session: Session, stream: Stream, leg: Leg) -> None:
-        loop = asyncio.get_running_loop()
-        leg.rtp_transport, _ = await loop.create_datagram_endpoint(
-            lambda: _LegProtocol(self, session, stream, leg, False), local_addr=(self.bind_ip, leg.port))
-        leg.rtcp_transport, _ = await loop.create_datagram_endpoint(
-            lambda: _LegProtocol(self, session, stream, leg, True), local_addr=(self.bind_ip, leg.port + 1))
+    def _bind(self, port: int) -> socket.socket:
+        sock = socket.socket(self._family, _NONBLOCKING_DGRAM)
+        try:
+            if not _NONBLOCKING_DGRAM & _SOCK_NONBLOCK:
+                sock.setblocking(False)
+            sock.bind((self.bind_ip, port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
-    async def _bind_leg(self, session: Session, stream: Stream, leg: Leg, busy: list[int]) -> None:
+    def _open_leg(self, session: Session, stream: Stream, leg: Leg) -> None:
+        """Bind the leg's RTP and RTCP sockets (OSError when either port is taken), then watch them."""
+        readers = self._readers
+        loop = asyncio.get_running_loop()
+        if readers is None or readers.loop is not loop:
+            readers = self._readers = _Readers(loop, self._readable)
+        leg.rtp_sock = self._bind(leg.port)
+        leg.rtcp_sock = self._bind(leg.port + 1)
+        readers.add(leg.rtp_sock, session, stream, leg, False)
+        readers.add(leg.rtcp_sock, session, stream, leg, True)
+
+    def _readable(self, sock: socket.socket, session: Session, stream: Stream, leg: Leg, rtcp: bool) -> None:
+        """Reader callback: relay what the socket holds, at most DRAIN datagrams per call."""
+        buf, view = self._buf, self._view
+        for _ in range(DRAIN):
+            try:
+                n, addr = sock.recvfrom_into(buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:        # an ICMP error of an earlier send, reported once: not fatal
+                continue
+            self._packet(session, stream, leg, rtcp, view[:n], (addr[0], addr[1]))
+
+    def _bind_leg(self, session: Session, stream: Stream, leg: Leg, busy: list[int]) -> None:
         """Open ``leg`` on the lowest free pool pair that really binds. Another program may hold a
         port of the configured range: skip that pair (as rtpproxy does) instead of failing the call."""
         for _ in range(BIND_ATTEMPTS):
@@ -125,7 +182,7 @@ class LegacyRelay(MediaBackend):
             except RuntimeError as exc:
                 raise MediaBackendError(f"legacy relay: {exc}") from None
             try:
-                await self._open_leg(session, stream, leg)
+                self._open_leg(session, stream, leg)
                 return
             except OSError as exc:
                 self._close_leg(leg)
@@ -136,19 +193,22 @@ class LegacyRelay(MediaBackend):
                                 f"(last {leg.port}/{leg.port + 1})")
 
     def _close_stream(self, stream: Stream) -> None:
+        """Close both legs' sockets and give their ports back to the pool: they bind again at once."""
         for leg in (stream.a, stream.b):
-            if leg.port and leg.rtp_transport is not None:
+            if leg.port and leg.rtp_sock is not None:
                 self._close_leg(leg)
                 self.pool.release(leg.port)
 
-    @staticmethod
-    def _close_leg(leg: Leg) -> None:
-        for tr in (leg.rtp_transport, leg.rtcp_transport):
-            if tr is not None:
-                tr.close()
-        leg.rtp_transport = leg.rtcp_transport = None
+    def _close_leg(self, leg: Leg) -> None:
+        readers = self._readers
+        for sock in (leg.rtp_sock, leg.rtcp_sock):
+            if sock is not None:
+                if readers is not None:
+                    readers.remove(sock)             # before close: the fd number is reused at once
+                sock.close()
+        leg.rtp_sock = leg.rtcp_sock = None
 
-    async def _stream(self, session: Session, index: int) -> Stream:
+    def _stream(self, session: Session, index: int) -> Stream:
         for st in session.streams:
             if st.index == index:
                 return st
@@ -156,7 +216,7 @@ class LegacyRelay(MediaBackend):
         busy: list[int] = []
         try:
             for leg in (st.a, st.b):
-                await self._bind_leg(session, st, leg, busy)
+                self._bind_leg(session, st, leg, busy)
         except MediaBackendError:
             self._close_stream(st)
             raise
@@ -166,13 +226,20 @@ class LegacyRelay(MediaBackend):
         session.streams.append(st)
         return st
 
-    def _packet(self, session: Session, stream: Stream, leg: Leg, rtcp: bool, data: bytes, src) -> None:
+    def _packet(self, session: Session, stream: Stream, leg: Leg, rtcp: bool, data, src) -> None:
+        """One datagram received on ``leg`` from ``src``. A send error (EAGAIN, an ICMP error
+        queued on the socket) drops that datagram and nothing else; an empty datagram is counted
+        but not sent (as the datagram transports did)."""
         session.last_packet = time.monotonic()
         other = stream.b if leg is stream.a else stream.a
         if rtcp:
             leg.rtcp_rx += 1
-            if other.target and other.rtcp_transport is not None and other.target[1] < 65535:
-                other.rtcp_transport.sendto(data, (other.target[0], other.target[1] + 1))
+            if other.target and other.rtcp_sock is not None and other.target[1] < 65535:
+                if data:
+                    try:
+                        other.rtcp_sock.sendto(data, (other.target[0], other.target[1] + 1))
+                    except (OSError, ValueError, OverflowError):
+                        pass
                 other.rtcp_tx += 1
             return
         leg.rx += 1
@@ -180,8 +247,12 @@ class LegacyRelay(MediaBackend):
             if leg.target != src:
                 log.info("[RTP-LATCH] %s leg %s: %s -> %s:%s", session.call_id, leg.name, leg.target, *src)
             leg.target, leg.latched = src, True
-        if other.target and other.rtp_transport is not None:
-            other.rtp_transport.sendto(data, other.target)
+        if other.target and other.rtp_sock is not None:
+            if data:
+                try:
+                    other.rtp_sock.sendto(data, other.target)
+                except (OSError, ValueError, OverflowError):
+                    pass
             other.tx += 1
 
     def _rewrite(self, sdp: SessionDescription, session: Session, legs: list[Leg]) -> SessionDescription:
@@ -201,7 +272,7 @@ class LegacyRelay(MediaBackend):
         for i, m in enumerate(sdp.media):
             if m.port == 0:
                 continue
-            st = await self._stream(session, i)
+            st = self._stream(session, i)
             mine, theirs = (st.a, st.b) if from_caller else (st.b, st.a)
             mine.target, mine.latched = _sdp_target(sdp, i, m.port, source), False
             theirs.latched = False
@@ -217,7 +288,7 @@ class LegacyRelay(MediaBackend):
         for i, m in enumerate(sdp.media):
             if m.port == 0:
                 continue
-            st = await self._stream(session, i)
+            st = self._stream(session, i)
             # the answerer is the request's receiver
             answerer, offerer = (st.b, st.a) if from_caller_request else (st.a, st.b)
             answerer.target, answerer.latched = _sdp_target(sdp, i, m.port, source), False
@@ -227,29 +298,27 @@ class LegacyRelay(MediaBackend):
         return self._rewrite(sdp, session, legs)
 
     def _punch(self, leg: Leg) -> None:
-        if not self.punch_packets or leg.target is None or leg.rtp_transport is None:
+        sock = leg.rtp_sock
+        if not self.punch_packets or leg.target is None or sock is None:
             return
         ssrc = random.getrandbits(32)
         seq0, ts0 = random.getrandbits(16), random.getrandbits(32)
+        packet = bytearray(_PUNCH)
+        _SSRC.pack_into(packet, 8, ssrc)
+        pack_into, sendto, target = _SEQ_TS.pack_into, sock.sendto, leg.target
         for n in range(self.punch_packets):
-            header = struct.pack("!BBHII", 0x80, 0, (seq0 + n) & 0xFFFF, (ts0 + 160 * n) & 0xFFFFFFFF, ssrc)
-            leg.rtp_transport.sendto(header + b"\xff" * 160, leg.target)
+            pack_into(packet, 2, (seq0 + n) & 0xFFFF, (ts0 + 160 * n) & 0xFFFFFFFF)
+            try:
+                sendto(packet, target)
+            except (OSError, ValueError, OverflowError):     # EAGAIN, a queued ICMP error ...: that packet is lost
+                pass
 
     async def delete(self, call_id, from_tag=None, to_tag=None) -> None:
         session = self._sessions.pop(call_id, None)
         if session is None:
             return
         for st in session.streams:
-            for leg in (st.a, st.b):
-                for t in (leg.rtp_transport, leg.rtcp_transport):
-                    if t is not None:
-                        t.close()
-        # asyncio closes datagram sockets on the next loop turn: only then may a new call bind them
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        for st in session.streams:
-            for leg in (st.a, st.b):
-                self.pool.release(leg.port)
+            self._close_stream(st)        # closed at once: a new call may bind the ports right away
 
     def sessions(self) -> list[dict]:
         out = []
