@@ -1,4 +1,4 @@
-"""The legacy relay's cheaper per-call work (issue 13: plain sockets read by loop readers, punch
+"""The legacy relay's cheaper per-call work (issue 13: plain sockets read by one reader, punch
 packets from a template, sockets closed at once) keeps what is on the wire and the relay's
 behaviour: the punch packets byte for byte, relaying and latching, a port pair that will not bind
 skipped, a deleted call's ports free at once; on the standard loop and on uvloop."""
@@ -222,3 +222,27 @@ def test_a_deleted_calls_ports_bind_at_once_and_nothing_leaks(loop):
         await relay.stop()
         assert open_fds() - fds == set()      # (a loop of an earlier test may close its own meanwhile)
     run(loop, main)
+
+
+def test_the_standard_loop_watches_one_descriptor_for_all_calls():
+    """asyncio's add_reader/remove_reader per socket were most of a call's cost in the relay."""
+    ports = FreePorts()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        calls = {"add_reader": 0, "remove_reader": 0}
+        for name in calls:
+            def counted(*args, _name=name, _real=getattr(loop, name)):
+                calls[_name] += 1
+                return _real(*args)
+            setattr(loop, name, counted)
+        relay = LegacyRelay("127.0.0.1", "127.0.0.1", ports.relay_min, ports.relay_max)
+        for i in range(5):
+            await relay.offer(f"c{i}", "ft", None, sdp(ports.rtp_ua[0]), ("127.0.0.1", 5060))
+            await relay.answer(f"c{i}", "ft", "tt", sdp(ports.rtp_ua[1]), ("127.0.0.1", 5060))
+        for i in range(5):
+            await relay.delete(f"c{i}")
+        assert calls == {"add_reader": 1, "remove_reader": 0}
+        await relay.stop()
+        assert calls == {"add_reader": 1, "remove_reader": 1}
+    asyncio.run(main())
