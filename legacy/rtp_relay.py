@@ -300,7 +300,7 @@ class LegacyRelay(MediaBackend):
                     pass
             other.tx += 1
 
-    def _rewrite(self, sdp: SessionDescription, session: Session, legs: list[Leg]) -> SessionDescription:
+    def _rewrite(self, sdp: SessionDescription, session: Session, legs: list[tuple[int, Leg]]) -> SessionDescription:
         out = sdp.copy()
         out.set_origin_address(self.advertised_ip)
         for i, leg in legs:
@@ -313,7 +313,7 @@ class LegacyRelay(MediaBackend):
         if session is None:
             session = self._sessions[call_id] = Session(call_id, from_tag)
         from_caller = from_tag == session.caller_tag
-        legs = []
+        legs: list[tuple[int, Leg]] = []
         for i, m in enumerate(sdp.media):
             if m.port == 0:
                 continue
@@ -329,7 +329,7 @@ class LegacyRelay(MediaBackend):
         if session is None:
             raise MediaBackendError(f"legacy relay: answer for unknown call {call_id}")
         from_caller_request = from_tag == session.caller_tag
-        legs = []
+        legs: list[tuple[int, Leg]] = []
         for i, m in enumerate(sdp.media):
             if m.port == 0:
                 continue
