@@ -137,8 +137,8 @@ def main(argv=None) -> int:
     ap.add_argument("--users", type=int, default=5000, help="REGISTER pairs measured per stage (after 200 warm-up)")
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile: print the top N functions")
     args = ap.parse_args(argv)
-    from sipcore.app import tune_gc
-    tune_gc()                                  # as the servers run
+    from sipcore import gc_policy
+    gc_policy.apply()                          # as the servers run
     rows = []
     for stage in [int(s) for s in args.stages.split(",") if s]:
         with tempfile.TemporaryDirectory() as tmp:

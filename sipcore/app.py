@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import signal
 import sys
 
-from sipcore import compiled
+from sipcore import compiled, gc_policy
 from sipcore.errors import ConfigError, MediaBackendError
 from dataclasses import dataclass
 from typing import Callable
@@ -64,6 +63,8 @@ overload control (see MIGRATION.md "Capacity"):
                        socket queue is answered 503 + Retry-After (default 200; 0 = off)
   OVERLOAD_MAX_PENDING the same once this many transactions await their final answer (5000; 0 = off)
   OVERLOAD_RETRY_AFTER seconds in the 503's Retry-After (5)
+  GC_FULL_INTERVAL     seconds between full garbage collections, each logged (3600; 0 = never);
+                       only young objects are collected automatically (sipcore/gc_policy.py)
 edge policy (see MIGRATION.md "Edge policy"):
   CALLER_IDENTITY      1 = a From naming a local user must authenticate as that user (default:
                        on in stages 1 and 2, off in stage 0; AUTH_INVITE=0 alone turns it off)
@@ -125,7 +126,7 @@ async def serve(stage: int, config, plugins: Plugins) -> int:
         print(f"error: cannot listen on {config.bind_ip}:{config.server_port}: {exc}", file=sys.stderr)
         await server.stop()
         return 3
-    gc.freeze()      # what start-up built (users, config, modules) is never scanned by the collector again
+    gc_policy.freeze_startup()      # users, config, modules: never scanned by the collector again
     mml = await start_mml_server(server.management_context(), config.mml_host, config.mml_port,
                                  token=config.mml_token)
     stop = asyncio.Event()
@@ -146,16 +147,6 @@ async def serve(stage: int, config, plugins: Plugins) -> int:
         print(f"error: {fatal}", file=sys.stderr)
         return 4      # non-zero: pm2/systemd restart the process
     return 0
-
-
-GC_THRESHOLDS = (20000, 20, 100)
-
-
-def tune_gc() -> None:
-    """Collect young objects every 20,000 allocations instead of 700. Every call allocates
-    thousands of short-lived objects, so the default ran a collection every few messages and a
-    full one every few seconds, whose pauses were most of the p99 setup latency under SIPp."""
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def raise_nofile_limit() -> tuple[int, int]:
@@ -223,7 +214,7 @@ def main(stage: int, argv: list[str] | None, plugins: Plugins) -> int:
         return 1
     soft, hard = raise_nofile_limit()
     log.info("RLIMIT_NOFILE %d (hard %d)", soft, hard)
-    tune_gc()
+    gc_policy.apply()
     try:
         if config.event_loop == "uvloop":
             import uvloop

@@ -166,6 +166,7 @@ class Config:
     overload_queue_ms: int = 200
     overload_max_pending: int = 5000
     overload_retry_after: int = 5
+    gc_full_interval: int = 3600             # seconds between full garbage collections (sipcore.gc_policy)
     # edge safety (issue 10)
     server_header: str | None = None        # None: the stage's own text (sipcore/stages.py)
     tcp_max_connections: int = 1000
@@ -511,6 +512,7 @@ def _edge_safety(get) -> dict:
         "overload_queue_ms": _int("OVERLOAD_QUEUE_MS", get("OVERLOAD_QUEUE_MS", "200"), 0, 60000),
         "overload_max_pending": _int("OVERLOAD_MAX_PENDING", get("OVERLOAD_MAX_PENDING", "5000"), 0, 10000000),
         "overload_retry_after": _int("OVERLOAD_RETRY_AFTER", get("OVERLOAD_RETRY_AFTER", "5"), 1, 3600),
+        "gc_full_interval": _int("GC_FULL_INTERVAL", get("GC_FULL_INTERVAL", "3600"), 0, 10000000),
     }
 
 

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from sipcore.admission import Admission, parse_outbound_route
-from sipcore import call_handover
+from sipcore import call_handover, gc_policy
 from sipcore.auth_policy import SipAuthorizer
 from sipcore.call import CallState
 from sipcore.call_records import CDREvents
@@ -139,6 +139,9 @@ class SIPServer:
         self.accepting = True
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._housekeeping(), name="housekeeping"))
+        if self.config.gc_full_interval:
+            self._tasks.append(loop.create_task(gc_policy.run_full_collections(self.config.gc_full_interval),
+                                                name="gc-full"))
         if self.keepalive is not None:
             self.keepalive.start()
         log.info("stage %d (%s) listening on %s:%d udp%s, advertised %s:%d, media %s",

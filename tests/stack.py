@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import os
 import random
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 
 from harness.console import Console
@@ -179,6 +181,26 @@ class ServerProcess:
             return self
         self.stop()
         raise RuntimeError("server did not start:\n" + self.output)
+
+    def log_text(self) -> str:
+        parts = []
+        for path in sorted(glob.glob(os.path.join(self.workdir, "logs", "**", "*.log"), recursive=True)):
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                parts.append(fh.read())
+        return "".join(parts)
+
+    def wait_log(self, needle: str, timeout: float = 5.0) -> str:
+        """The log text once it holds ``needle`` (AssertionError after ``timeout`` s). The server's
+        log lines are written by a thread of their own (sipcore.logsetup), so a line for something
+        the server already did can reach the file a moment after its SIP answer."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log_text()
+            if needle in text:
+                return text
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{needle!r} not in the server's log after {timeout} s:\n{text[-3000:]}")
+            time.sleep(0.05)
 
     def stop(self) -> int:
         if self.proc is None:

@@ -4,8 +4,6 @@ checks every hostile test makes after each batch: the process is alive, OPTIONS 
 UDP, and its log holds no traceback, no loop stall and no internal error."""
 from __future__ import annotations
 
-import glob
-import os
 import secrets
 import socket
 import time
@@ -62,26 +60,6 @@ class Target(ServerProcess):
         finally:
             sock.close()
         return None, float("inf")
-
-    def log_text(self) -> str:
-        parts = []
-        for path in sorted(glob.glob(os.path.join(self.workdir, "logs", "**", "*.log"), recursive=True)):
-            with open(path, encoding="utf-8", errors="replace") as fh:
-                parts.append(fh.read())
-        return "".join(parts)
-
-    def wait_log(self, needle: str, timeout: float = 5.0) -> str:
-        """The log text once it holds ``needle`` (AssertionError after ``timeout`` s). The server's
-        log lines are written by a thread of their own (sipcore.logsetup), so a line for something
-        the server already did can reach the file a moment after its SIP answer."""
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.log_text()
-            if needle in text:
-                return text
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"{needle!r} not in the server's log after {timeout} s:\n{text[-3000:]}")
-            time.sleep(0.05)
 
     def problems(self) -> list[str]:
         text = self.log_text() + (self.console.text() if self.console is not None else self.output)

@@ -87,6 +87,7 @@ def test_rtpproxy_specs(tmp_path, env, nodes):
     ("RTPPROXY_SOCKET", "http://x"), ("RTPPROXY_SOCKET", "udp:127.0.0.1:99999"), ("RTPPROXY_NODES", "udp:h:1=0"),
     ("RTPPROXY_NODES", "udp6:notv6:7722"), ("RTPPROXY_UDP_PORT", "0"), ("RTPPROXY_TCP_PORT", "abc"),
     ("SIP_REALM", 'a"b'), ("UDP_BIND_IP", "localhost"), ("RTPPROXY_ENGINE", "mediaproxy"),
+    ("GC_FULL_INTERVAL", "soon"), ("GC_FULL_INTERVAL", "-1"),
 ])
 def test_invalid_values_name_the_key(tmp_path, key, value):
     with pytest.raises(ConfigError) as exc:
