@@ -90,6 +90,18 @@ class _UDPControl:
         self.sock.close()
 
 
+RETRANSMIT_FIRST = 0.2        # seconds before an unanswered datagram command is sent again (then doubling)
+
+
+class _Waiting:
+    """A datagram command waiting for its reply."""
+
+    __slots__ = ("fut", "data", "final", "interval", "seq")
+
+    def __init__(self, fut: asyncio.Future, data: bytes, final: float, interval: float, seq: int) -> None:
+        self.fut, self.data, self.final, self.interval, self.seq = fut, data, final, interval, seq
+
+
 class RTPProxyClient:
     """One control socket. ``await client.command(cmd)`` returns the reply text (no cookie)."""
 
@@ -101,9 +113,12 @@ class RTPProxyClient:
         # _UDPControl (udp), a DatagramTransport (unix), or a reader/writer pair (tcp)
         self._transport: Any = None
         self._pending: dict[str, asyncio.Future] = {}
-        # datagram commands' timeouts: (deadline, cookie) in a heap under ONE loop timer, armed
-        # for the earliest (a loop timer per command cost a timer, a cancel and heap work each)
-        self._deadlines: list[tuple[float, str]] = []
+        # datagram commands waiting for their reply: when each is sent again or given up, as
+        # (time, seq, cookie) in a heap under ONE loop timer, armed for the earliest (a loop
+        # timer per command cost a timer, a cancel and heap work each)
+        self._waiting: dict[str, _Waiting] = {}
+        self._deadlines: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
         self._expiry: asyncio.TimerHandle | None = None
         self._expiry_loop: asyncio.AbstractEventLoop | None = None
         self._expiry_at = 0.0
@@ -139,6 +154,10 @@ class RTPProxyClient:
             fut.set_result(data)
 
     async def command(self, cmd: proto.Command) -> str:
+        """The reply to ``cmd``. Over a datagram socket it is sent again with the same cookie
+        (the relay answers a repeated cookie from its reply cache, so nothing is done twice)
+        after RETRANSMIT_FIRST seconds, then at doubling intervals, for ``timeout * (retries +
+        1)`` seconds in all; a stream socket waits ``timeout`` per attempt."""
         last_exc: Exception | None = None
         for attempt in range(self.retries + 1):
             try:
@@ -148,34 +167,43 @@ class RTPProxyClient:
                             await self._connect()
                 if self.kind == "tcp":
                     return await self._stream_command(cmd)
-                return await self._datagram_command(cmd)
+                return await self._datagram_command(cmd, self.timeout * (self.retries + 1))
             except asyncio.TimeoutError as exc:
                 last_exc = exc
-                if self.kind == "tcp":      # a stream out of step: start a new one
-                    self.close()
-                # a datagram socket stays: closing it would lose the replies of every other
-                # command in flight (under load one late reply then failed them all)
+                if self.kind != "tcp":      # sent again all along: the relay does not answer
+                    break
+                self.close()                # a stream out of step: start a new one
+                # (a datagram socket stays: closing it would lose the replies of every other
+                # command in flight; under load one late reply then failed them all)
             except (OSError, ConnectionError) as exc:
                 last_exc = exc
                 self.close()
         why = (str(last_exc) or type(last_exc).__name__) if last_exc is not None else "timeout"
         raise RTPProxyUnavailable(f"rtpproxy at {self.spec} does not answer ({why}); {HOW_TO_START}")
 
-    async def _datagram_command(self, cmd: proto.Command) -> str:
+    async def _datagram_command(self, cmd: proto.Command, budget: float) -> str:
         cookie = f"{next(self._cookies)}_{int(time.monotonic() * 1000) % 100000}"
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
+        data = proto.frame(cmd, cookie)
+        now = time.monotonic()
+        first = min(RETRANSMIT_FIRST, budget)
+        waiting = _Waiting(fut, data, now + budget, first, next(self._seq))
         self._pending[cookie] = fut
-        deadline = time.monotonic() + self.timeout
-        heapq.heappush(self._deadlines, (deadline, cookie))
-        if self._expiry is None or deadline < self._expiry_at or self._expiry_loop is not loop:
-            self._arm_expiry(loop, deadline)
+        self._waiting[cookie] = waiting
+        self._push(loop, now + first, waiting.seq, cookie)
         try:
-            self._transport.sendto(proto.frame(cmd, cookie))
-            data = await fut
+            self._transport.sendto(data)
+            reply = await fut
         finally:
             self._pending.pop(cookie, None)
-        return proto.split_reply(data, cookie)
+            self._waiting.pop(cookie, None)
+        return proto.split_reply(reply, cookie)
+
+    def _push(self, loop: asyncio.AbstractEventLoop, when: float, seq: int, cookie: str) -> None:
+        heapq.heappush(self._deadlines, (when, seq, cookie))
+        if self._expiry is None or when < self._expiry_at or self._expiry_loop is not loop:
+            self._arm_expiry(loop, when)
 
     def _arm_expiry(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
         if self._expiry is not None:
@@ -184,20 +212,37 @@ class RTPProxyClient:
         self._expiry = loop.call_later(max(0.0, deadline - time.monotonic()), self._expire_due)
 
     def _expire_due(self) -> None:
-        """Fail the commands whose time is up with TimeoutError (the answered ones just leave the
-        heap), then arm the timer for the next command still waiting."""
+        """Send again the commands still unanswered at their time, fail those past their budget
+        with TimeoutError (answered ones just leave the heap), then arm the timer for the next."""
         self._expiry = None
+        loop = asyncio.get_running_loop()
         now = time.monotonic()
-        heap, pending = self._deadlines, self._pending
+        heap, waiting = self._deadlines, self._waiting
         while heap:
-            deadline, cookie = heap[0]
-            fut = pending.get(cookie)
-            if fut is not None and not fut.done():
-                if deadline > now:
-                    self._arm_expiry(asyncio.get_running_loop(), deadline)
-                    return
-                fut.set_exception(asyncio.TimeoutError())
+            when, seq, cookie = heap[0]
+            w = waiting.get(cookie)
+            if w is None or w.seq != seq or w.fut.done():
+                heapq.heappop(heap)          # answered, or an entry replaced by a later one
+                continue
+            if when > now:
+                self._arm_expiry(loop, when)
+                return
             heapq.heappop(heap)
+            if now >= w.final:
+                w.fut.set_exception(asyncio.TimeoutError())
+                continue
+            transport = self._transport
+            if transport is None:
+                w.fut.set_exception(ConnectionError("rtpproxy control socket closed"))
+                continue
+            try:
+                transport.sendto(w.data)
+            except OSError as exc:
+                w.fut.set_exception(exc)
+                continue
+            w.interval *= 2
+            w.seq = next(self._seq)
+            heapq.heappush(heap, (min(now + w.interval, w.final), w.seq, cookie))
 
     async def _stream_command(self, cmd: proto.Command) -> str:
         async with self._stream_lock:
@@ -209,7 +254,7 @@ class RTPProxyClient:
             return proto.split_reply(line, None)
 
     def close(self) -> None:
-        if self._expiry is not None and not self._pending:
+        if self._expiry is not None and not self._waiting:
             self._expiry.cancel()         # nothing waits: no timer left behind
             self._expiry = None
             self._deadlines.clear()
