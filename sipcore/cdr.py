@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import io
 import logging
 import math
 import os
@@ -81,6 +80,26 @@ def fmt_ms(ts: float | None) -> str:
     return f"{_local_second(second)[1]}.{micro // 1000:03d}"
 
 
+_CSV_SPECIAL = (",", '"', "\r", "\n")
+
+
+def csv_line(values: list[Any]) -> str:
+    """One CSV row as ``csv.writer(lineterminator="\\r\\n")`` writes it (excel dialect, minimal
+    quoting: a field holding a comma, a quote, CR or LF is quoted, quotes doubled; a lone empty
+    field is quoted), without the csv module's per-character scan of every field."""
+    fields: list[str] = []
+    for value in values:
+        text = value if isinstance(value, str) else ("" if value is None else str(value))
+        for ch in _CSV_SPECIAL:
+            if ch in text:
+                text = '"' + text.replace('"', '""') + '"'
+                break
+        fields.append(text)
+    if len(fields) == 1 and fields[0] == "":
+        return '""\r\n'
+    return ",".join(fields) + "\r\n"
+
+
 def check_date(value: str) -> str:
     """``value`` if it is a real ``YYYY-MM-DD`` date, else ``ValueError`` (also stops path tricks)."""
     if not isinstance(value, str) or not _DATE_RE.match(value):
@@ -113,8 +132,6 @@ class CDRWriter:
         self._counter = 0
         self._file = _AppendFile()
         self._day_path = ("", "")        # (date, its file's path): the day's path checked once
-        self._buf = io.StringIO()        # one CSV formatter for every row (cleared after each)
-        self._csv = csv.writer(self._buf, lineterminator="\r\n")
 
     # --- files --------------------------------------------------------------------------------
     def path_for(self, date: str) -> str:
@@ -148,14 +165,10 @@ class CDRWriter:
             today = fmt_date(now)
             full["date"] = full["date"] or today
             path = self._path_of_day(today)
-            buf, out = self._buf, self._csv
-            buf.seek(0)
-            buf.truncate()
             fd, created = self._file.fd_for(path)
+            text = csv_line([full[c] for c in COLUMNS])
             if created:
-                out.writerow(COLUMNS)
-            out.writerow([full[c] for c in COLUMNS])
-            text = buf.getvalue()
+                text = csv_line(list(COLUMNS)) + text
             data = text.encode("utf-8", TEXT_ERRORS)   # undecodable bytes as \xNN
             written = os.write(fd, data)         # in the kernel now: survives kill -9
             while written < len(data):          # regular files write fully; be safe anyway

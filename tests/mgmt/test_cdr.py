@@ -4,6 +4,7 @@ makes every row durable at once."""
 from __future__ import annotations
 
 import csv
+import io
 import os
 import signal
 import subprocess
@@ -12,9 +13,10 @@ import time
 from datetime import datetime
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from sipcore.call_records import CDREvents, number_of, seconds
-from sipcore.cdr import COLUMNS, CDRWriter
+from sipcore.cdr import COLUMNS, CDRWriter, csv_line
 from sipcore.message import parse_message
 from sipcore.call import Call
 from sipcore.registrar import Binding
@@ -284,3 +286,13 @@ def test_kill_9_loses_nothing_already_written(tmp_path):
     assert all(len(r) == 34 for r in data)  # and no row is torn
     ids = [r[6] for r in data]
     assert ids[:reported] == [f"opt-{i}" for i in range(reported)]
+
+
+@settings(max_examples=3000)
+@given(st.lists(st.one_of(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12),
+                          st.text(alphabet=',"\r\n a\u00e9', max_size=8), st.integers(), st.floats(allow_nan=False),
+                          st.none()), min_size=1, max_size=6))
+def test_csv_line_is_what_the_csv_module_writes(values):
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\r\n").writerow(values)
+    assert csv_line(values) == buf.getvalue()
