@@ -183,7 +183,8 @@ class RTPProxyClient:
 
     async def _datagram_command(self, cmd: proto.Command, budget: float) -> str:
         cookie = f"{next(self._cookies)}_{int(time.monotonic() * 1000) % 100000}"
-        loop = asyncio.get_running_loop()
+        # the control socket's loop (asking asyncio costs a getpid() per call on Python 3.11)
+        loop = self._transport.loop if isinstance(self._transport, _UDPControl) else asyncio.get_running_loop()
         fut = loop.create_future()
         data = proto.frame(cmd, cookie)
         now = time.monotonic()
@@ -215,7 +216,7 @@ class RTPProxyClient:
         """Send again the commands still unanswered at their time, fail those past their budget
         with TimeoutError (answered ones just leave the heap), then arm the timer for the next."""
         self._expiry = None
-        loop = asyncio.get_running_loop()
+        loop = self._expiry_loop if self._expiry_loop is not None else asyncio.get_running_loop()
         now = time.monotonic()
         heap, waiting = self._deadlines, self._waiting
         while heap:

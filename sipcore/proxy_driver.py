@@ -60,6 +60,10 @@ class ProxyDriver:
         self._handle_loop: asyncio.AbstractEventLoop | None = None
         self._armed_for = 0.0
         self._tasks: set[asyncio.Task] = set()
+        # the server's loop, once it runs (``bind_loop``): asking asyncio for the running loop
+        # costs a getpid() system call per call on Python 3.11, and the timer is re-checked
+        # after every message
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # what the rest of the server reads ---------------------------------------------------------
     @property
@@ -151,6 +155,10 @@ class ProxyDriver:
         await self._drive(self.core.call_ended_by_operator(call, reason, list(answers)))
         return True
 
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop every later event arrives on (the server's; without it each asks asyncio)."""
+        self._loop = loop
+
     def close(self) -> None:
         """Stop the timer and any work the timer started."""
         if self._handle is not None:
@@ -206,7 +214,7 @@ class ProxyDriver:
         """Keep one loop timer for the core's next deadline (an earlier one already armed stays:
         it fires, finds nothing due and re-arms)."""
         deadline = self.core.next_deadline()
-        loop = asyncio.get_running_loop()
+        loop = self._loop if self._loop is not None else asyncio.get_running_loop()
         if self._handle is not None:
             if self._handle_loop is loop and self._armed_for <= deadline:
                 return
@@ -229,6 +237,7 @@ class ProxyDriver:
         if op is None:
             self._arm()
             return
-        task = asyncio.get_running_loop().create_task(self._drive(steps, op))   # waits for the media backend
+        loop = self._loop if self._loop is not None else asyncio.get_running_loop()
+        task = loop.create_task(self._drive(steps, op))   # waits for the media backend
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

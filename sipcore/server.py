@@ -117,6 +117,7 @@ class SIPServer:
                                           send_raw=self.transport.send_raw, user_agent=self.server_header)
         self._tasks: list[asyncio.Task] = []
         self._handlers: set[asyncio.Task] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None      # the running loop, from start()
         self.mml = None
         self.accepting = False
         self.handed_over: dict = {}           # Call-ID -> Call taken over from the previous process
@@ -137,7 +138,8 @@ class SIPServer:
         if self.config.enable_tcp:
             await self.transport.listen_tcp(self.config.bind_ip, self.config.server_port)
         self.accepting = True
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
+        self.proxy.bind_loop(loop)
         self._tasks.append(loop.create_task(self._housekeeping(), name="housekeeping"))
         if self.config.gc_full_interval:
             self._tasks.append(loop.create_task(gc_policy.run_full_collections(self.config.gc_full_interval),
@@ -238,7 +240,8 @@ class SIPServer:
             self._failed(msg, source, transport, exc)
             return
         if rest is not None:
-            task = asyncio.get_running_loop().create_task(self._finish(rest, msg, source, transport))
+            loop = self._loop if self._loop is not None else asyncio.get_running_loop()
+            task = loop.create_task(self._finish(rest, msg, source, transport))
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
 
