@@ -29,10 +29,11 @@ import threading
 import time
 from typing import Callable
 
+from sipcore import compiled
 from sipcore.errors import ConfigError
 from sipcore.textsafe import ERRORS as TEXT_ERRORS, printable
 
-FORMAT = "%(asctime)s.%(msecs)03d [%(levelname)-8s] [%(name)s:%(funcName)s:%(lineno)d] %(message)s"
+FORMAT = "%(asctime)s.%(msecs)03d [%(levelname)-8s] [%(where)s] %(message)s"
 DATEFMT = "%Y-%m-%d %H:%M:%S"
 LOG_FILE_NAME = "ims-sip-server.log"
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -47,10 +48,18 @@ def escape_controls(text: str) -> str:
 
 
 class OneLineFormatter(logging.Formatter):
-    """The message part escaped with ``escape_controls`` (exception tracebacks unchanged)."""
+    """The message part escaped with ``escape_controls`` (exception tracebacks unchanged), and
+    ``where``: ``module:function:line`` of the call that logged. A module of the compiled build
+    (sipcore.compiled) has no Python frames, so logging finds some other frame below it (often
+    asyncio's ``Handle._run``); its lines name the module alone instead of a wrong place."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape_controls(record.message)
+        if record.name in compiled.MODULES and compiled.ACTIVE \
+                and not record.pathname.endswith(record.name.replace(".", os.sep) + ".py"):
+            record.where = record.name
+        else:
+            record.where = f"{record.name}:{record.funcName}:{record.lineno}"
         return super().formatMessage(record)
 
 

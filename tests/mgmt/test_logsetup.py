@@ -111,3 +111,16 @@ def test_background_logging_never_blocks_and_counts_what_it_dropped(restore_root
     [note] = [w for w in written if "log records dropped" in w]
     lines = [w for w in written if w.startswith("line ")]
     assert 40 <= len(lines) < 500 and int(note.split()[0]) == 500 - len(lines)
+
+
+def test_a_compiled_module_is_named_without_a_wrong_place(tmp_path, restore_root, monkeypatch):
+    """Lines from a module of the compiled build (no Python frames) name the module only: logging
+    would otherwise report the first interpreted frame below it (asyncio's Handle._run:80)."""
+    from sipcore import compiled
+    monkeypatch.setattr(compiled, "ACTIVE", True)
+    setup_logging("INFO", str(tmp_path), console=False)
+    emit_here(logging.getLogger("sipcore.proxy_core"))      # a compiled module's name, logged from here
+    line_no = emit_here(logging.getLogger("sipcore.proxy"))     # not compiled: its real place
+    text = "".join(p.read_text() for p in tmp_path.rglob("*.log"))
+    wheres = [LINE_RE.match(ln)["where"] for ln in text.splitlines() if "hello" in ln]
+    assert wheres == ["sipcore.proxy_core", f"sipcore.proxy:emit_here:{line_no}"]
