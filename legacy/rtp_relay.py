@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 # them, _EpollReaders; uvloop: one per socket, _LoopReaders) and closed synchronously, so a
 # deleted call's ports bind again at once.
 RECV_SIZE = 65536         # any UDP datagram fits whole (nothing is ever truncated)
-DRAIN = 32                # datagrams read from one socket per readiness before other work runs
-READY_BATCH = 64          # sockets taken from the relay's epoll set per readiness of that set
+READY_BATCH = 64          # ready sockets taken from the relay's epoll set per poll
+TURN_BUDGET = 256         # datagrams relayed per readiness of that set before the loop runs other work
 _SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)     # Linux: non-blocking from the start, no fcntl
 _NONBLOCKING_DGRAM = socket.SOCK_DGRAM | _SOCK_NONBLOCK
 _SEQ_TS = struct.Struct("!HI")              # RTP sequence number and timestamp, bytes 2-7
@@ -89,11 +89,11 @@ class _LoopReaders:
     """A loop.add_reader per socket: on uvloop (cheap there, and libuv aborts the process when
     asked to watch an epoll descriptor) and wherever select.epoll is missing."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, callback):
-        self.loop, self.callback = loop, callback
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
 
-    def add(self, sock: socket.socket, *args) -> None:
-        self.loop.add_reader(sock.fileno(), self.callback, sock, *args)
+    def add(self, sock: socket.socket, callback, *args) -> None:
+        self.loop.add_reader(sock.fileno(), callback, sock, *args)
 
     def remove(self, sock: socket.socket) -> None:
         self.loop.remove_reader(sock.fileno())
@@ -106,19 +106,19 @@ class _EpollReaders:
     """The standard asyncio loop: the relay's sockets in one epoll set of its own, which the loop
     watches as a single reader. asyncio's add_reader and remove_reader each run dozens of Python
     lines (selector key, handle): about 200,000 instructions (callgrind) for the 4 sockets of a
-    call, against about 13,000 for epoll register/unregister, one C call each. Level-triggered, like the loop's own selector: a
-    socket not drained in one turn is reported again in the next."""
+    call, against about 13,000 for epoll register/unregister, one C call each; and each ready
+    socket cost the loop a handle per datagram. Level-triggered, like the loop's own selector."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, callback):
-        self.loop, self.callback = loop, callback
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
         self.epoll = select.epoll()
-        self.watched: dict[int, tuple] = {}
+        self.watched: dict[int, tuple] = {}         # fd -> (callback, its arguments)
         loop.add_reader(self.epoll.fileno(), self._ready)
 
-    def add(self, sock: socket.socket, *args) -> None:
+    def add(self, sock: socket.socket, callback, *args) -> None:
         fd = sock.fileno()
         self.epoll.register(fd, select.EPOLLIN)
-        self.watched[fd] = (sock, *args)
+        self.watched[fd] = (callback, (sock, *args))
 
     def remove(self, sock: socket.socket) -> None:
         fd = sock.fileno()
@@ -126,21 +126,37 @@ class _EpollReaders:
             self.epoll.unregister(fd)
 
     def _ready(self) -> None:
-        watched, callback = self.watched, self.callback
-        for fd, _ in self.epoll.poll(0, READY_BATCH):
-            args = watched.get(fd)
-            if args is not None:
-                callback(*args)
+        """Rounds of one datagram per ready socket until none is ready (the empty poll that ends
+        them costs less than the BlockingIOError of a drained socket) or TURN_BUDGET datagrams are
+        relayed (the loop runs other work, then reports the set again)."""
+        watched, poll, budget = self.watched, self.epoll.poll, TURN_BUDGET
+        while budget > 0:
+            events = poll(0, READY_BATCH)
+            if not events:
+                return
+            for fd, _ in events:
+                entry = watched.get(fd)
+                if entry is not None:
+                    entry[0](*entry[1])
+                else:                                 # not ours (cannot happen): never report it again
+                    self._forget(fd)
+            budget -= len(events)
+
+    def _forget(self, fd: int) -> None:
+        try:
+            self.epoll.unregister(fd)
+        except OSError:
+            pass
 
     def close(self) -> None:
         self.loop.remove_reader(self.epoll.fileno())
         self.epoll.close()
 
 
-def _readers(loop: asyncio.AbstractEventLoop, callback) -> _LoopReaders | _EpollReaders:
+def _readers(loop: asyncio.AbstractEventLoop) -> _LoopReaders | _EpollReaders:
     if isinstance(loop, asyncio.SelectorEventLoop) and hasattr(select, "epoll"):
-        return _EpollReaders(loop, callback)
-    return _LoopReaders(loop, callback)
+        return _EpollReaders(loop)
+    return _LoopReaders(loop)
 
 
 class LegacyRelay(MediaBackend):
@@ -157,9 +173,6 @@ class LegacyRelay(MediaBackend):
         self._sessions: dict[str, Session] = {}
         self._reaper: asyncio.Task | None = None
         self._readers: _LoopReaders | _EpollReaders | None = None     # of the loop the sockets are on
-        # one receive buffer for every socket: a datagram is forwarded before the next is read
-        self._buf = bytearray(RECV_SIZE)
-        self._view = memoryview(self._buf)
 
     async def start(self) -> None:
         self._reaper = asyncio.get_running_loop().create_task(self._reap(), name="relay-reaper")
@@ -200,23 +213,57 @@ class LegacyRelay(MediaBackend):
         readers = self._readers
         loop = asyncio.get_running_loop()
         if readers is None or readers.loop is not loop:
-            readers = self._readers = _readers(loop, self._readable)
+            readers = self._readers = _readers(loop)
         leg.rtp_sock = self._bind(leg.port)
         leg.rtcp_sock = self._bind(leg.port + 1)
-        readers.add(leg.rtp_sock, session, stream, leg, False)
-        readers.add(leg.rtcp_sock, session, stream, leg, True)
+        readers.add(leg.rtp_sock, self._rtp_readable, session, stream, leg)
+        readers.add(leg.rtcp_sock, self._rtcp_readable, session, stream, leg)
 
-    def _readable(self, sock: socket.socket, session: Session, stream: Stream, leg: Leg, rtcp: bool) -> None:
-        """Reader callback: relay what the socket holds, at most DRAIN datagrams per call."""
-        buf, view = self._buf, self._view
-        for _ in range(DRAIN):
-            try:
-                n, addr = sock.recvfrom_into(buf)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:        # an ICMP error of an earlier send, reported once: not fatal
-                continue
-            self._packet(session, stream, leg, rtcp, view[:n], (addr[0], addr[1]))
+    def _rtp_readable(self, sock: socket.socket, session: Session, stream: Stream, leg: Leg) -> None:
+        """Reader callback of a leg's RTP socket, one datagram per call (a socket with more is
+        reported again; a loop of reads would end each wake-up on a raised BlockingIOError, which
+        costs as much as relaying a datagram): it latches the leg (once, on a packet of 12 bytes or
+        more) and goes to the other leg's target from the other leg's socket. A send error
+        (EAGAIN, an ICMP error queued on the socket) drops that datagram and nothing else; an empty
+        datagram is counted but not sent (as the datagram transports did)."""
+        try:
+            data, src = sock.recvfrom(RECV_SIZE)
+        except OSError:            # nothing after all; an ICMP error of an earlier send: not fatal
+            return
+        if len(src) != 2:
+            src = (src[0], src[1])            # IPv6: (host, port, flowinfo, scope id)
+        session.last_packet = time.monotonic()
+        leg.rx += 1
+        if not leg.latched and len(data) >= 12:
+            if leg.target != src:
+                log.info("[RTP-LATCH] %s leg %s: %s -> %s:%s", session.call_id, leg.name, leg.target, *src)
+            leg.target, leg.latched = src, True
+        other = stream.b if leg is stream.a else stream.a
+        if other.target and other.rtp_sock is not None:
+            if data:
+                try:
+                    other.rtp_sock.sendto(data, other.target)
+                except (OSError, ValueError, OverflowError):
+                    pass
+            other.tx += 1
+
+    def _rtcp_readable(self, sock: socket.socket, session: Session, stream: Stream, leg: Leg) -> None:
+        """Reader callback of a leg's RTCP socket, one datagram per call: to the other leg's target
+        port + 1, never latched."""
+        try:
+            data, _src = sock.recvfrom(RECV_SIZE)
+        except OSError:
+            return
+        session.last_packet = time.monotonic()
+        leg.rtcp_rx += 1
+        other = stream.b if leg is stream.a else stream.a
+        if other.target and other.rtcp_sock is not None and other.target[1] < 65535:
+            if data:
+                try:
+                    other.rtcp_sock.sendto(data, (other.target[0], other.target[1] + 1))
+                except (OSError, ValueError, OverflowError):
+                    pass
+            other.rtcp_tx += 1
 
     def _bind_leg(self, session: Session, stream: Stream, leg: Leg, busy: list[int]) -> None:
         """Open ``leg`` on the lowest free pool pair that really binds. Another program may hold a
@@ -270,35 +317,6 @@ class LegacyRelay(MediaBackend):
                 self.pool.release(port)
         session.streams.append(st)
         return st
-
-    def _packet(self, session: Session, stream: Stream, leg: Leg, rtcp: bool, data, src) -> None:
-        """One datagram received on ``leg`` from ``src``. A send error (EAGAIN, an ICMP error
-        queued on the socket) drops that datagram and nothing else; an empty datagram is counted
-        but not sent (as the datagram transports did)."""
-        session.last_packet = time.monotonic()
-        other = stream.b if leg is stream.a else stream.a
-        if rtcp:
-            leg.rtcp_rx += 1
-            if other.target and other.rtcp_sock is not None and other.target[1] < 65535:
-                if data:
-                    try:
-                        other.rtcp_sock.sendto(data, (other.target[0], other.target[1] + 1))
-                    except (OSError, ValueError, OverflowError):
-                        pass
-                other.rtcp_tx += 1
-            return
-        leg.rx += 1
-        if not leg.latched and len(data) >= 12:
-            if leg.target != src:
-                log.info("[RTP-LATCH] %s leg %s: %s -> %s:%s", session.call_id, leg.name, leg.target, *src)
-            leg.target, leg.latched = src, True
-        if other.target and other.rtp_sock is not None:
-            if data:
-                try:
-                    other.rtp_sock.sendto(data, other.target)
-                except (OSError, ValueError, OverflowError):
-                    pass
-            other.tx += 1
 
     def _rewrite(self, sdp: SessionDescription, session: Session, legs: list[tuple[int, Leg]]) -> SessionDescription:
         out = sdp.copy()
