@@ -466,24 +466,20 @@ class SIPMessage:
 
     @property
     def from_tag(self) -> str | None:
-        memo = self._memo()
-        value = memo.get("from-tag", _UNSET)
-        if value is _UNSET:
-            v = self.headers.get("From")
-            if v is None:
-                raise SIPParseError("missing From")
-            value = memo["from-tag"] = _tag_of(v)
-        return value
+        return self._tag("from-tag", "From")
 
     @property
     def to_tag(self) -> str | None:
+        return self._tag("to-tag", "To")
+
+    def _tag(self, key: str, header: str) -> str | None:
         memo = self._memo()
-        value = memo.get("to-tag", _UNSET)
+        value = memo.get(key, _UNSET)
         if value is _UNSET:
-            v = self.headers.get("To")
+            v = self.headers.get(header)
             if v is None:
-                raise SIPParseError("missing To")
-            value = memo["to-tag"] = _tag_of(v)
+                raise SIPParseError(f"missing {header}")
+            value = memo[key] = _tag_of(v)
         return value
 
     def vias(self) -> list[Via]:

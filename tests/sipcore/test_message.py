@@ -100,11 +100,11 @@ def test_headers_set_add_remove():
     assert h.remove_first("Via") == "c" and h.remove("via") == 2 and "To" in h
 
 
-def _split_list_by_character(value: str) -> list[str]:
-    """The character-by-character definition split_list must agree with (its earlier code)."""
-    if "," not in value:
-        return [value.strip()] if value.strip() else []
-    parts, start, in_q, in_angle, i = [], 0, False, False, 0
+def _unquoted_characters(value: str):
+    """(index, character) of every character outside double quotes (a backslash in quotes escapes
+    the next one), then (len, None) when a quote is left open: the character-by-character
+    definition the str.find-based scanners must agree with (their earlier code)."""
+    in_q, i = False, 0
     while i < len(value):
         c = value[i]
         if in_q:
@@ -114,7 +114,21 @@ def _split_list_by_character(value: str) -> list[str]:
                 in_q = False
         elif c == '"':
             in_q = True
-        elif c == "<":
+        else:
+            yield i, c
+        i += 1
+    if in_q:
+        yield len(value), None
+
+
+def _split_list_by_character(value: str) -> list[str]:
+    if "," not in value:
+        return [value.strip()] if value.strip() else []
+    parts, start, in_angle = [], 0, False
+    for i, c in _unquoted_characters(value):
+        if c is None:
+            raise SIPParseError("unterminated")
+        if c == "<":
             in_angle = True
         elif c == ">":
             in_angle = False
@@ -122,9 +136,6 @@ def _split_list_by_character(value: str) -> list[str]:
             if value[start:i].strip():
                 parts.append(value[start:i].strip())
             start = i + 1
-        i += 1
-    if in_q:
-        raise SIPParseError("unterminated")
     if value[start:].strip():
         parts.append(value[start:].strip())
     return parts
@@ -196,20 +207,7 @@ def test_via_response_address_honours_received_and_rport():
 
 
 def _find_unquoted_by_character(text: str, ch: str) -> int:
-    in_q, i = False, 0
-    while i < len(text):
-        c = text[i]
-        if in_q:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                in_q = False
-        elif c == '"':
-            in_q = True
-        elif c == ch:
-            return i
-        i += 1
-    return -1
+    return next((i for i, c in _unquoted_characters(text) if c == ch), -1)
 
 
 @settings(max_examples=2000)
