@@ -145,11 +145,31 @@ def test_pool_fails_over_and_reprobes(rtpproxy, relay_range, tmp_path):
         local_b.stop()
 
 
+def free_port_pair() -> int:
+    """A UDP port whose next port is free too (RTCP goes to RTP + 1): both are bound to check."""
+    for _ in range(50):
+        first = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        second = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            if port < 65535:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                    return port
+                except OSError:
+                    continue
+        finally:
+            first.close()
+            second.close()
+    raise RuntimeError("no two free consecutive UDP ports")
+
+
 def test_legacy_relay_latches_once_and_forwards_rtcp(relay_range):
     async def run():
         relay = LegacyRelay("127.0.0.1", "127.0.0.1", *relay_range, inactivity_timeout=1.0)
         await relay.start()
-        pa, pb, pa_other = free_port(), free_port(), free_port()
+        pa, pb, pa_other = free_port(), free_port_pair(), free_port()
         offer = await relay.offer("c1", "ft", None, sdp(pa), ("127.0.0.1", 1))
         answer = await relay.answer("c1", "ft", "tt", sdp(pb), ("127.0.0.1", 1))
         to_b, to_a = ("127.0.0.1", offer.media[0].port), ("127.0.0.1", answer.media[0].port)
