@@ -285,19 +285,20 @@ class RTPProxyPool:
         self.reprobe = reprobe
         self._sticky: dict[str, Node] = {}
 
-    async def probe(self, node: Node) -> bool:
+    async def probe(self, node: Node, announce: bool = True) -> bool:
+        """``V``/``VF`` to the node; marks it up or down (logged when that changes, if ``announce``)."""
         try:
             ver = await node.client.command(proto.version())
             proto.check_error(ver)
             ok = await node.client.command(proto.feature())
             if ok.strip() != "1":
                 raise proto.RTPProxyError(99, f"base protocol {proto.BASE_VERSION} not supported")
-            if not node.up:
+            if not node.up and announce:
                 log.info("rtpproxy %s is back", node.spec)
             node.up, node.down_since = True, None
             return True
         except (RTPProxyUnavailable, proto.RTPProxyError) as exc:
-            if node.up:
+            if node.up and announce:
                 log.warning("rtpproxy %s marked down: %s", node.spec, exc)
             node.up, node.down_since = False, time.monotonic()
             return False

@@ -1,7 +1,9 @@
 """Media backends on loopback with real parts: the RTPProxy protocol codec, the client against a
 real RTPProxy (rtp.io), weighted failover between two relays, and the legacy Python relay."""
 import asyncio
+import re
 import socket
+import subprocess
 
 import pytest
 from hypothesis import given, strategies as st
@@ -255,6 +257,11 @@ def test_embedded_rtpproxy_runs_without_rtp_io_default_modules(rtpproxy, tmp_pat
     assert "rtpp_proc: RTP" in threads                      # it is the embedded rtpproxy
     assert not threads & {"acct_csv", "catch_dtmf", "dtls_gw", "ice_lite"}, threads
     assert not (tmp_path / "rtpproxy_acct.csv").exists()
+    # its control socket holds thousands of commands, not the kernel default's ~270 (ss: rb<bytes>)
+    port = spec.rsplit(":", 1)[1]
+    out = subprocess.run(["ss", "-u", "-a", "-n", "-m", f"sport = :{port}"], capture_output=True, text=True).stdout
+    rb = int(re.search(r"\brb(\d+)", out).group(1))
+    assert rb >= 4 << 20, out
 
 
 def test_rtpengine_engine_answers_the_rtpproxy_protocol_and_relays(relay_range, tmp_path):
