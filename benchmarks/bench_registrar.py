@@ -26,7 +26,7 @@ import time
 import tracemalloc
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from sipcore.message import parse_message  # noqa: E402
+from sipcore.message import forget_recent_parses, parse_message  # noqa: E402
 from sipcore.nat_helper import NATHelper  # noqa: E402
 from sipcore.registrar import Registrar  # noqa: E402
 from sipcore.stage_policy import StagePolicy  # noqa: E402
@@ -52,6 +52,12 @@ def make_registrar() -> Registrar:
     return Registrar(contact_policy=policy.register_contact, max_expires=3600)
 
 
+def forget_caches(reg: Registrar) -> None:
+    """The bounded parse and NAT caches: a constant of the process, not memory per binding."""
+    forget_recent_parses()
+    reg.contact_policy.__self__.nat.forget_classifications()
+
+
 def populate(reg: Registrar, n: int, now: float, expires: int = 3600) -> None:
     for i in range(n):
         out = reg.handle_register(parse_message(register_bytes(i, expires=expires)), source_of(i), "udp", now)
@@ -61,9 +67,9 @@ def populate(reg: Registrar, n: int, now: float, expires: int = 3600) -> None:
 def memory_per_binding(n: int) -> tuple[float, float]:
     """(bytes per binding while registered, bytes per binding left after they all expired).
 
-    The parser's bounded caches (sipcore.message: a few thousand parsed Via/From/To values) are
-    filled first with other users, so they stay the same size while this measures: they are a
-    constant of the process (a few MB), not memory per binding."""
+    The parser's bounded caches (sipcore.message: up to 8192 parsed Via/From/To/Contact values
+    each, emptied when full) are a constant of the process (a few MB), not memory per binding: they
+    are emptied before each reading."""
     gc.collect()
     tracemalloc.start()                       # before the warm-up: evicted cache entries count as freed
     try:
@@ -72,13 +78,16 @@ def memory_per_binding(n: int) -> tuple[float, float]:
         warm.expire(1000.0 + 601)
         del warm
         reg = make_registrar()
+        forget_caches(reg)
         gc.collect()
         before = tracemalloc.get_traced_memory()[0]
         populate(reg, n, now=1000.0, expires=600)
+        forget_caches(reg)
         gc.collect()
         full = tracemalloc.get_traced_memory()[0]
         assert reg.count(1000.0) == n
         reg.expire(1000.0 + 601)
+        forget_caches(reg)
         gc.collect()
         after = tracemalloc.get_traced_memory()[0]
         assert reg.count(1000.0 + 601) == 0

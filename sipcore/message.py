@@ -368,6 +368,13 @@ _RECENT_VIAS: dict[str, Via] = {}
 _RECENT_NAME_ADDRS: dict[str, NameAddr] = {}
 
 
+def forget_recent_parses() -> None:
+    """Empty the shared parse caches (benchmarks and tests that measure memory per binding: the
+    caches are a bounded constant of the process, at most RECENT_SIZE entries each)."""
+    _RECENT_VIAS.clear()
+    _RECENT_NAME_ADDRS.clear()
+
+
 def _parsed_via(value: str) -> Via:
     via = _RECENT_VIAS.get(value)
     if via is None:

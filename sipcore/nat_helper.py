@@ -87,6 +87,10 @@ class NATHelper:
                 self._classified[address] = known
         return known
 
+    def forget_classifications(self) -> None:
+        """Empty the kept is_private answers (bounded; benchmarks measuring memory per binding)."""
+        self._classified.clear()
+
     def _is_private(self, address: str) -> bool:
         text = address.strip("[]")
         # the common case without ipaddress objects: an address as integer against (network, mask)

@@ -259,10 +259,11 @@ def test_default_store_memory_per_binding_under_1kb_and_returned_after_expiry(tm
     from sipcore.nat_helper import NATHelper
     from sipcore.registrar import Registrar
     from sipcore.stage_policy import StagePolicy
+    from tests.parse_caches import drop_bounded_caches, read_accessors
     n = 2000
     store = PersistentBindingStore(SQLiteBackend(str(tmp_path / "loc.sqlite")))
-    reg = Registrar(contact_policy=StagePolicy(2, NATHelper("198.51.100.1", ["192.168.0.0/16"])).register_contact,
-                    store=store)
+    nat = NATHelper("198.51.100.1", ["192.168.0.0/16"])
+    reg = Registrar(contact_policy=StagePolicy(2, nat).register_contact, store=store)
     msgs = [parse_message((
         "REGISTER sip:sip.local SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP 192.168.{i >> 8}.{i & 255}:5060;branch=z9hG4bK{i};rport\r\nMax-Forwards: 70\r\n"
@@ -270,6 +271,7 @@ def test_default_store_memory_per_binding_under_1kb_and_returned_after_expiry(tm
         f"Call-ID: reg-{i}@192.168.{i >> 8}.{i & 255}\r\nCSeq: 1 REGISTER\r\n"
         f"Contact: <sip:u{i:06d}@192.168.{i >> 8}.{i & 255}:5060;transport=udp>\r\nExpires: 300\r\n"
         "User-Agent: test-phone/1.0\r\nContent-Length: 0\r\n\r\n").encode()) for i in range(n)]
+    read_accessors(msgs)
     now = time.time()
     tracemalloc.start()
     try:
@@ -279,6 +281,7 @@ def test_default_store_memory_per_binding_under_1kb_and_returned_after_expiry(tm
             reg.handle_register(m, ("203.0.113.7", 10000 + i), "udp", now)
         del m
         assert store.flush()
+        drop_bounded_caches(nat)
         gc.collect()
         full = tracemalloc.get_traced_memory()[0]
         assert reg.count(now) == n and len(_rows(str(tmp_path / "loc.sqlite"))) == n

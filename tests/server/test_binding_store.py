@@ -2,12 +2,12 @@
 import gc
 import tracemalloc
 
-from sipcore import message, nat_helper
 from sipcore.bindings import MemoryBindingStore
 from sipcore.message import parse_message
 from sipcore.nat_helper import NATHelper
 from sipcore.registrar import Registrar
 from sipcore.stage_policy import StagePolicy
+from tests.parse_caches import drop_bounded_caches, read_accessors
 
 
 def register(i, *, cseq=1, expires=3600, domain="sip.local", contact_host=None, call_id=None):
@@ -25,16 +25,6 @@ def register(i, *, cseq=1, expires=3600, domain="sip.local", contact_host=None, 
 def stage2_registrar():
     policy = StagePolicy(2, NATHelper("198.51.100.1", ["192.168.0.0/16"]))
     return Registrar(contact_policy=policy.register_contact)
-
-
-def drop_bounded_caches(reg):
-    """Empty the parse and NAT caches (bounded, shared by every message: not memory per binding)."""
-    assert len(message._RECENT_NAME_ADDRS) <= message.RECENT_SIZE and len(message._RECENT_VIAS) <= message.RECENT_SIZE
-    message._RECENT_NAME_ADDRS.clear()
-    message._RECENT_VIAS.clear()
-    nat = reg.contact_policy.__self__.nat
-    assert len(nat._classified) <= nat_helper.CLASSIFIED_KEPT
-    nat._classified.clear()
 
 
 def src(i):
@@ -114,8 +104,7 @@ def test_memory_per_binding_under_1kb_and_returned_after_expiry():
     n = 2000
     reg = stage2_registrar()
     msgs = [register(i, expires=300) for i in range(n)]
-    for m in msgs:      # what the accessors keep on each message (the test holds them) is not the registrar's
-        m.call_id, m.cseq, m.from_tag, m.to_tag, m.top_via(), m.vias(), m.content_type
+    read_accessors(msgs)
     tracemalloc.start()
     try:
         gc.collect()
@@ -123,7 +112,7 @@ def test_memory_per_binding_under_1kb_and_returned_after_expiry():
         for i, m in enumerate(msgs):
             reg.handle_register(m, src(i), "udp", 1000.0)
         del m
-        drop_bounded_caches(reg)
+        drop_bounded_caches(reg.contact_policy.__self__.nat)
         gc.collect()
         full = tracemalloc.get_traced_memory()[0]
         assert reg.count(1000.0) == n
