@@ -112,7 +112,6 @@ class RTPProxyClient:
         self.retries = retries
         # _UDPControl (udp), a DatagramTransport (unix), or a reader/writer pair (tcp)
         self._transport: Any = None
-        self._pending: dict[str, asyncio.Future] = {}
         # datagram commands waiting for their reply: when each is sent again or given up, as
         # (time, seq, cookie) in a heap under ONE loop timer, armed for the earliest (a loop
         # timer per command cost a timer, a cancel and heap work each)
@@ -149,9 +148,9 @@ class RTPProxyClient:
 
     def _reply(self, data: bytes) -> None:
         cookie = data.split(b" ", 1)[0].decode("ascii", "replace")
-        fut = self._pending.get(cookie)
-        if fut is not None and not fut.done():
-            fut.set_result(data)
+        waiting = self._waiting.get(cookie)
+        if waiting is not None and not waiting.fut.done():
+            waiting.fut.set_result(data)
 
     async def command(self, cmd: proto.Command) -> str:
         """The reply to ``cmd``. Over a datagram socket it is sent again with the same cookie
@@ -190,14 +189,12 @@ class RTPProxyClient:
         now = time.monotonic()
         first = min(RETRANSMIT_FIRST, budget)
         waiting = _Waiting(fut, data, now + budget, first, next(self._seq))
-        self._pending[cookie] = fut
         self._waiting[cookie] = waiting
         self._push(loop, now + first, waiting.seq, cookie)
         try:
             self._transport.sendto(data)
             reply = await fut
         finally:
-            self._pending.pop(cookie, None)
             self._waiting.pop(cookie, None)
         return proto.split_reply(reply, cookie)
 

@@ -79,7 +79,7 @@ def test_each_command_gets_its_reply_or_its_own_timeout():
             assert max(by_text) == 3 and peer.copies and min(by_text) == 1
             # nothing waits any more: the timer went with the last deadline
             await asyncio.sleep(0.05)
-            assert client._expiry is None and not client._deadlines and not client._pending
+            assert client._expiry is None and not client._deadlines and not client._waiting
             # and it comes back for the next command
             assert (await one("answer 10", 1.0))[0] == "0"
             assert (await one("silent", 0.1))[0] == "timeout"
