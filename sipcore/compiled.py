@@ -30,7 +30,7 @@ PACKAGES: dict[str, tuple[str, ...]] = {
     "sipcore": (
         "admission", "auth_policy", "bindings", "call", "call_records", "cdr", "deadlines", "digest", "media_session",
         "message", "nat_helper", "offer_answer", "originated", "overload", "proxy_core", "proxy_driver",
-        "record_route", "registrar", "registration", "resolver", "sdp", "security", "server",
+        "recent", "record_route", "registrar", "registration", "resolver", "sdp", "security", "server",
         "stage_policy", "stages", "textsafe", "transaction", "transaction_runner", "transport", "uri",
     ),
     # the RTPProxy control client of stages 1/2: three commands per call

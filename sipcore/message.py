@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sipcore.errors import SIPParseError
+from sipcore.recent import keep
 from sipcore.uri import NameAddr, SipURI, after_quoted, format_host, format_params, parse_params, split_hostport
 
 MAX_MESSAGE_SIZE = 65535
@@ -61,9 +62,7 @@ def canonical_name(name: str) -> str:
     if known is None:
         known = _canonical(name)
         if len(name) <= NAME_MAX_CHARS:
-            if len(_CANONICAL) >= NAMES_KEPT:
-                _CANONICAL.clear()
-            _CANONICAL[name] = known
+            keep(_CANONICAL, name, known, NAMES_KEPT)
     return known
 
 
@@ -131,9 +130,7 @@ def _lower_canonical(name: str) -> str:
     if known is None:
         known = canonical_name(name).lower()
         if len(name) <= NAME_MAX_CHARS:
-            if len(_LOWER_CANONICAL) >= NAMES_KEPT:
-                _LOWER_CANONICAL.clear()
-            _LOWER_CANONICAL[name] = known
+            keep(_LOWER_CANONICAL, name, known, NAMES_KEPT)
     return known
 
 
@@ -359,9 +356,9 @@ class Via:
 
 
 # Recent parses of header values, shared by every message that carries the same text (a
-# response echoes its request's Vias, From and To). Bounded in entries and emptied when full;
-# a value longer than RECENT_MAX_CHARS (from the wire: anything up to the message size) is parsed
-# each time and never kept. The results are shared: readers must not modify them.
+# response echoes its request's Vias, From and To). Bounded (sipcore.recent); a value longer
+# than RECENT_MAX_CHARS (from the wire: anything up to the message size) is parsed each time and
+# never kept. The results are shared: readers must not modify them.
 RECENT_SIZE = 8192
 RECENT_MAX_CHARS = 512
 _RECENT_VIAS: dict[str, Via] = {}
@@ -387,9 +384,7 @@ def remember_via(value: str, via: Via) -> None:
     """Keep ``via`` as the parse of ``value``: the proxy passes the Vias it writes, which come
     back at the top of every response."""
     if len(value) <= RECENT_MAX_CHARS:
-        if len(_RECENT_VIAS) >= RECENT_SIZE:
-            _RECENT_VIAS.clear()
-        _RECENT_VIAS[value] = via
+        keep(_RECENT_VIAS, value, via, RECENT_SIZE)
 
 
 def new_branch() -> str:
@@ -406,9 +401,7 @@ def parsed_name_addr(value: str) -> NameAddr:
     if na is None:
         na = NameAddr.parse(value)
         if len(value) <= RECENT_MAX_CHARS:
-            if len(_RECENT_NAME_ADDRS) >= RECENT_SIZE:
-                _RECENT_NAME_ADDRS.clear()
-            _RECENT_NAME_ADDRS[value] = na
+            keep(_RECENT_NAME_ADDRS, value, na, RECENT_SIZE)
     return na
 
 

@@ -23,6 +23,7 @@ from typing import Callable, Iterable
 
 from sipcore.errors import SDPParseError, SIPParseError
 from sipcore.message import SIPMessage, SIPRequest, parsed_name_addr
+from sipcore.recent import keep
 from sipcore.sdp import SessionDescription
 from sipcore.uri import NameAddr, SipURI, rewrite_name_addrs
 
@@ -82,9 +83,7 @@ class NATHelper:
         if known is None:
             known = self._is_private(address)
             if len(address) <= 64:
-                if len(self._classified) >= CLASSIFIED_KEPT:
-                    self._classified.clear()
-                self._classified[address] = known
+                keep(self._classified, address, known, CLASSIFIED_KEPT)
         return known
 
     def forget_classifications(self) -> None:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from sipcore.errors import ConfigError, SIPParseError
 from sipcore.message import SIPMessage, SIPRequest
+from sipcore.recent import keep
 from sipcore.uri import NameAddr, SipURI, format_host
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class RouteTokens:
         self.host = host
         self.port = port
         # the same token is made for the 180 and the 200 of a call and checked on its ACK and BYE:
-        # HMAC results are remembered (bounded; emptied when full), keyed by everything they cover
+        # HMAC results are remembered (sipcore.recent), keyed by everything they cover
         self._made: dict[tuple[str, str, Flow | None, Flow | None], str] = {}
         self._checked: dict[tuple[str, str], DialogRoute] = {}
 
@@ -129,9 +130,7 @@ class RouteTokens:
         payload = _b64(text.encode("utf-8", "surrogateescape"))
         made = f"{payload}.{self._mac(call_id, payload)}"
         if len(call_id) + len(ftag) <= MEMO_KEY_CHARS:      # wire values: a huge one is not kept
-            if len(self._made) >= MEMO_SIZE:
-                self._made.clear()
-            self._made[key] = made
+            keep(self._made, key, made, MEMO_SIZE)
         return made
 
     def uri(self, call_id: str, ftag: str, caller: Flow | None, callee: Flow | None = None) -> str:
@@ -160,9 +159,7 @@ class RouteTokens:
             return route
         route = self._check(tok, call_id)
         if route is not None:       # only tokens of ours are kept: a forged one may be any size
-            if len(self._checked) >= MEMO_SIZE:
-                self._checked.clear()
-            self._checked[key] = route
+            keep(self._checked, key, route, MEMO_SIZE)
         return route
 
     def _check(self, tok: str, call_id: str) -> DialogRoute | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sipcore.errors import SDPParseError
+from sipcore.recent import keep
 
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 MAX_SDP_SIZE = 65535
@@ -209,9 +210,7 @@ class SessionDescription:
             kept = _RECENT.get(body)
             if kept is None:
                 kept = cls._parse(body)
-                if len(_RECENT) >= _RECENT_MAX:
-                    _RECENT.clear()
-                _RECENT[body] = kept
+                keep(_RECENT, body, kept, _RECENT_MAX)
             return kept.copy()
         return cls._parse(body)
 

@@ -231,3 +231,12 @@ def test_host_check_agrees_with_the_character_definition(host):
     except SIPParseError:
         accepted = False
     assert accepted == ok
+
+
+def test_recent_memos_stay_bounded():
+    from sipcore.recent import keep
+    cache: dict[int, int] = {}
+    for i in range(10):
+        keep(cache, i, i * i, 4)
+        assert len(cache) <= 4 and cache[i] == i * i
+    assert cache == {8: 64, 9: 81}          # emptied when full: the entries since the last emptying
